@@ -1,0 +1,368 @@
+"""The simulated labeler: a deterministic stand-in for InstructGPT's human labelers.
+
+InstructGPT trains its reward model on human rankings of model outputs and evaluates the final policy with human
+preference ratings. On a laptop-sized reproduction there are no humans, so, following the "gold reward" setup of
+Gao et al. (2022, *Scaling Laws for Reward Model Overoptimization*), a fixed programmatic scorer plays the labeler:
+it ranks the responses used to train the reward model, and it scores the policies at the end. Because the reward
+model only ever sees the labeler's *rankings*, the gap between reward-model score and labeler score measures
+over-optimisation exactly as in Gao et al.
+
+The labeler scores a `(prompt, response)` pair on five criteria, each a small pure function returning a value in
+`[0, 1]`:
+
+- **length** (`length_score`): does the response follow the prompt's length instruction? Recognised phrasings
+  (case-insensitive, anywhere in the prompt; numbers as digits or words up to "fifty"):
+
+    - "in about / around / roughly / approximately N words": relative deviation within 10% scores 1, then the
+      score decays smoothly, `1 / (1 + ((|n - N| / N - 0.1) / 0.3) ** 2)`;
+    - "in at most / no more than / not more than / under / fewer than / less than N words": up to the limit
+      (exclusive for "under", "fewer", "less") scores 1, beyond it decays with `(n - limit) / limit` at scale 0.2;
+      a response under a quarter of the limit is mildly penalised so that one word does not win;
+    - "in / using / use / with one / a single / two / ... sentence(s)": `1 / (1 + 2 * d ** 2)` with `d` the
+      difference in sentence count;
+    - "in / as / using N bullet points" (or "N bullets"): same decay on the number of bullet lines (`-`, `*`, `•`
+      or `1.`), times the fraction of non-empty lines that are bullets.
+
+  With no recognised instruction the labeler mildly prefers 10-60 words (scale 0.5 relative to the nearest bound).
+  Small instruct models do not follow these instructions reliably, which leaves the reward model something to learn.
+- **on_topic** (`on_topic_score`): fraction of the prompt's topic words (its content words minus stopwords, task
+  words such as "explain" and the length instruction) that occur in the response, after a light suffix stemmer.
+  A prompt without topic words scores 1.
+- **ends_cleanly** (`ends_cleanly_score`): the text ends with terminal punctuation (`.`, `!`, `?`, optionally
+  followed by a closing quote or bracket). A response cut off mid-word or mid-sentence scores 0.2, one ending on a
+  comma, colon or similar scores 0; unbalanced brackets or quotes cost 0.3.
+- **no_repetition** (`no_repetition_score`): the fraction of distinct word 3-grams times the fraction of distinct
+  sentences, so both looping phrases and copied sentences are penalised.
+- **no_artifacts** (`no_artifacts_score`): no chat-template leftovers (`<|im_start|>`, `<|endoftext|>`,
+  `assistant:`) and no assistant filler ("As an AI", "Sure!", "Here is", "I hope this helps", ...);
+  `max(0, 1 - 0.35 * hits)`.
+
+The overall score is the weighted geometric mean of the criteria (each floored at 0.01), so a response must do well
+on every criterion: a fluent, well-sized answer about the wrong thing scores low. An empty or whitespace-only
+response scores exactly 0.
+
+Example:
+
+```python
+>>> from instructrl.labeler import get_labeler
+>>> labeler = get_labeler("simulated")
+>>> prompt = "Describe the moon in one sentence."
+>>> good = "The moon is the rocky natural satellite that orbits the Earth about once a month."
+>>> bad = "Sure! Here is a description of the moon: the moon is"
+>>> labeler.score(prompt, good) > labeler.score(prompt, bad)
+True
+```
+"""
+
+import math
+import re
+from collections.abc import Callable
+from typing import ClassVar, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Labeler(Protocol):
+    """Anything that scores a response to a prompt; higher is better."""
+
+    name: str
+
+    def score(self, prompt: str, response: str) -> float: ...
+
+
+_NUMBER_WORDS = {
+    "a single": 1,
+    "a": 1,
+    "one": 1,
+    "single": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
+    "twenty": 20,
+    "twenty-five": 25,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+}
+# Longest alternatives first so that "twenty-five" is not read as "twenty".
+_NUM = "(" + "|".join(sorted((re.escape(w) for w in _NUMBER_WORDS), key=len, reverse=True)) + r"|\d{1,3})"
+
+_ABOUT_WORDS_RE = re.compile(rf"\b(?:about|around|roughly|approximately)\s+{_NUM}\s+words?\b", re.IGNORECASE)
+_MAX_WORDS_RE = re.compile(
+    rf"\b(at\s+most|no\s+more\s+than|not\s+more\s+than|under|fewer\s+than|less\s+than)\s+{_NUM}\s+words?\b",
+    re.IGNORECASE,
+)
+_SENTENCES_RE = re.compile(rf"\b(?:in|using|use|with)\s+{_NUM}\s+sentences?\b", re.IGNORECASE)
+_BULLETS_RE = re.compile(rf"\b{_NUM}\s+bullet(?:\s*points?|s)?\b", re.IGNORECASE)
+
+_WORD_RE = re.compile(r"[A-Za-z0-9]+(?:['’\-][A-Za-z0-9]+)*")
+_BULLET_LINE_RE = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
+_SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+|\n+")
+_CLEAN_END_RE = re.compile(r"[.!?][\"'”’)\]]*$")
+
+_STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each even ever every few for from further had has
+    have having he her here hers herself him himself his how i if in into is it its itself just let like make many
+    me more most much must my myself no nor not now of off often on once only or other our ours ourselves out over
+    own per please same she should so some such than that the their theirs them themselves then there these they
+    this those through to too under until up upon us very was we were what when where which while who whom whose
+    why will with within without would you your yours yourself yourselves""".split()
+)
+# Words that say what to do rather than what to talk about, so they are not topic words.
+_TASK_WORDS = frozenset(
+    """answer answering beginner brief briefly bullet child describe description detail explain explanation fact
+    give important know learn list matter mention newcomer overview please point reply respond response sentence
+    share short simple simply someone summarise summarize summary tell teach term use useful using word work worth
+    write""".split()
+)
+_ARTIFACT_PATTERNS = tuple(
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"<\|[^|>]*\|>",
+        r"</?s>",
+        r"\b(?:user|assistant|system)\s*:",
+        r"\bas an ai\b",
+        r"\blanguage model\b",
+        r"\bi(?:'m| am) (?:sorry|happy to|glad to)\b",
+        r"\bi cannot\b|\bi can't\b",
+        r"^\s*(?:sure|certainly|of course|absolutely|okay|great question)\b",
+        r"\bhere(?:'s| is| are)\b",
+        r"\bi hope this helps\b",
+        r"\blet me know\b",
+        r"\bfeel free\b",
+    )
+)
+
+
+def _parse_number(text: str) -> int:
+    text = re.sub(r"\s+", " ", text.strip().lower())
+    return int(text) if text.isdigit() else _NUMBER_WORDS[text]
+
+
+def words(text: str) -> list[str]:
+    """Word tokens of `text` (letters and digits, keeping inner apostrophes and hyphens), bullet markers excluded."""
+    return _WORD_RE.findall(_strip_bullets(text))
+
+
+def _strip_bullets(text: str) -> str:
+    return "\n".join(_BULLET_LINE_RE.sub("", line) for line in text.splitlines())
+
+
+def sentences(text: str) -> list[str]:
+    """Split `text` into sentences at terminal punctuation followed by whitespace, and at line breaks."""
+    return [s.strip() for s in _SENTENCE_SPLIT_RE.split(_strip_bullets(text).strip()) if _WORD_RE.search(s)]
+
+
+def bullet_lines(text: str) -> tuple[int, int]:
+    """Returns `(number of bullet lines, number of non-empty lines)` of `text`."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return sum(1 for line in lines if _BULLET_LINE_RE.match(line)), len(lines)
+
+
+def _band_decay(value: float, scale: float) -> float:
+    """1 at `value <= 0`, then a smooth Cauchy-shaped decay with half-score at `value == scale`."""
+    return 1.0 / (1.0 + (max(0.0, value) / scale) ** 2)
+
+
+def _count_decay(diff: int) -> float:
+    return 1.0 / (1.0 + 2.0 * diff**2)
+
+
+def length_score(prompt: str, response: str) -> float:
+    """How well `response` follows the length instruction in `prompt` (see the module docstring), in `[0, 1]`."""
+    if not response.strip():
+        return 0.0
+    if m := _BULLETS_RE.search(prompt):
+        target = _parse_number(m.group(1))
+        n_bullets, n_lines = bullet_lines(response)
+        return _count_decay(n_bullets - target) * (n_bullets / n_lines if n_lines else 0.0)
+    if m := _SENTENCES_RE.search(prompt):
+        return _count_decay(len(sentences(response)) - _parse_number(m.group(1)))
+    n_words = len(words(response))
+    if m := _ABOUT_WORDS_RE.search(prompt):
+        target = _parse_number(m.group(1))
+        return _band_decay(abs(n_words - target) / target - 0.1, 0.3)
+    if m := _MAX_WORDS_RE.search(prompt):
+        kind = m.group(1).split()[0].lower()
+        limit = _parse_number(m.group(2))
+        if kind in ("under", "fewer", "less"):
+            limit -= 1
+        limit = max(limit, 1)
+        too_short = _band_decay((limit / 4 - n_words) / limit, 0.25) if n_words < limit / 4 else 1.0
+        return _band_decay((n_words - limit) / limit, 0.2) * too_short
+    if n_words < 10:
+        return _band_decay((10 - n_words) / 10, 0.5)
+    return _band_decay((n_words - 60) / 60, 0.5)
+
+
+def _stem(word: str) -> str:
+    word = word.lower().replace("’", "'")
+    if word.endswith("'s"):
+        word = word[:-2]
+    for suffix, repl in (("ies", "y"), ("sses", "ss"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            return word[: len(word) - len(suffix)] + repl
+    return word
+
+
+def _strip_instructions(prompt: str) -> str:
+    for pattern in (_ABOUT_WORDS_RE, _MAX_WORDS_RE, _SENTENCES_RE, _BULLETS_RE):
+        prompt = pattern.sub(" ", prompt)
+    return prompt
+
+
+def topic_words(prompt: str) -> list[str]:
+    """Stemmed content words of `prompt` without stopwords, task words and the length instruction, in order."""
+    seen: dict[str, None] = {}
+    for word in words(_strip_instructions(prompt)):
+        lower, stem = word.lower(), _stem(word)
+        if lower in _STOPWORDS or lower in _NUMBER_WORDS or lower.isdigit() or len(lower) < 2:
+            continue
+        if lower in _TASK_WORDS or stem in _TASK_WORDS:
+            continue
+        seen.setdefault(stem, None)
+    return list(seen)
+
+
+def on_topic_score(prompt: str, response: str) -> float:
+    """Fraction of the prompt's topic words that the response mentions, in `[0, 1]`."""
+    if not response.strip():
+        return 0.0
+    topics = topic_words(prompt)
+    if not topics:
+        return 1.0
+    response_stems = {_stem(w) for w in words(response)}
+    # Hyphenated topic words ("self-driving") also count when the response writes the parts separately.
+    response_stems |= {_stem(part) for w in words(response) for part in w.split("-")}
+    return sum(1 for t in topics if t in response_stems) / len(topics)
+
+
+def ends_cleanly_score(prompt: str, response: str) -> float:
+    """1 if `response` ends with a finished sentence and balanced brackets, lower for a cut-off ending."""
+    text = response.strip()
+    if not text:
+        return 0.0
+    if _CLEAN_END_RE.search(text):
+        score = 1.0
+    elif text[-1].isalnum():
+        score = 0.2
+    else:
+        score = 0.0
+    balanced = text.count("(") == text.count(")") and text.count('"') % 2 == 0 and text.count("“") == text.count("”")
+    return max(0.0, score - (0.0 if balanced else 0.3))
+
+
+def no_repetition_score(prompt: str, response: str) -> float:
+    """Fraction of distinct word 3-grams times fraction of distinct sentences, in `[0, 1]`."""
+    tokens = [w.lower() for w in words(response)]
+    if not tokens:
+        return 0.0
+    trigrams = [tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
+    distinct_3 = len(set(trigrams)) / len(trigrams) if trigrams else 1.0
+    sents = [" ".join(w.lower() for w in words(s)) for s in sentences(response)]
+    distinct_sents = len(set(sents)) / len(sents) if sents else 1.0
+    return distinct_3 * distinct_sents
+
+
+def no_artifacts_score(prompt: str, response: str) -> float:
+    """1 minus 0.35 per chat artifact or filler phrase found in `response`, floored at 0."""
+    if not response.strip():
+        return 0.0
+    hits = sum(len(p.findall(response)) for p in _ARTIFACT_PATTERNS)
+    return max(0.0, 1.0 - 0.35 * hits)
+
+
+class SimulatedLabeler:
+    """Deterministic programmatic labeler: the "gold reward" of the project.
+
+    The score is the weighted geometric mean of the criteria described in the module docstring, each floored at
+    `floor` so that one failed criterion lowers but does not erase the signal from the others.
+
+    Args:
+        weights (`dict[str, float]`, *optional*, defaults to `SimulatedLabeler.DEFAULT_WEIGHTS`):
+            Weight of each criterion; keys must be a subset of `CRITERIA` and the weights are normalised to sum
+            to 1. The defaults are `length: 0.35, on_topic: 0.25, ends_cleanly: 0.15, no_repetition: 0.15,
+            no_artifacts: 0.10`: length carries the most weight because following the length instruction is the
+            skill the base model lacks most.
+        floor (`float`, *optional*, defaults to `0.01`):
+            Lower bound applied to each criterion before the geometric mean.
+    """
+
+    name: ClassVar[str] = "simulated"
+    CRITERIA: ClassVar[dict[str, Callable[[str, str], float]]] = {
+        "length": length_score,
+        "on_topic": on_topic_score,
+        "ends_cleanly": ends_cleanly_score,
+        "no_repetition": no_repetition_score,
+        "no_artifacts": no_artifacts_score,
+    }
+    DEFAULT_WEIGHTS: ClassVar[dict[str, float]] = {
+        "length": 0.35,
+        "on_topic": 0.25,
+        "ends_cleanly": 0.15,
+        "no_repetition": 0.15,
+        "no_artifacts": 0.10,
+    }
+
+    def __init__(self, weights: dict[str, float] | None = None, floor: float = 0.01) -> None:
+        weights = dict(self.DEFAULT_WEIGHTS if weights is None else weights)
+        unknown = sorted(set(weights) - set(self.CRITERIA))
+        if unknown:
+            raise ValueError(f"Unknown labeler criteria {unknown}; valid criteria are {sorted(self.CRITERIA)}.")
+        total = sum(weights.values())
+        if total <= 0 or any(w < 0 for w in weights.values()):
+            raise ValueError(f"Labeler weights must be non-negative with a positive sum, got {weights}.")
+        if not 0.0 < floor <= 1.0:
+            raise ValueError(f"Labeler floor must be in (0, 1], got {floor}.")
+        self.weights = {k: w / total for k, w in weights.items()}
+        self.floor = floor
+
+    def criteria(self, prompt: str, response: str) -> dict[str, float]:
+        """Score of each weighted criterion, in `[0, 1]`, keyed by criterion name."""
+        return {name: float(self.CRITERIA[name](prompt, response)) for name in self.weights}
+
+    def score(self, prompt: str, response: str) -> float:
+        """Overall score in `[0, 1]`; 0 for an empty response."""
+        if not response.strip():
+            return 0.0
+        crit = self.criteria(prompt, response)
+        log_score = sum(w * math.log(max(self.floor, crit[name])) for name, w in self.weights.items())
+        return min(1.0, max(0.0, math.exp(log_score)))
+
+    def rank(self, prompt: str, responses: list[str]) -> list[int]:
+        """Indices of `responses`, best first; equal scores keep their original order."""
+        scores = [self.score(prompt, r) for r in responses]
+        return sorted(range(len(responses)), key=lambda i: (-scores[i], i))
+
+
+LABELERS: dict[str, type] = {"simulated": SimulatedLabeler}
+
+
+def get_labeler(name: str) -> Labeler:
+    """Builds the labeler registered under `name` in `LABELERS`.
+
+    Args:
+        name (`str`):
+            Registry key, e.g. `"simulated"`.
+
+    Raises:
+        `ValueError`: if `name` is not registered.
+    """
+    if name not in LABELERS:
+        raise ValueError(f"Unknown labeler {name!r}; valid labelers are {sorted(LABELERS)}.")
+    return LABELERS[name]()

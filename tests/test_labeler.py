@@ -1,0 +1,189 @@
+"""Behaviour of the simulated labeler: each criterion rewards what it should, and the scorer is deterministic."""
+
+import pytest
+
+from instructrl.labeler import (
+    LABELERS,
+    Labeler,
+    SimulatedLabeler,
+    ends_cleanly_score,
+    get_labeler,
+    length_score,
+    no_artifacts_score,
+    no_repetition_score,
+    on_topic_score,
+    topic_words,
+)
+
+GOOD_20 = (
+    "Volcanoes are openings in the crust where molten rock reaches the surface. "
+    "Pressure can push out lava, ash and gas."
+)  # 20 words
+
+
+def _n_words(n: int) -> str:
+    return " ".join(["rock"] * (n - 1)) + " volcano."
+
+
+@pytest.fixture
+def labeler() -> SimulatedLabeler:
+    return SimulatedLabeler()
+
+
+def test_about_n_words_prefers_the_asked_length():
+    prompt = "Describe volcanoes in about 20 words."
+    assert length_score(prompt, GOOD_20) == 1.0
+    assert length_score(prompt, _n_words(60)) < 0.1
+    # The decay is smooth: a little off is still much better than far off.
+    assert (
+        1.0
+        > length_score(prompt, _n_words(26))
+        > length_score(prompt, _n_words(32))
+        > length_score(prompt, _n_words(60))
+    )
+    assert length_score("Describe volcanoes in about twenty words.", GOOD_20) == 1.0
+
+
+def test_at_most_n_words():
+    prompt = "Explain tides in at most 12 words."
+    assert length_score(prompt, _n_words(12)) == 1.0
+    assert length_score(prompt, _n_words(8)) == 1.0
+    assert length_score(prompt, _n_words(20)) < 0.5
+    # "fewer than 12" excludes 12 itself.
+    assert length_score("Explain tides in fewer than 12 words.", _n_words(12)) < 1.0
+    assert length_score("Explain tides in fewer than 12 words.", _n_words(11)) == 1.0
+
+
+def test_sentence_count():
+    prompt = "In two sentences, explain tides."
+    two = "Tides are the rise and fall of the sea. The moon causes them."
+    assert length_score(prompt, two) == 1.0
+    assert length_score(prompt, "Tides are the rise and fall of the sea.") < 0.5
+    assert length_score("Explain tides in one sentence.", two) < 0.5
+    assert length_score("Explain tides in a single sentence.", "Tides are the rise and fall of the sea.") == 1.0
+
+
+def test_bullet_points():
+    prompt = "Describe owls in three bullet points."
+    bullets = "- Owls hunt at night.\n- They fly silently.\n- They have large eyes."
+    prose = "Owls hunt at night. They fly silently. They have large eyes."
+    assert length_score(prompt, bullets) == 1.0
+    assert length_score(prompt, prose) == 0.0
+    assert length_score(prompt, bullets + "\n- They eat mice.") < 0.5
+
+
+def test_default_length_without_instruction():
+    prompt = "Tell me about owls."
+    assert length_score(prompt, _n_words(30)) == 1.0
+    assert length_score(prompt, _n_words(3)) < length_score(prompt, _n_words(30))
+    assert length_score(prompt, _n_words(200)) < 0.2
+
+
+def test_topic_words_skip_instructions_and_task_words():
+    assert topic_words("What should a beginner know about the water cycle? Answer in about 20 words.") == [
+        "water",
+        "cycle",
+    ]
+    assert topic_words("Using three bullet points, explain volcanoes.") == ["volcano"]
+
+
+def test_off_topic_scores_lower():
+    prompt = "Explain photosynthesis in one sentence."
+    on = "Photosynthesis is how plants turn sunlight into chemical energy."
+    off = "Bicycles are two-wheeled machines powered by the rider's legs."
+    assert on_topic_score(prompt, on) == 1.0
+    assert on_topic_score(prompt, off) == 0.0
+    assert on_topic_score("Describe the water cycle.", "Water evaporates from the sea.") == 0.5
+
+
+def test_truncated_response_scores_lower_on_ends_cleanly():
+    assert ends_cleanly_score("", "The moon orbits the Earth.") == 1.0
+    assert ends_cleanly_score("", 'He said "the moon is bright."') == 1.0
+    assert ends_cleanly_score("", "The moon orbits the Earth. It takes about a") < 0.5
+    assert ends_cleanly_score("", "The moon orbits the Earth,") == 0.0
+    assert ends_cleanly_score("", "The moon (our satellite orbits the Earth.") < 1.0
+
+
+def test_repetition_scores_lower():
+    clean = "Glaciers are huge masses of ice. They move slowly over land and carve valleys."
+    looped = "Glaciers are huge masses of ice. " * 4
+    stutter = "Glaciers are huge huge huge huge huge huge huge huge masses of ice."
+    assert no_repetition_score("", clean) == 1.0
+    assert no_repetition_score("", looped) < 0.3
+    assert no_repetition_score("", stutter) < 0.7
+
+
+def test_chat_artifacts_score_lower():
+    assert no_artifacts_score("", "Tea is a drink made from leaves.") == 1.0
+    assert no_artifacts_score("", "Sure! Here is an answer. Tea is a drink.") < 0.5
+    assert no_artifacts_score("", "As an AI language model, I think tea is a drink.") < 0.5
+    assert no_artifacts_score("", "Tea is a drink.<|im_end|>\n<|im_start|>user") < 0.5
+
+
+def test_empty_response_scores_zero(labeler):
+    assert labeler.score("Describe tea.", "") == 0.0
+    assert labeler.score("Describe tea.", "   \n") == 0.0
+    assert all(v == 0.0 for v in labeler.criteria("Describe tea.", "").values())
+
+
+def test_score_range_and_criteria_keys(labeler):
+    crit = labeler.criteria("Describe volcanoes in about 20 words.", GOOD_20)
+    assert set(crit) == {"length", "on_topic", "ends_cleanly", "no_repetition", "no_artifacts"}
+    assert all(0.0 <= v <= 1.0 for v in crit.values())
+    assert labeler.score("Describe volcanoes in about 20 words.", GOOD_20) == pytest.approx(1.0)
+    assert sum(labeler.weights.values()) == pytest.approx(1.0)
+
+
+def test_every_criterion_failure_lowers_the_score(labeler):
+    prompt = "Describe volcanoes in about 20 words."
+    good = labeler.score(prompt, GOOD_20)
+    bad = {
+        "too long": GOOD_20 + " " + " ".join(["Volcanic ash makes soil rich for farming over many years."] * 4),
+        "off topic": "Bicycles are machines powered by legs. Riders push pedals that turn a chain to move.",
+        "truncated": GOOD_20[:-1] + " and also the hot",
+        "repetitive": "Volcanoes are openings in the crust. " * 3,
+        "filler": "Sure! Here is an answer. " + GOOD_20,
+    }
+    for what, response in bad.items():
+        assert labeler.score(prompt, response) < good - 0.1, what
+
+
+def test_rank_orders_hand_made_responses(labeler):
+    prompt = "Explain the moon in one sentence."
+    responses = [
+        "Sure! Here is the thing about the moon: it is",  # filler, truncated
+        "The moon is the natural satellite that orbits the Earth.",  # best
+        "Bananas are a yellow fruit.",  # off topic
+        # Three sentences where one was asked for.
+        "The moon is the natural satellite that orbits the Earth. It reflects sunlight. It causes tides.",
+    ]
+    order = labeler.rank(prompt, responses)
+    assert order[0] == 1
+    assert order.index(3) < order.index(2)
+    assert sorted(order) == [0, 1, 2, 3]
+    # Ties keep the original order.
+    assert labeler.rank(prompt, ["The moon is round.", "The moon is round."]) == [0, 1]
+
+
+def test_deterministic(labeler):
+    prompt = "Describe volcanoes in about 20 words."
+    assert SimulatedLabeler().score(prompt, GOOD_20) == labeler.score(prompt, GOOD_20)
+    assert [labeler.score(prompt, _n_words(33)) for _ in range(3)] == [labeler.score(prompt, _n_words(33))] * 3
+
+
+def test_custom_weights_and_validation():
+    only_length = SimulatedLabeler(weights={"length": 2.0})
+    assert only_length.weights == {"length": 1.0}
+    assert only_length.score("Explain tea in one sentence.", "Bananas are yellow.") == 1.0
+    with pytest.raises(ValueError, match="length"):
+        SimulatedLabeler(weights={"lenght": 1.0})
+
+
+def test_registry():
+    labeler = get_labeler("simulated")
+    assert isinstance(labeler, SimulatedLabeler)
+    assert isinstance(labeler, Labeler)
+    assert labeler.name == "simulated"
+    assert LABELERS == {"simulated": SimulatedLabeler}
+    with pytest.raises(ValueError, match=r"'nope'.*simulated"):
+        get_labeler("nope")
