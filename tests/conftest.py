@@ -53,5 +53,3 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     build_tiny_model(tokenizer).save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
-
-

@@ -1,23 +1,16 @@
 """The SFT recipe end-to-end through its parser and `main` on the tiny model."""
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import sft as sft_recipe  # noqa: E402
+from helpers import load_recipe, write_config, write_jsonl
+from instructrl.configs import ScriptArguments, parse_args
+from instructrl.errors import ConfigError, DataError, ModelLoadError
 
-from instructrl.configs import ScriptArguments, parse_args  # noqa: E402
-from instructrl.errors import ConfigError, DataError, ModelLoadError  # noqa: E402
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+sft_recipe = load_recipe("sft")
 
 
 def demo_rows(n: int) -> list[dict]:
@@ -29,11 +22,6 @@ def demo_rows(n: int) -> list[dict]:
         }
         for i in range(n)
     ]
-
-
-def write_config(path: Path, **values) -> Path:
-    path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items()))
-    return path
 
 
 def sft_config(tmp_path: Path, model_dir: Path, data: Path, **overrides) -> Path:
@@ -60,8 +48,9 @@ def sft_config(tmp_path: Path, model_dir: Path, data: Path, **overrides) -> Path
 
 
 def run(config: Path, *extra: str):
-    return sft_recipe.main(*parse_args((ScriptArguments, sft_recipe.SFTConfig, sft_recipe.ModelConfig),
-                                       ["--config", str(config), *extra]))
+    return sft_recipe.main(
+        *parse_args((ScriptArguments, sft_recipe.SFTConfig, sft_recipe.ModelConfig), ["--config", str(config), *extra])
+    )
 
 
 def test_sft_trains_lora_only_and_saves(tmp_path, tiny_model_dir):
@@ -97,8 +86,10 @@ def test_sft_completion_only_loss(tmp_path, tiny_model_dir):
     "rows, message",
     [
         ([{"question": "hi", "answer": "yo"}], "needs (prompt, completion) or (messages) or (text)"),
-        ([{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": " "}]}],
-         "Row 0"),
+        (
+            [{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": " "}]}],
+            "Row 0",
+        ),
     ],
 )
 def test_sft_bad_data_is_one_clear_error_and_output_survives(tmp_path, tiny_model_dir, rows, message):
@@ -127,8 +118,16 @@ def test_sft_wrong_paths_and_unknown_keys(tmp_path, tiny_model_dir):
 def test_sft_rejects_a_tokenizer_from_another_model(tmp_path, tiny_model_dir, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    small = LlamaConfig(vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, num_key_value_heads=1, eos_token_id=2, pad_token_id=0)
+    small = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     model_dir = tmp_path / "small-vocab"
     LlamaForCausalLM(small).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

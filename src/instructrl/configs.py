@@ -49,7 +49,8 @@ def parse_args(dataclass_types: tuple[type, ...], args: list[str] | None = None)
         if index + 1 >= len(argv):
             raise ConfigError("`--config` needs a YAML file path after it.")
         check_config_file(argv[index + 1], dataclass_types)
-    argv = argv + cpu_precision_override(argv)
+    if any(f.name == "bf16" for cls in dataclass_types for f in fields(cls)):
+        argv = argv + cpu_precision_override(argv)
     parser = TrlParser(dataclass_types)
     return parser.parse_args_and_config(argv)
 
@@ -87,3 +88,73 @@ def check_config_file(path: str, dataclass_types: tuple[type, ...]) -> dict:
 def expand_path(path: str | None) -> str | None:
     """Expand `~` and environment variables in a path taken from YAML."""
     return None if path is None else os.path.expandvars(os.path.expanduser(path))
+
+
+@dataclass
+class RewardScriptArguments(ScriptArguments):
+    """Script arguments of the reward-model stage.
+
+    Args:
+        dataset_name (`str`):
+            Comparisons: a directory written by `recipes/collect.py` (its `rankings/`), or any data set in either the
+            ranking format (prompt, responses, scores) or TRL's pair format (prompt, chosen, rejected).
+        normalization_dataset_name (`str`, *optional*, defaults to `"builtin:demonstrations"`):
+            SFT demonstrations (prompt/completion) whose mean reward the saved bias sets to 0.
+        normalization_samples (`int`, *optional*, defaults to `256`):
+            How many demonstrations to score for the bias.
+    """
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Comparisons (rankings or pairs)."})
+    normalization_dataset_name: str | None = field(default="builtin:demonstrations")
+    normalization_samples: int = field(default=256)
+
+
+@dataclass
+class CollectConfig:
+    """Comparison collection (InstructGPT step 2's data).
+
+    Args:
+        output_dir (`str`):
+            Where `rankings/` and `pairs/` (each with `train.jsonl` and `test.jsonl`) are written.
+        sft_adapter_path (`str`, *optional*):
+            The SFT stage's output directory; `None` samples from the base model.
+        prompts_dataset (`str`, *optional*, defaults to `"builtin:prompts"`):
+            Prompts to sample for (built-in name, file or Hub id) with a `prompt` column.
+        prompts_split (`str`, *optional*, defaults to `"comparison"`):
+            Split of `prompts_dataset`.
+        num_prompts (`int`, *optional*):
+            Use only the first N prompts.
+        num_responses (`int`, *optional*, defaults to `4`):
+            K, responses sampled and ranked per prompt; InstructGPT used 4 to 9.
+        labeler (`str`, *optional*, defaults to `"simulated"`):
+            Name of the labeler in `instructrl.labeler.LABELERS`.
+        max_new_tokens, temperature, top_p, batch_size:
+            Sampling settings; `batch_size` counts prompts (each yields K sequences).
+        test_fraction (`float`, *optional*, defaults to `0.1`):
+            Fraction of prompts whose rankings are held out for reward-model evaluation.
+        seed (`int`, *optional*, defaults to `42`):
+            Seeds sampling and the split.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Run code shipped with the model.
+    """
+
+    output_dir: str = field(default="~/.cache/instructrl/outputs/comparisons")
+    sft_adapter_path: str | None = field(default=None)
+    prompts_dataset: str = field(default="builtin:prompts")
+    prompts_split: str = field(default="comparison")
+    num_prompts: int | None = field(default=None)
+    num_responses: int = field(default=4)
+    labeler: str = field(default="simulated")
+    max_new_tokens: int = field(default=64)
+    temperature: float = field(default=1.0)
+    top_p: float = field(default=1.0)
+    batch_size: int = field(default=8)
+    test_fraction: float = field(default=0.1)
+    seed: int = field(default=42)
+    trust_remote_code: bool = field(default=False)
+
+    def __post_init__(self):
+        if not 2 <= self.num_responses <= 9:
+            raise ConfigError(f"`num_responses` (K) is {self.num_responses}; use 2 to 9 (InstructGPT used 4 to 9).")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(f"`test_fraction` is {self.test_fraction}; use a value in [0, 1).")

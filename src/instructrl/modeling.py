@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -25,7 +26,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from accelerate import PartialState
 from trl import ModelConfig, get_quantization_config
 
 from .errors import ModelLoadError
@@ -232,7 +232,9 @@ def load_base_model(
     """
     path = resolve_model_path(model_args.model_name_or_path)
     try:
-        config = AutoConfig.from_pretrained(path, revision=model_args.model_revision, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+        )
     except OSError as err:
         raise ModelLoadError(f"Could not load the config of model '{model_args.model_name_or_path}': {err}") from err
     check_tokenizer_matches(tokenizer, config, model_args.model_name_or_path)

@@ -22,9 +22,13 @@ def prepare_run(training_args: TrainingArguments) -> Path:
     # wandb uploads only when the user asked for it (WANDB_MODE or an API key in the environment).
     if "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ:
         os.environ["WANDB_MODE"] = "offline"
+    prepare_logging()
+    return Path(training_args.output_dir)
+
+
+def prepare_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
-    return Path(training_args.output_dir)
 
 
 def write_json(path: Path, payload: dict) -> None:

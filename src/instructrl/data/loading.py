@@ -109,3 +109,28 @@ def non_empty(value) -> str | None:
     if not message_text(value).strip():
         return "the text is empty"
     return None
+
+
+def take(dataset: Dataset, limit: int | None) -> Dataset:
+    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
+
+
+def load_train_eval(
+    script_args, validate: Callable[[Dataset, str], Dataset], what: str
+) -> tuple[Dataset, Dataset | None]:
+    """Load and validate the training split and, if there is one, the evaluation split."""
+    train = take(
+        load_data(script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config),
+        script_args.max_train_samples,
+    )
+    validate(train, f"{what} training data ('{script_args.dataset_name}')")
+    eval_name = script_args.eval_dataset_name or script_args.dataset_name
+    try:
+        eval_dataset = load_data(eval_name, script_args.dataset_test_split, script_args.dataset_config)
+    except DataError:
+        if script_args.eval_dataset_name:  # the user asked for this one explicitly
+            raise
+        return train, None
+    eval_dataset = take(eval_dataset, script_args.max_eval_samples)
+    validate(eval_dataset, f"{what} evaluation data ('{eval_name}')")
+    return train, eval_dataset

@@ -1,0 +1,69 @@
+"""InstructGPT step 2 (data): sample K responses per prompt from the SFT policy and rank them with a labeler.
+
+Run on the embedded default (after `make sft`):
+
+    make collect
+    python recipes/collect.py --config recipes/smollm2-135m/collect/config_k4.yaml
+
+Writes `rankings/{train,test}.jsonl` (K-way rankings, what `recipes/rm.py` trains on) and `pairs/{train,test}.jsonl`
+(TRL's prompt/chosen/rejected format) under `output_dir`. The labeler is chosen by name (`--labeler simulated`);
+register another in `instructrl.labeler.LABELERS`.
+"""
+
+import time
+from pathlib import Path
+
+from transformers import set_seed
+from trl import ModelConfig
+
+from instructrl.comparisons import rank_responses, write_comparisons
+from instructrl.configs import CollectConfig, expand_path, parse_args
+from instructrl.data.loading import check_rows, load_data, non_empty, require_columns
+from instructrl.generation import load_policy, require_adapter, sample_responses
+from instructrl.labeler import get_labeler
+from instructrl.runs import announce, prepare_logging, write_json
+
+
+def main(args: CollectConfig, model_args: ModelConfig) -> dict:
+    prepare_logging()
+    output_dir = Path(expand_path(args.output_dir))
+    labeler = get_labeler(args.labeler)
+    prompts = load_data(args.prompts_dataset, args.prompts_split)
+    what = f"prompt data ('{args.prompts_dataset}', split '{args.prompts_split}')"
+    require_columns(prompts, [("prompt",)], what)
+    if args.num_prompts is not None:
+        prompts = prompts.select(range(min(args.num_prompts, len(prompts))))
+    check_rows(prompts, "prompt", non_empty, what)
+    require_adapter(expand_path(args.sft_adapter_path), "SFT", "make sft")
+
+    set_seed(args.seed)
+    start = time.time()
+    model, tokenizer = load_policy(model_args, expand_path(args.sft_adapter_path), args.trust_remote_code)
+    samples = sample_responses(
+        model,
+        tokenizer,
+        prompts["prompt"],
+        num_samples=args.num_responses,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+    )
+    rankings = [rank_responses(labeler, p, r) for p, r in zip(prompts["prompt"], samples, strict=True)]
+    counts = write_comparisons(output_dir, rankings, args.test_fraction, args.seed)
+    best = [max(r["scores"]) for r in rankings]
+    summary = {
+        **counts,
+        "num_responses": args.num_responses,
+        "labeler": args.labeler,
+        "mean_labeler_score": sum(s for r in rankings for s in r["scores"]) / (len(rankings) * args.num_responses),
+        "mean_best_of_k_score": sum(best) / len(best),
+        "seconds": round(time.time() - start, 1),
+    }
+    write_json(output_dir / "summary.json", summary)
+    announce("Comparison collection", output_dir, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main(*parse_args((CollectConfig, ModelConfig)))

@@ -1,0 +1,82 @@
+"""InstructGPT step 2: train a reward model on ranked comparisons, as a LoRA adapter plus score head.
+
+Run on the embedded default (after `make sft` and `make collect`; `make rm` runs both first if needed):
+
+    make rm
+    accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml recipes/rm.py \
+        --config recipes/smollm2-135m/rm/config_lora.yaml
+
+The adapter sits on the same base model as the policy, so PPO can attach it to the one shared base. The K responses
+of a prompt form one batch element and the loss averages its C(K,2) pairs (InstructGPT); TRL's prompt/chosen/rejected
+pairs are accepted as K=2. After training the script measures held-out pairwise accuracy against the labeler and saves
+`reward_normalization.json`, the bias that makes the SFT demonstrations score mean 0.
+"""
+
+from trl import ModelConfig, RewardConfig
+
+from instructrl.configs import RewardScriptArguments, parse_args
+from instructrl.data.loading import load_data, load_train_eval, require_columns, take
+from instructrl.modeling import load_base_model, load_tokenizer
+from instructrl.reward import (
+    NORMALIZATION_FILE,
+    RankingCollator,
+    RankingRewardTrainer,
+    pairwise_accuracy,
+    reward_bias,
+    reward_peft_config,
+    tokenize_comparisons,
+    validate_comparisons,
+)
+from instructrl.runs import announce, prepare_run, write_json
+from instructrl.sft import validate_sft_dataset
+
+
+def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_args: ModelConfig):
+    output_dir = prepare_run(training_args)
+    train_dataset, eval_dataset = load_train_eval(script_args, validate_comparisons, "reward-model")
+    demonstrations = None
+    if script_args.normalization_dataset_name:
+        demonstrations = take(load_data(script_args.normalization_dataset_name), script_args.normalization_samples)
+        what = f"normalization data ('{script_args.normalization_dataset_name}')"
+        require_columns(demonstrations, [("prompt", "completion")], what)
+        validate_sft_dataset(demonstrations, what)
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code
+    )
+    train_tokens = tokenize_comparisons(train_dataset, tokenizer, training_args.max_length)
+    eval_tokens = None if eval_dataset is None else tokenize_comparisons(eval_dataset, tokenizer, None)
+    model = load_base_model(model_args, tokenizer, task="reward", trust_remote_code=training_args.trust_remote_code)
+
+    trainer = RankingRewardTrainer(
+        model=model,
+        args=training_args,
+        data_collator=RankingCollator(tokenizer.pad_token_id),
+        train_dataset=train_tokens,
+        eval_dataset=eval_tokens,
+        processing_class=tokenizer,
+        peft_config=reward_peft_config(model_args),
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = dict(train_result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+
+    batch_size = training_args.per_device_eval_batch_size
+    if eval_tokens is not None:
+        held_out = pairwise_accuracy(trainer.model, eval_tokens, tokenizer.pad_token_id, batch_size)
+        held_out = {f"eval_{k}": v for k, v in held_out.items()}
+        trainer.log_metrics("eval", held_out)
+        trainer.save_metrics("eval", held_out)
+        metrics.update(held_out)
+    trainer.save_model(training_args.output_dir)
+    tokenizer.save_pretrained(training_args.output_dir)
+    if demonstrations is not None:
+        normalization = reward_bias(trainer.model, tokenizer, demonstrations)
+        write_json(output_dir / NORMALIZATION_FILE, normalization)
+        metrics["reward_bias"] = normalization["bias"]
+    announce("Reward model", output_dir, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+    return trainer
+
+
+if __name__ == "__main__":
+    main(*parse_args((RewardScriptArguments, RewardConfig, ModelConfig)))

@@ -1,0 +1,237 @@
+"""Reward model: K-way ranking loss, tokenization that fixes the scored token, normalization and accuracy.
+
+InstructGPT trains on all C(K,2) comparisons among the K ranked responses of one prompt as a single batch element:
+each response goes through the model once and the pairwise loss is averaged over the prompt's pairs. Pairwise data
+(TRL's prompt/chosen/rejected format) is the K=2 case of the same thing.
+
+The reward is read at one position everywhere: the end-of-turn token (`tokenizer.eos_token`, `<|im_end|>` for
+SmolLM2) that closes the response. Training sequences are `prompt + response + <eos>` with nothing after it, the
+classifier reads the right-most non-pad token, and PPO truncates generations after the same stop token, so RM training,
+RM evaluation and PPO all score the same token.
+"""
+
+import math
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import ModelConfig, RewardTrainer, get_peft_config
+
+from .data.loading import check_rows, message_text, non_empty, require_columns
+from .errors import DataError
+
+RANKING_COLUMNS = ("prompt", "responses", "scores")
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+NORMALIZATION_FILE = "reward_normalization.json"
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) -> list[int]:
+    """Token ids of a prompt as the policy sees it: the chat template with the generation prompt, or raw text."""
+    if isinstance(prompt, list):
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    else:
+        text = prompt
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_response(tokenizer: PreTrainedTokenizerBase, response: str | list[dict]) -> list[int]:
+    """Token ids of a response closed by the end-of-turn token, the token the reward is read at."""
+    ids = tokenizer(message_text(response).strip(), add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id]
+
+
+def validate_comparisons(dataset: Dataset, what: str) -> Dataset:
+    """Raise `DataError` unless the rows are rankings (prompt/responses/scores) or pairs (prompt/chosen/rejected)."""
+    if len(dataset) == 0:
+        raise DataError(f"The {what} is empty.")
+    columns = require_columns(dataset, (RANKING_COLUMNS, PAIR_COLUMNS), what)
+    check_rows(dataset, "prompt", non_empty, what)
+    if columns == PAIR_COLUMNS:
+        check_rows(dataset, "chosen", non_empty, what)
+        check_rows(dataset, "rejected", non_empty, what)
+        return dataset
+
+    def ranking_problem(row) -> str | None:
+        responses, scores = row
+        if not isinstance(responses, list) or not 2 <= len(responses) <= 9:
+            return "'responses' must be a list of 2 to 9 responses"
+        if not isinstance(scores, list) or len(scores) != len(responses):
+            return "'scores' must hold one number per response"
+        if any(not message_text(r).strip() for r in responses):
+            return "a response is empty"
+        return None
+
+    for index, row in enumerate(zip(dataset["responses"], dataset["scores"], strict=True)):
+        problem = ranking_problem(row)
+        if problem is not None:
+            raise DataError(f"Row {index} of the {what}: {problem}. Fix or drop that row.")
+    return dataset
+
+
+def tokenize_comparisons(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> Dataset:
+    """Turn ranking or pair rows into `sequences` (one token list per response) and `scores` (higher is better).
+
+    Groups whose sequences exceed `max_length` are dropped; groups left with fewer than two responses are dropped.
+    """
+    pairs = "chosen" in dataset.column_names
+
+    def tokenize(row: dict[str, Any]) -> dict[str, Any]:
+        responses = [row["chosen"], row["rejected"]] if pairs else row["responses"]
+        scores = [1.0, 0.0] if pairs else [float(s) for s in row["scores"]]
+        prompt_ids = encode_prompt(tokenizer, row["prompt"])
+        sequences = [prompt_ids + encode_response(tokenizer, r) for r in responses]
+        if max_length is not None:
+            kept = [(s, c) for s, c in zip(sequences, scores, strict=True) if len(s) <= max_length]
+            sequences, scores = [s for s, _ in kept], [c for _, c in kept]
+        return {"sequences": sequences, "scores": scores}
+
+    tokenized = dataset.map(tokenize, remove_columns=dataset.column_names, desc="Tokenizing comparisons")
+    return tokenized.filter(lambda row: len(row["sequences"]) >= 2 and len(set(row["scores"])) > 1)
+
+
+@dataclass
+class RankingCollator:
+    """Flattens K-response groups into one right-padded batch, remembering which rows belong to which prompt."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sequences = [torch.tensor(s) for ex in examples for s in ex["sequences"]]
+        lengths = torch.tensor([len(s) for s in sequences])
+        input_ids = torch.full((len(sequences), int(lengths.max())), self.pad_token_id, dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            input_ids[row, : len(seq)] = seq
+        attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "scores": torch.tensor([s for ex in examples for s in ex["scores"]], dtype=torch.float),
+            "group_sizes": torch.tensor([len(ex["sequences"]) for ex in examples]),
+        }
+
+
+def ranking_loss(
+    rewards: torch.Tensor, scores: torch.Tensor, group_sizes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """InstructGPT's K-way ranking loss.
+
+    For each group (prompt) with responses ranked by `scores`, every pair (i, j) with scores[i] > scores[j]
+    contributes -log sigmoid(r_i - r_j); pairs are averaged within a group (1 / C(K,2) without ties) and groups are
+    averaged over the batch. Tied pairs carry no preference and are left out.
+
+    Args:
+        rewards (`torch.Tensor`): `[N]` model rewards, the groups' responses concatenated.
+        scores (`torch.Tensor`): `[N]` labeler scores in the same order; higher is better.
+        group_sizes (`torch.Tensor`): `[G]` number of responses of each group; sums to N.
+
+    Returns:
+        `(loss, correct, pairs)`: the scalar loss, and the number of correctly ordered and of all compared pairs.
+    """
+    losses, correct, total = [], rewards.new_zeros(()), rewards.new_zeros(())
+    for group_rewards, group_scores in zip(
+        rewards.split(group_sizes.tolist()), scores.split(group_sizes.tolist()), strict=True
+    ):
+        better, worse = [], []
+        for i, j in combinations(range(len(group_scores)), 2):
+            if group_scores[i] > group_scores[j]:
+                better.append(i), worse.append(j)
+            elif group_scores[j] > group_scores[i]:
+                better.append(j), worse.append(i)
+        if not better:
+            continue
+        margin = group_rewards[better] - group_rewards[worse]
+        losses.append(-F.logsigmoid(margin).mean())
+        correct = correct + (margin > 0).sum().detach()
+        total = total + len(better)
+    if not losses:
+        return rewards.sum() * 0.0, correct, total
+    return torch.stack(losses).mean(), correct, total
+
+
+def reward_peft_config(model_args: ModelConfig) -> LoraConfig | None:
+    """LoRA for a sequence classifier: the score head is trained in full and saved with the adapter."""
+    model_args.lora_task_type = "SEQ_CLS"
+    config = get_peft_config(model_args)
+    if config is not None:
+        config.modules_to_save = sorted(set(config.modules_to_save or []) | {"score"})
+    return config
+
+
+class RankingRewardTrainer(RewardTrainer):
+    """TRL's `RewardTrainer` trained on K-way rankings (pairs being K=2) with `ranking_loss`."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "sequences" in dataset.column_names:
+            return dataset
+        return tokenize_comparisons(dataset, processing_class, args.max_length)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["sequences", "scores"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        rewards = outputs.logits.squeeze(-1)
+        loss, correct, pairs = ranking_loss(rewards, inputs["scores"], inputs["group_sizes"])
+        with torch.no_grad():
+            correct = self.accelerator.gather_for_metrics(correct.reshape(1)).sum().item()
+            pairs = self.accelerator.gather_for_metrics(pairs.reshape(1)).sum().item()
+            self._metrics[mode]["pairs"].append(pairs)
+            self._metrics[mode]["accuracy"].append(correct / max(pairs, 1))
+            self._metrics[mode]["mean_reward"].append(rewards.mean().item())
+        return (loss, outputs) if return_outputs else loss
+
+
+@torch.no_grad()
+def score_sequences(
+    model: PreTrainedModel, sequences: list[list[int]], pad_token_id: int, batch_size: int = 16
+) -> torch.Tensor:
+    """Rewards of token sequences (each ending at the scored token), read exactly as in training."""
+    was_training = model.training
+    model.eval()
+    collator = RankingCollator(pad_token_id)
+    device = next(model.parameters()).device
+    rewards = []
+    for start in range(0, len(sequences), batch_size):
+        batch = collator([{"sequences": sequences[start : start + batch_size], "scores": [0.0]}])
+        logits = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
+        ).logits
+        rewards.append(logits.squeeze(-1).float().cpu())
+    model.train(was_training)
+    return torch.cat(rewards) if rewards else torch.zeros(0)
+
+
+def pairwise_accuracy(model: PreTrainedModel, tokenized: Dataset, pad_token_id: int, batch_size: int = 16) -> dict:
+    """Fraction of strictly ordered response pairs that the model orders like the labeler, over all groups."""
+    correct, total = 0, 0
+    for row in tokenized:
+        rewards = score_sequences(model, row["sequences"], pad_token_id, batch_size)
+        _, c, t = ranking_loss(rewards, torch.tensor(row["scores"]), torch.tensor([len(row["sequences"])]))
+        correct, total = correct + int(c), total + int(t)
+    accuracy = correct / total if total else float("nan")
+    # Normal-approximation 95% interval; pairs within a prompt are not independent, so this is optimistic.
+    half_width = 1.96 * math.sqrt(accuracy * (1 - accuracy) / total) if total else float("nan")
+    return {"pairwise_accuracy": accuracy, "pairs": total, "ci95_half_width": half_width}
+
+
+def reward_bias(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, demonstrations: Dataset) -> dict:
+    """The bias that makes the RM score the SFT demonstrations at mean 0 (InstructGPT's normalization)."""
+    sequences = [
+        encode_prompt(tokenizer, row["prompt"]) + encode_response(tokenizer, row["completion"])
+        for row in demonstrations
+    ]
+    rewards = score_sequences(model, sequences, tokenizer.pad_token_id)
+    return {
+        "bias": -rewards.mean().item(),
+        "demonstration_reward_mean": rewards.mean().item(),
+        "demonstration_reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
+        "num_demonstrations": len(rewards),
+        "scored_token": tokenizer.eos_token,
+    }

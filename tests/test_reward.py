@@ -1,0 +1,196 @@
+"""Reward model: ranking loss on hand-computed tensors, the scored token, and the recipe end-to-end."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from helpers import load_recipe, write_config, write_jsonl
+
+from instructrl.comparisons import rank_responses, ranking_to_pairs
+from instructrl.configs import RewardScriptArguments, parse_args
+from instructrl.errors import DataError
+from instructrl.labeler import SimulatedLabeler
+from instructrl.reward import RankingCollator, encode_prompt, encode_response, ranking_loss, tokenize_comparisons
+
+rm_recipe = load_recipe("rm")
+
+
+def test_ranking_loss_matches_hand_computation():
+    # One group of K=3 with scores ranking b > a > c, one group of K=2 with a tie (no pair).
+    rewards = torch.tensor([0.5, 1.5, -1.0, 0.3, 0.3], requires_grad=True)
+    scores = torch.tensor([0.6, 0.9, 0.1, 0.5, 0.5])
+    loss, correct, pairs = ranking_loss(rewards, scores, torch.tensor([3, 2]))
+
+    def nls(x):
+        return -math.log(1 / (1 + math.exp(-x)))
+
+    expected = (nls(1.5 - 0.5) + nls(0.5 - -1.0) + nls(1.5 - -1.0)) / 3  # 1/C(3,2); the tied group drops out
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert (int(correct), int(pairs)) == (3, 3)
+    loss.backward()
+    assert rewards.grad[3:].abs().sum() == 0  # tied pair contributes nothing
+    # Swapping the model's preference for one pair makes it incorrect.
+    _, correct, _ = ranking_loss(torch.tensor([1.6, 1.5, -1.0]), torch.tensor([0.6, 0.9, 0.1]), torch.tensor([3]))
+    assert int(correct) == 2
+
+
+def test_ranking_loss_of_two_groups_averages_per_group():
+    rewards = torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0])
+    scores = torch.tensor([1.0, 0.0, 3.0, 2.0, 1.0])
+    loss, _, pairs = ranking_loss(rewards, scores, torch.tensor([2, 3]))
+    g1 = -torch.nn.functional.logsigmoid(torch.tensor(1.0))
+    g2 = -torch.nn.functional.logsigmoid(torch.tensor([2.0, 1.0, -1.0])).mean()
+    assert loss.item() == pytest.approx(((g1 + g2) / 2).item(), rel=1e-6)
+    assert int(pairs) == 4
+
+
+def test_scored_token_is_the_end_of_turn_token(tokenizer):
+    prompt = [{"role": "user", "content": "Describe tea in one sentence."}]
+    rows = [{"prompt": prompt, "responses": ["Tea is a drink.", "Tea, tea, tea"], "scores": [0.9, 0.2]}]
+    from datasets import Dataset
+
+    tokenized = tokenize_comparisons(Dataset.from_list(rows), tokenizer, None)
+    batch = RankingCollator(tokenizer.pad_token_id)([tokenized[0]])
+    last = batch["attention_mask"].sum(-1) - 1
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    for row, position in enumerate(last):
+        assert (
+            batch["input_ids"][row, position]
+            == tokenizer.eos_token_id
+            == tokenizer.convert_tokens_to_ids("<|im_end|>")
+        )
+    # The classifier reads the right-most non-pad token: that position.
+    non_pad = (batch["input_ids"] != tokenizer.pad_token_id).int()
+    rightmost = (torch.arange(non_pad.shape[1]) * non_pad).argmax(-1)
+    assert torch.equal(rightmost, last)
+    # Prompt tokens are what the policy sees at generation time.
+    assert batch["input_ids"][0, : len(encode_prompt(tokenizer, prompt))].tolist() == encode_prompt(tokenizer, prompt)
+    assert encode_response(tokenizer, "Tea is a drink.")[-1] == tokenizer.eos_token_id
+
+
+TOPICS = ["tea", "rain", "bread", "rivers", "owls", "maps", "glass", "bees", "salt", "kites", "ice", "wool"]
+
+
+def synthetic_rankings(n: int, seed: int) -> list[dict]:
+    """Rankings by the simulated labeler over responses that differ in cues a tiny model can see."""
+    rng = random.Random(seed)
+    labeler = SimulatedLabeler()
+    rows = []
+    for _ in range(n):
+        topic = rng.choice(TOPICS)
+        prompt = [{"role": "user", "content": f"Describe {topic} in one sentence."}]
+        other = rng.choice([t for t in TOPICS if t != topic])
+        candidates = [
+            f"{topic.capitalize()} is common and useful in daily life.",
+            f"Sure! Here is {other}, {other}, {other}, {other}",
+            f"{other.capitalize()} is common. {other.capitalize()} is common. {other.capitalize()} is common.",
+            f"Here is {topic}: it is, well,",
+        ]
+        rng.shuffle(candidates)
+        rows.append(rank_responses(labeler, prompt, candidates))
+    return rows
+
+
+def rm_config(tmp_path, model_dir, data_dir, **overrides):
+    values = dict(
+        model_name_or_path=str(model_dir),
+        dataset_name=str(data_dir),
+        normalization_dataset_name=str(tmp_path / "demos.jsonl"),
+        output_dir=str(tmp_path / "rm"),
+        use_peft=True,
+        lora_r=8,
+        lora_alpha=16,
+        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        num_train_epochs=3,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        learning_rate=5e-3,
+        max_length=96,
+        gradient_checkpointing=False,
+        report_to="none",
+        logging_steps=5,
+        save_strategy="no",
+        eval_strategy="no",
+        seed=0,
+    )
+    values.update(overrides)
+    return write_config(tmp_path / "rm.yaml", **values)
+
+
+def run(config, *extra):
+    return rm_recipe.main(
+        *parse_args(
+            (RewardScriptArguments, rm_recipe.RewardConfig, rm_recipe.ModelConfig), ["--config", str(config), *extra]
+        )
+    )
+
+
+def write_demos(tmp_path):
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Describe {t} in one sentence."}],
+            "completion": [{"role": "assistant", "content": f"{t.capitalize()} is common and useful in daily life."}],
+        }
+        for t in TOPICS
+    ]
+    return write_jsonl(tmp_path / "demos.jsonl", rows)
+
+
+def test_rm_learns_the_labeler_and_saves_adapter_head_and_bias(tmp_path, tiny_model_dir):
+    data = tmp_path / "comparisons" / "rankings"
+    write_jsonl(data / "train.jsonl", synthetic_rankings(160, seed=1))
+    write_jsonl(data / "test.jsonl", synthetic_rankings(40, seed=2))
+    write_demos(tmp_path)
+    trainer = run(rm_config(tmp_path, tiny_model_dir, data))
+    out = tmp_path / "rm"
+    eval_metrics = json.loads((out / "eval_results.json").read_text())
+    # 40 held-out prompts x C(4,2)=6 pairs; chance is 0.5.
+    assert eval_metrics["eval_pairs"] == 240
+    assert eval_metrics["eval_pairwise_accuracy"] >= 0.75, eval_metrics
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["task_type"] == "SEQ_CLS" and "score" in adapter_config["modules_to_save"]
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "adapter_model.safetensors")
+    assert any("score" in k for k in saved) and any("lora_A" in k for k in saved)
+    # The bias centres the demonstrations' rewards at 0.
+    normalization = json.loads((out / "reward_normalization.json").read_text())
+    assert normalization["scored_token"] == "<|im_end|>"
+    from instructrl.reward import reward_bias
+
+    demos = rm_recipe.load_data(str(tmp_path / "demos.jsonl"))
+    again = reward_bias(trainer.model, trainer.processing_class, demos)
+    assert again["demonstration_reward_mean"] + normalization["bias"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_rm_accepts_trl_pairs(tmp_path, tiny_model_dir):
+    rows = [p for r in synthetic_rankings(12, seed=3) for p in ranking_to_pairs(r)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    write_demos(tmp_path)
+    run(rm_config(tmp_path, tiny_model_dir, data, num_train_epochs=1))
+    assert (tmp_path / "rm" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            {"prompt": "p", "best": "a", "worst": "b"},
+            "needs (prompt, responses, scores) or (prompt, chosen, rejected)",
+        ),
+        ({"prompt": "p", "responses": ["a", ""], "scores": [1, 0]}, "a response is empty"),
+        ({"prompt": "p", "chosen": "a", "rejected": ""}, "column 'rejected': the text is empty"),
+        ({"prompt": "p", "responses": ["a", "b"], "scores": [1]}, "one number per response"),
+    ],
+)
+def test_rm_bad_rows_fail_before_anything_is_written(tmp_path, tiny_model_dir, row, message):
+    out = tmp_path / "rm"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_text("an earlier adapter")
+    data = write_jsonl(tmp_path / "bad.jsonl", [row])
+    write_demos(tmp_path)
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(rm_config(tmp_path, tiny_model_dir, data))
+    assert (out / "adapter_model.safetensors").read_text() == "an earlier adapter"
