@@ -6,8 +6,8 @@ import random
 
 import pytest
 import torch
-from helpers import load_recipe, write_config, write_jsonl
 
+from helpers import load_recipe, write_config, write_jsonl
 from instructrl.comparisons import rank_responses, ranking_to_pairs
 from instructrl.configs import RewardScriptArguments, parse_args
 from instructrl.errors import DataError
