@@ -110,6 +110,15 @@ class RewardScriptArguments(ScriptArguments):
 
 
 @dataclass
+class PPOScriptArguments(ScriptArguments):
+    """Script arguments of the PPO stage: prompts with a `prompt` column (chat messages or text)."""
+
+    dataset_name: str | None = field(default="builtin:prompts", metadata={"help": "PPO prompts."})
+    dataset_train_split: str = field(default="ppo", metadata={"help": "Split of the training prompts."})
+    dataset_test_split: str = field(default="eval", metadata={"help": "Split of the evaluation prompts."})
+
+
+@dataclass
 class CollectConfig:
     """Comparison collection (InstructGPT step 2's data).
 

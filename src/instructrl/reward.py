@@ -45,6 +45,15 @@ def encode_response(tokenizer: PreTrainedTokenizerBase, response: str | list[dic
     return ids + [tokenizer.eos_token_id]
 
 
+def validate_prompts(dataset: Dataset, what: str) -> Dataset:
+    """Raise `DataError` unless every row has a non-empty `prompt` (chat messages or text)."""
+    if len(dataset) == 0:
+        raise DataError(f"The {what} data is empty.")
+    require_columns(dataset, [("prompt",)], f"{what} data")
+    check_rows(dataset, "prompt", non_empty, f"{what} data")
+    return dataset
+
+
 def validate_comparisons(dataset: Dataset, what: str) -> Dataset:
     """Raise `DataError` unless the rows are rankings (prompt/responses/scores) or pairs (prompt/chosen/rejected)."""
     if len(dataset) == 0:

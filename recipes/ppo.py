@@ -1,0 +1,110 @@
+"""InstructGPT step 3: PPO (or PPO-ptx) of the SFT policy against the reward model, on one shared base model.
+
+Run on the embedded default (after `make sft` and `make rm`):
+
+    make ppo                      # PPO-ptx, the InstructGPT recipe (gamma = 27.8, 8 pretraining sequences/episode)
+    make ppo PPO_VARIANT=ppo      # plain PPO, the ablation
+    accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml recipes/ppo.py \
+        --config recipes/smollm2-135m/ppo/config_ppo_ptx.yaml
+
+Policy, reference, reward and value are LoRA adapters of one base model (4-bit with `load_in_4bit: true`): the
+policy starts from the SFT adapter, the reference is the frozen SFT adapter (KL penalty `kl_coef`), the reward is the
+RM adapter with its score head and normalization bias, and the value function starts from the reward model.
+"""
+
+import json
+import logging
+
+from trl import ModelConfig, get_peft_config
+
+from instructrl.configs import PPOScriptArguments, expand_path, parse_args
+from instructrl.data.loading import load_data, load_train_eval
+from instructrl.errors import MissingStageError
+from instructrl.generation import require_adapter
+from instructrl.modeling import load_base_model, load_tokenizer
+from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
+from instructrl.ptx import PretrainingStream
+from instructrl.reward import encode_prompt, validate_prompts
+from instructrl.runs import announce, prepare_run, write_json
+from instructrl.shared_base import SharedBase
+
+logger = logging.getLogger("instructrl")
+
+
+def summarize(log_history: list[dict]) -> dict:
+    """First and last values of the curves users watch (RM score, KL, ptx loss)."""
+    steps = [log for log in log_history if "objective/scores" in log]
+    summary = {"updates": len(steps)}
+    for key in ("objective/scores", "objective/kl", "objective/rlhf_reward", "ptx/lm_loss", "loss/value_avg"):
+        values = [log[key] for log in steps if key in log]
+        if values:
+            head = values[: max(1, len(values) // 4)]
+            tail = values[-max(1, len(values) // 4) :]
+            summary[key] = {
+                "first_quarter_mean": sum(head) / len(head),
+                "last_quarter_mean": sum(tail) / len(tail),
+                "max": max(values),
+            }
+    return summary
+
+
+def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, model_args: ModelConfig):
+    output_dir = prepare_run(training_args)
+    if training_args.gradient_checkpointing:
+        logger.warning(
+            "Gradient checkpointing is off for PPO: with adapters sharing one base it gives wrong gradients."
+        )
+        training_args.gradient_checkpointing = False
+    sft_adapter = require_adapter(expand_path(training_args.sft_model_path), "SFT", "make sft")
+    if not training_args.reward_model_path:
+        raise MissingStageError("`reward_model_path` is not set: point it at the output of `make rm`.")
+    reward_adapter = require_adapter(expand_path(training_args.reward_model_path), "reward-model", "make rm")
+    prompts, eval_prompts = load_train_eval(script_args, validate_prompts, "PPO prompt")
+    ptx_data = None
+    if training_args.ptx_coef > 0:
+        ptx_data = load_data(training_args.ptx_dataset_name, training_args.ptx_dataset_split)
+
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code, padding_side="left"
+    )
+    ptx_stream = None
+    if ptx_data is not None:
+        ptx_stream = PretrainingStream(
+            ptx_data, tokenizer, training_args.ptx_text_field, training_args.ptx_max_length, seed=training_args.seed
+        )
+
+    def tokenize(dataset):
+        return dataset.map(
+            lambda row: {"input_ids": encode_prompt(tokenizer, row["prompt"])}, remove_columns=dataset.column_names
+        )
+
+    train_dataset = tokenize(prompts)
+    eval_dataset = tokenize(eval_prompts if eval_prompts is not None else prompts.select(range(min(8, len(prompts)))))
+    base = load_base_model(model_args, tokenizer, trust_remote_code=training_args.trust_remote_code)
+    shared = SharedBase(base, reward_adapter, sft_adapter, policy_lora=get_peft_config(model_args))
+
+    trainer = InstructPPOTrainer(
+        args=training_args,
+        shared=shared,
+        ptx_stream=ptx_stream,
+        processing_class=tokenizer,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+    )
+    if training_args.resume_from_checkpoint:
+        trainer.resume_from(expand_path(training_args.resume_from_checkpoint))
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+    summary = summarize(trainer.state.log_history)
+    write_json(output_dir / "ppo_summary.json", summary)
+    (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    announce(
+        "PPO" + ("-ptx" if training_args.ptx_coef > 0 else ""),
+        output_dir,
+        {k: v for k, v in summary.items() if k != "updates"},
+    )
+    return trainer
+
+
+if __name__ == "__main__":
+    main(*parse_args((PPOScriptArguments, InstructPPOConfig, ModelConfig)))

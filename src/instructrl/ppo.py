@@ -1,0 +1,169 @@
+"""TRL's experimental PPOTrainer (trl 1.12) with what InstructGPT and users need on top.
+
+- PPO-ptx: after each PPO micro-batch's backward and before the optimizer step, `ptx_ratio` x micro-batch pretraining
+  sequences are run through the policy and `ptx_coef` x their LM loss is back-propagated into the same gradient
+  buffers, in chunks of `ptx_micro_batch_size`, scaled for gradient accumulation like the PPO loss.
+- Gradient clipping at `max_grad_norm` (TRL 1.12's PPO ignores it), on the accumulated PPO + ptx gradient.
+- Policy, reference, reward and value as adapters of one base (`instructrl.shared_base.SharedBase`).
+- Saving the policy adapter so that `PeftModel.from_pretrained(base, output_dir)` loads it, checkpoints holding the
+  value adapter and head too, and resuming from such a checkpoint.
+
+TRL's `train()` is one closed loop with a single `accelerator.backward(loss)` per micro-batch and no hook, so the ptx
+term and the clipping are attached by wrapping this trainer's `accelerator.backward`, which that loop calls right
+before `optimizer.step()`.
+"""
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+from .ptx import PretrainingStream, predicted_tokens, ptx_loss
+from .shared_base import VALUE, SharedBase
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InstructPPOConfig(PPOConfig):
+    """TRL's `PPOConfig` plus PPO-ptx and the shared-base adapter paths.
+
+    Args:
+        sft_model_path (`str`, *optional*):
+            SFT adapter directory (`make sft`): initializes the policy and is the frozen KL reference. `None`: fresh
+            LoRA policy, reference = base model.
+        reward_model_path (`str`):
+            Reward-model adapter directory (`make rm`): the frozen reward and the value function's initialization.
+        ptx_coef (`float`, *optional*, defaults to `0.0`):
+            InstructGPT's gamma (27.8 in the paper's PPO-ptx). 0 is plain PPO.
+        ptx_ratio (`int`, *optional*, defaults to `8`):
+            Pretraining sequences per RL episode in each micro-batch (8 in the paper).
+        ptx_dataset_name (`str`, *optional*, defaults to `"builtin:pretraining"`):
+            Pretraining text (built-in name, file or Hub id).
+        ptx_dataset_split (`str`, *optional*, defaults to `"train"`):
+            Its split.
+        ptx_text_field (`str`, *optional*, defaults to `"text"`):
+            Column holding the text.
+        ptx_max_length (`int`, *optional*, defaults to `256`):
+            Pretraining sequences are truncated to this many tokens.
+        ptx_micro_batch_size (`int`, *optional*, defaults to `8`):
+            Pretraining sequences per forward/backward chunk, so that `ptx_ratio` x micro-batch fits in memory.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Run code shipped with the model. Off unless the user turns it on.
+    """
+
+    sft_model_path: str | None = field(default=None, metadata={"help": "SFT adapter directory (make sft)."})
+    reward_model_path: str | None = field(default=None, metadata={"help": "Reward adapter directory (make rm)."})
+    ptx_coef: float = field(default=0.0, metadata={"help": "InstructGPT's gamma; 0 is plain PPO."})
+    ptx_ratio: int = field(default=8, metadata={"help": "Pretraining sequences per RL episode."})
+    ptx_dataset_name: str | None = field(default="builtin:pretraining", metadata={"help": "Pretraining text."})
+    ptx_dataset_split: str = field(default="train", metadata={"help": "Split of the pretraining data."})
+    ptx_text_field: str = field(default="text", metadata={"help": "Column holding the pretraining text."})
+    ptx_max_length: int = field(default=256, metadata={"help": "Truncate pretraining sequences to this length."})
+    ptx_micro_batch_size: int = field(default=8, metadata={"help": "Pretraining sequences per backward chunk."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the model."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ptx_coef < 0 or self.ptx_ratio < 0 or self.ptx_micro_batch_size < 1:
+            raise ValueError("`ptx_coef` and `ptx_ratio` must be >= 0 and `ptx_micro_batch_size` >= 1.")
+
+
+class InstructPPOTrainer(PPOTrainer):
+    """`PPOTrainer` over a `SharedBase`, with the ptx loss hook, gradient clipping, saving and resuming.
+
+    Args:
+        shared (`SharedBase`):
+            The base with its four adapters; the trainer takes policy, reference, reward and value from it.
+        ptx_stream (`PretrainingStream`, *optional*):
+            Pretraining batches; required when `args.ptx_coef > 0`.
+        Other arguments are `PPOTrainer`'s.
+    """
+
+    def __init__(
+        self, args: InstructPPOConfig, shared: SharedBase, ptx_stream: PretrainingStream | None = None, **kwargs
+    ):
+        if args.ptx_coef > 0 and ptx_stream is None:
+            raise ValueError("`ptx_coef > 0` needs pretraining data (`ptx_dataset_name`).")
+        self.shared = shared
+        self.ptx_stream = ptx_stream
+        self._ptx_stats: dict[str, list[float]] = defaultdict(list)
+        super().__init__(
+            args=args,
+            model=shared.policy(),
+            ref_model=shared.reference(),
+            reward_model=shared.reward_model(),
+            value_model=shared.value_model(),
+            **kwargs,
+        )
+        self._ppo_backward = self.accelerator.backward
+        self.accelerator.backward = self._backward_with_ptx_and_clipping
+
+    # -- the hook -------------------------------------------------------------------------------------------------
+    def _backward_with_ptx_and_clipping(self, loss: torch.Tensor, **kwargs) -> None:
+        self._ppo_backward(loss, **kwargs)
+        if self.args.ptx_coef > 0 and self.args.ptx_ratio > 0:
+            self.ptx_backward(self.args.ptx_ratio * self.args.per_device_train_batch_size)
+        if self.accelerator.sync_gradients and self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            norm = self.accelerator.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.args.max_grad_norm
+            )
+            self._ptx_stats["grad_norm"].append(float(norm))
+
+    def ptx_backward(self, num_sequences: int) -> float:
+        """Back-propagate `ptx_coef` x the policy's LM loss on `num_sequences` pretraining sequences, in chunks.
+
+        The chunks' losses are normalized by the whole batch's token count, so the accumulated gradient is that of
+        one batch however it is chunked. Returns the (unscaled) LM loss.
+        """
+        input_ids, attention_mask = self.ptx_stream.next_batch(num_sequences)
+        total_tokens = predicted_tokens(attention_mask)
+        policy = self.accelerator.unwrap_model(self.model).policy
+        device = self.accelerator.device
+        total = 0.0
+        for start in range(0, num_sequences, self.args.ptx_micro_batch_size):
+            ids = input_ids[start : start + self.args.ptx_micro_batch_size].to(device)
+            mask = attention_mask[start : start + self.args.ptx_micro_batch_size].to(device)
+            logits = policy(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            loss, _ = ptx_loss(logits, ids, mask, self.args.ptx_coef, num_tokens=total_tokens)
+            self._ppo_backward(loss)
+            total += loss.item()
+        lm_loss = total / self.args.ptx_coef
+        self._ptx_stats["ptx/lm_loss"].append(lm_loss)
+        self._ptx_stats["ptx/tokens"].append(float(total_tokens))
+        return lm_loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for key, values in self._ptx_stats.items():
+            if values:
+                logs[key] = sum(values) / len(values) if key != "ptx/tokens" else sum(values)
+        self._ptx_stats.clear()
+        super().log(logs, start_time)
+
+    # -- saving and resuming --------------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if self.accelerator.is_main_process:
+            self.shared.save_adapter("policy", output_dir)
+            self.shared.save_value(Path(output_dir) / VALUE)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+
+    def resume_from(self, checkpoint: str | Path) -> int:
+        """Load weights, optimizer and scheduler from a checkpoint; return how many updates it had completed.
+
+        TRL's loop always starts at update 1, so the remaining updates are run by shortening `num_total_batches`.
+        """
+        checkpoint = Path(checkpoint)
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        done = int(state["global_step"])
+        self.shared.load_trainable(checkpoint)
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        self.args.num_total_batches = max(self.args.num_total_batches - done, 0)
+        logger.info("Resumed from %s after %d updates; %d updates left", checkpoint, done, self.args.num_total_batches)
+        return done

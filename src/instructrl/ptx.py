@@ -1,0 +1,87 @@
+"""PPO-ptx: the pretraining-mix loss InstructGPT adds to PPO (gamma * E_pretrain[log pi_RL(x)]).
+
+`ptx_loss` is the pure loss term; `PretrainingStream` serves tokenized pretraining sequences forever, in seeded
+shuffled passes. The trainer wiring (which micro-batch, chunking, gradient accumulation) lives in `instructrl.ppo`.
+"""
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from .errors import DataError
+
+
+def ptx_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    coef: float,
+    num_tokens: int | None = None,
+) -> tuple[torch.Tensor, int]:
+    """`coef` times the next-token negative log-likelihood of `input_ids`, averaged over real (unpadded) tokens.
+
+    Args:
+        logits (`torch.Tensor`): `[B, T, V]` policy logits for `input_ids`.
+        input_ids (`torch.Tensor`): `[B, T]` pretraining tokens.
+        attention_mask (`torch.Tensor`): `[B, T]`, 1 for real tokens.
+        coef (`float`): gamma; 0 gives a zero loss (and zero gradient).
+        num_tokens (`int`, *optional*): divide by this many predicted tokens instead of this chunk's own count, so
+            that chunks of one pretraining batch add up to the loss of the whole batch.
+
+    Returns:
+        `(loss, predicted_tokens)` where `predicted_tokens` counts this chunk's supervised positions.
+    """
+    targets = input_ids[:, 1:]
+    mask = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none")
+    nll = nll.view_as(targets) * mask
+    count = int(mask.sum())
+    denominator = num_tokens if num_tokens is not None else max(count, 1)
+    return coef * nll.sum() / denominator, count
+
+
+def predicted_tokens(attention_mask: torch.Tensor) -> int:
+    """Number of positions `ptx_loss` supervises in a batch."""
+    return int((attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()).sum())
+
+
+class PretrainingStream:
+    """Endless source of pretraining batches: tokenized, truncated to `max_length`, reshuffled every pass."""
+
+    def __init__(
+        self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, text_field: str, max_length: int, seed: int = 0
+    ):
+        if text_field not in dataset.column_names:
+            raise DataError(
+                f"The PPO-ptx pretraining data has columns {dataset.column_names} but no '{text_field}' column. Set "
+                "`ptx_text_field` to the column holding the text."
+            )
+        texts = [t for t in dataset[text_field] if isinstance(t, str) and t.strip()]
+        if not texts:
+            raise DataError(f"The PPO-ptx pretraining data has no non-empty '{text_field}' values.")
+        encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+        self.sequences = [ids for ids in encoded if len(ids) >= 2]
+        self.pad_token_id = tokenizer.pad_token_id
+        self.generator = torch.Generator().manual_seed(seed)
+        self._order: Iterator[int] = iter(())
+
+    def _next_index(self) -> int:
+        try:
+            return next(self._order)
+        except StopIteration:
+            self._order = iter(torch.randperm(len(self.sequences), generator=self.generator).tolist())
+            return next(self._order)
+
+    def next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`size` sequences, right-padded: `(input_ids, attention_mask)`."""
+        batch = [self.sequences[self._next_index()] for _ in range(size)]
+        width = max(len(s) for s in batch)
+        input_ids = torch.full((size, width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((size, width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            attention_mask[row, : len(seq)] = 1
+        return input_ids, attention_mask

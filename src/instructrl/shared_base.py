@@ -1,0 +1,249 @@
+"""Policy, reference, reward and value as named LoRA adapters on one base model, presented as TRL's PPO expects.
+
+One base model (4-bit when asked) carries up to four adapters:
+
+- `policy`: trainable, initialized from the SFT adapter (or fresh LoRA when there is none);
+- `reference`: the SFT adapter, frozen (when there is no SFT adapter the reference is the base with adapters off);
+- `reward`: the reward model's LoRA, frozen; its score head and normalization bias live in a separate `ScalarHead`;
+- `value`: trainable, initialized from the reward adapter and head, as InstructGPT initializes its value function.
+
+The adapter used by a forward pass is chosen by `use_adapter`, which flips PEFT's active-adapter flags *without*
+touching `requires_grad`. PEFT's own `set_adapter` freezes every other adapter, which would silently drop the
+gradient of whichever of policy/value ran first in PPO's joint forward. Gradients are exact as long as no activation
+checkpointing recomputes a forward under a different adapter, so the shared layout refuses gradient checkpointing.
+"""
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from .errors import MissingStageError
+from .reward import NORMALIZATION_FILE
+
+POLICY, REFERENCE, REWARD, VALUE = "policy", "reference", "reward", "value"
+
+
+@contextmanager
+def use_adapter(model: PeftModel, name: str | None) -> Iterator[None]:
+    """Run the enclosed forward passes with adapter `name` active (`None`: base model only).
+
+    Unlike `PeftModel.set_adapter`, this leaves `requires_grad` of every adapter untouched.
+    """
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    saved = [(m._active_adapter, m._disable_adapters) for m in layers]
+    try:
+        for layer in layers:
+            if name is None:
+                layer._disable_adapters = True
+            else:
+                layer._active_adapter = [name]
+                layer._disable_adapters = False
+        yield
+    finally:
+        for layer, (active, disabled) in zip(layers, saved, strict=True):
+            layer._active_adapter, layer._disable_adapters = active, disabled
+
+
+class AdapterView(nn.Module):
+    """A causal LM that is the shared base under one adapter: what PPO calls `model.policy` or `ref_model`."""
+
+    def __init__(self, shared: PeftModel, adapter: str | None):
+        super().__init__()
+        self.shared = shared
+        self.adapter = adapter
+        self.is_gradient_checkpointing = False
+
+    @property
+    def config(self):
+        return self.shared.config
+
+    @property
+    def generation_config(self):
+        return self.shared.get_base_model().generation_config
+
+    def forward(self, **kwargs):
+        with use_adapter(self.shared, self.adapter):
+            return self.shared(**kwargs)
+
+    def generate(self, **kwargs):
+        with use_adapter(self.shared, self.adapter):
+            return self.shared.generate(**kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        raise ValueError(
+            "Gradient checkpointing is not available with policy, reference, reward and value sharing one base: "
+            "recomputation would run under whichever adapter is active at backward time and give wrong gradients. "
+            "Set `gradient_checkpointing: false`."
+        )
+
+
+class BackboneView(nn.Module):
+    """The shared base's transformer body (no LM head) under one adapter; returns hidden states."""
+
+    def __init__(self, shared: PeftModel, adapter: str):
+        super().__init__()
+        self.shared = shared
+        self.adapter = adapter
+
+    def forward(self, **kwargs):
+        base = self.shared.get_base_model()
+        with use_adapter(self.shared, self.adapter):
+            return getattr(base, base.base_model_prefix)(**kwargs)
+
+
+class ScalarHead(nn.Linear):
+    """A `hidden -> 1` head in fp32 whatever the base's compute dtype; its bias holds the reward normalization."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size, 1, bias=True, dtype=torch.float32)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden.to(self.weight.dtype))
+
+
+class ScalarModel(nn.Module):
+    """Reward or value model as TRL's PPO reads it: `getattr(m, m.base_model_prefix)` and `m.score`."""
+
+    base_model_prefix = "backbone"
+
+    def __init__(self, shared: PeftModel, adapter: str, head: ScalarHead):
+        super().__init__()
+        self.backbone = BackboneView(shared, adapter)
+        self.score = head
+
+
+def _lora_config(adapter_dir: Path) -> LoraConfig:
+    """The adapter's LoRA config re-targeted at the causal LM (RM adapters were trained on a classifier)."""
+    config = LoraConfig.from_pretrained(str(adapter_dir))
+    config.task_type = "CAUSAL_LM"
+    config.modules_to_save = None
+    config.inference_mode = False
+    return config
+
+
+def _adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+def _add_adapter_from_dir(shared: PeftModel | PreTrainedModel, name: str, adapter_dir: Path) -> PeftModel:
+    """Attach the LoRA weights found in `adapter_dir` as adapter `name` (score-head weights are left out)."""
+    config = _lora_config(adapter_dir)
+    if isinstance(shared, PeftModel):
+        shared.add_adapter(name, config)
+    else:
+        shared = get_peft_model(shared, config, adapter_name=name)
+    lora = {k: v for k, v in _adapter_tensors(adapter_dir).items() if "lora_" in k}
+    result = set_peft_model_state_dict(shared, lora, adapter_name=name)
+    missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
+    if missing:
+        raise ValueError(f"Adapter '{adapter_dir}' does not fit this base model: {len(missing)} LoRA weights missing.")
+    return shared
+
+
+def _score_head_from_dir(adapter_dir: Path, hidden_size: int) -> ScalarHead:
+    head = ScalarHead(hidden_size)
+    weights = [v for k, v in _adapter_tensors(adapter_dir).items() if k.endswith("score.weight") or "score." in k]
+    if not weights:
+        raise MissingStageError(
+            f"'{adapter_dir}' holds no score head: it is not a reward-model adapter from `make rm`."
+        )
+    with torch.no_grad():
+        head.weight.copy_(weights[0].reshape(1, hidden_size).float())
+        normalization = adapter_dir / NORMALIZATION_FILE
+        bias = json.loads(normalization.read_text())["bias"] if normalization.is_file() else 0.0
+        head.bias.fill_(bias)
+    return head
+
+
+class SharedBase:
+    """Builds the four adapters on one base and hands out the objects TRL's `PPOTrainer` takes.
+
+    Args:
+        base (`PreTrainedModel`):
+            The causal LM, loaded once (4-bit or not).
+        sft_adapter (`Path`, *optional*):
+            SFT output; initializes `policy` and is the frozen `reference`.
+        reward_adapter (`Path`):
+            Reward-model output (LoRA + score head + `reward_normalization.json`).
+        policy_lora (`LoraConfig`, *optional*):
+            LoRA for the policy when there is no SFT adapter.
+    """
+
+    def __init__(
+        self,
+        base: PreTrainedModel,
+        reward_adapter: Path,
+        sft_adapter: Path | None = None,
+        policy_lora: LoraConfig | None = None,
+    ):
+        hidden_size = base.config.hidden_size
+        if sft_adapter is not None:
+            shared = _add_adapter_from_dir(base, POLICY, sft_adapter)
+            shared = _add_adapter_from_dir(shared, REFERENCE, sft_adapter)
+            self.reference_adapter: str | None = REFERENCE
+        else:
+            if policy_lora is None:
+                policy_lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+            shared = get_peft_model(base, policy_lora, adapter_name=POLICY)
+            self.reference_adapter = None
+        shared = _add_adapter_from_dir(shared, REWARD, reward_adapter)
+        shared = _add_adapter_from_dir(shared, VALUE, reward_adapter)
+        self.shared: PeftModel = shared
+        self.reward_head = _score_head_from_dir(reward_adapter, hidden_size)
+        self.value_head = _score_head_from_dir(reward_adapter, hidden_size)
+        device = next(base.parameters()).device
+        self.reward_head.to(device), self.value_head.to(device)
+        self.freeze_all_but((POLICY, VALUE))
+        self.reward_head.requires_grad_(False)
+
+    def freeze_all_but(self, trainable: tuple[str, ...]) -> None:
+        for name, param in self.shared.named_parameters():
+            param.requires_grad = any(f".{a}." in name for a in trainable) and "lora_" in name
+
+    def policy(self) -> AdapterView:
+        return AdapterView(self.shared, POLICY)
+
+    def reference(self) -> AdapterView:
+        return AdapterView(self.shared, self.reference_adapter)
+
+    def reward_model(self) -> ScalarModel:
+        return ScalarModel(self.shared, REWARD, self.reward_head)
+
+    def value_model(self) -> ScalarModel:
+        return ScalarModel(self.shared, VALUE, self.value_head)
+
+    def save_adapter(self, name: str, output_dir: str | Path) -> None:
+        """Save one adapter as a standalone PEFT adapter (`PeftModel.from_pretrained(base, output_dir)` loads it)."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.shared, adapter_name=name)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state.items()}, str(output_dir / "adapter_model.safetensors")
+        )
+        config = self.shared.peft_config[name]
+        config.save_pretrained(str(output_dir))
+
+    def save_value(self, output_dir: str | Path) -> None:
+        """Save the value adapter and head (needed to resume PPO)."""
+        self.save_adapter(VALUE, output_dir)
+        save_file(
+            {"weight": self.value_head.weight.detach().cpu(), "bias": self.value_head.bias.detach().cpu()},
+            str(Path(output_dir) / "value_head.safetensors"),
+        )
+
+    def load_trainable(self, checkpoint_dir: Path) -> None:
+        """Restore policy and value adapters and the value head from a checkpoint written by `InstructPPOTrainer`."""
+        for name, sub in ((POLICY, "."), (VALUE, "value")):
+            tensors = _adapter_tensors(checkpoint_dir / sub)
+            set_peft_model_state_dict(self.shared, tensors, adapter_name=name)
+        head = load_file(str(checkpoint_dir / "value" / "value_head.safetensors"))
+        with torch.no_grad():
+            self.value_head.weight.copy_(head["weight"]), self.value_head.bias.copy_(head["bias"])
