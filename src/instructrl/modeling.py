@@ -149,7 +149,7 @@ def resolve_model_path(name_or_path: str | None) -> str:
                 "model directory (one written by `save_pretrained`)."
             )
         return str(path)
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1 or os.sep in name_or_path
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1 or "\\" in name_or_path
     if looks_local:
         raise ModelLoadError(
             f"`model_name_or_path` '{name_or_path}' is not a directory on this machine, not a built-in name "
@@ -256,7 +256,23 @@ def load_base_model(
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
     else:
         raise ValueError(f"Unknown task '{task}': expected 'causal_lm' or 'reward'.")
+    if quantization_config is not None and not torch.cuda.is_available():
+        keep_4bit_weights_trainable_on_cpu(model)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def keep_4bit_weights_trainable_on_cpu(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU bf16 inference kernel.
+
+    On CPUs with AVX512-BF16, the first eval-mode no-grad forward (e.g. PPO's generation) repacks each `Linear4bit`
+    in place for `gemv_4bit`, which computes in bf16 and has no autograd kernel; every later training forward would
+    then run through it. Keeping the dequantize-then-matmul path keeps LoRA gradients exact.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False

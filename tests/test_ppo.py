@@ -1,0 +1,311 @@
+"""PPO on one shared base: single copy of the weights, exact gradients, the ptx hook, clipping, saving, resuming."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+from trl import ModelConfig
+from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper, forward
+
+from helpers import load_recipe, write_config
+from instructrl.configs import PPOScriptArguments, parse_args
+from instructrl.errors import MissingStageError
+from instructrl.modeling import load_base_model
+from instructrl.ppo import InstructPPOConfig
+from instructrl.ptx import PretrainingStream, ptx_loss
+from instructrl.shared_base import SharedBase
+from ppo_fixtures import make_adapters
+
+ppo_recipe = load_recipe("ppo")
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_model_dir, tokenizer):
+    return make_adapters(tiny_model_dir, tmp_path_factory.mktemp("adapters"), tokenizer)
+
+
+def query_responses(tokenizer) -> tuple[torch.Tensor, int]:
+    """Two left-padded prompts followed by 'generated' responses, one ending early (right pad)."""
+    prompts = [
+        tokenizer("Describe tea.", add_special_tokens=False)["input_ids"],
+        tokenizer("Why is the sky blue today?", add_special_tokens=False)["input_ids"],
+    ]
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    queries = [[pad] * (width - len(p)) + p for p in prompts]
+    responses = [
+        tokenizer(" Tea is a warm drink", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+        tokenizer(" Light scatters", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+    ]
+    length = max(len(r) for r in responses)
+    responses = [r + [pad] * (length - len(r)) for r in responses]
+    return torch.tensor([q + r for q, r in zip(queries, responses, strict=True)]), width
+
+
+def ppo_like_loss(policy_logits, values, qr, context, pad):
+    """A stand-in for one PPO micro-batch's loss: policy log-probs weighted by fixed advantages + value error."""
+    logits = policy_logits[:, context - 1 : -1]
+    response = qr[:, context:]
+    logprobs = torch.log_softmax(logits.float(), -1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
+    mask = response != pad
+    advantages = torch.linspace(-1.0, 1.0, response.shape[1]).expand_as(logprobs)
+    pg = -(advantages * logprobs * mask).sum() / mask.sum()
+    v = values[:, context - 1 : -1].squeeze(-1)
+    returns = torch.full_like(v, 0.5)
+    vf = 0.5 * (((v - returns) ** 2) * mask).sum() / mask.sum()
+    return pg + 0.1 * vf
+
+
+def model_args(path: Path, four_bit: bool) -> ModelConfig:
+    return ModelConfig(model_name_or_path=str(path), dtype="float32", load_in_4bit=four_bit, bnb_4bit_quant_type="nf4")
+
+
+def shared_gradients(model_dir, sft, rm, tokenizer, four_bit):
+    shared = SharedBase(load_base_model(model_args(model_dir, four_bit), tokenizer), rm, sft)
+    wrapper = PolicyAndValueWrapper(shared.policy(), shared.value_model())
+    qr, context = query_responses(tokenizer)
+    output, values = forward(wrapper, qr, tokenizer.pad_token_id)
+    ppo_like_loss(output.logits, values, qr, context, tokenizer.pad_token_id).backward()
+    grads = {}
+    for name, param in shared.shared.named_parameters():
+        if param.grad is not None:
+            grads[name] = param.grad.clone()
+    grads["value_head.weight"] = shared.value_head.weight.grad.clone()
+    return shared, grads
+
+
+def separate_gradients(model_dir, sft, rm, tokenizer, four_bit):
+    """The same micro-batch on two separately loaded models: a policy PeftModel and a classifier PeftModel."""
+    args = model_args(model_dir, four_bit)
+    policy = PeftModel.from_pretrained(load_base_model(args, tokenizer), sft, is_trainable=True)
+    classifier = load_base_model(args, tokenizer, task="reward")
+    value = PeftModel.from_pretrained(classifier, rm, is_trainable=True)
+    qr, context = query_responses(tokenizer)
+    mask = qr != tokenizer.pad_token_id
+    position_ids = mask.cumsum(1) - mask.long()
+    ids = torch.masked_fill(qr, ~mask, 0)
+    hidden = value.base_model.model.model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids
+    ).last_hidden_state
+    values = value.base_model.model.score(hidden.float()) + 0.25  # the saved normalization bias
+    logits = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+    ppo_like_loss(logits, values, qr, context, tokenizer.pad_token_id).backward()
+    grads = {}
+    for name, param in policy.named_parameters():
+        if param.grad is not None:
+            grads[name.replace(".default.", ".policy.")] = param.grad
+    for name, param in value.named_parameters():
+        if param.grad is not None and "lora_" in name:
+            grads[name.replace(".default.", ".value.")] = param.grad
+        elif param.grad is not None and "score" in name:
+            grads["value_head.weight"] = param.grad
+    return grads
+
+
+@pytest.mark.parametrize("four_bit", [False, True], ids=["fp32", "nf4"])
+def test_shared_layout_gradients_equal_separate_models(tiny_model_dir, adapters, tokenizer, four_bit):
+    """Policy and value gradients of one PPO micro-batch: shared base vs separate models.
+
+    Tolerance: fp32 rtol=1e-4, atol=1e-6; nf4 the same (both sides dequantize the same 4-bit weights).
+    """
+    sft, rm = adapters
+    torch.manual_seed(0)
+    shared, got = shared_gradients(tiny_model_dir, sft, rm, tokenizer, four_bit)
+    expected = separate_gradients(tiny_model_dir, sft, rm, tokenizer, four_bit)
+    lora_keys = {k for k in expected if "lora_" in k}
+    assert any(".policy." in k for k in lora_keys) and any(".value." in k for k in lora_keys)
+    for key in sorted(lora_keys | {"value_head.weight"}):
+        shared_key = key.replace("base_model.model.model.model.", "base_model.model.model.")
+        assert shared_key in got, f"no gradient reached {key} in the shared layout"
+        torch.testing.assert_close(got[shared_key], expected[key].reshape(got[shared_key].shape), rtol=1e-4, atol=1e-6)
+    # Frozen adapters received nothing.
+    assert not any(".reference." in k or ".reward." in k for k in got)
+
+
+def test_one_copy_of_the_base_weights(tiny_model_dir, adapters, tokenizer):
+    sft, rm = adapters
+    base = load_base_model(model_args(tiny_model_dir, False), tokenizer)
+    base_numel = sum(p.numel() for p in base.parameters())
+    shared = SharedBase(base, rm, sft)
+    views = [shared.policy(), shared.reference(), shared.reward_model(), shared.value_model()]
+    storages = {
+        p.data_ptr()
+        for v in views
+        for n, p in v.named_parameters()
+        if "lora_" not in n and "score" not in n and "weight" in n
+    }
+    base_storages = {p.data_ptr() for n, p in shared.shared.named_parameters() if "lora_" not in n}
+    assert storages == base_storages
+    non_lora = sum(p.numel() for n, p in shared.shared.named_parameters() if "lora_" not in n)
+    assert non_lora == base_numel
+    all_params = {id(p) for v in views for p in v.parameters()}
+    counted = sum(p.numel() for v in views for p in v.parameters() if id(p) in all_params)
+    unique = sum({id(p): p.numel() for v in views for p in v.parameters()}.values())
+    assert unique < counted / 3  # four views, one set of base weights
+    trainable = {n.split(".lora_")[1].split(".")[1] for n, p in shared.shared.named_parameters() if p.requires_grad}
+    assert trainable == {"policy", "value"}
+    assert not shared.reward_head.weight.requires_grad and shared.value_head.weight.requires_grad
+    torch.testing.assert_close(shared.value_head.weight, shared.reward_head.weight)
+    assert shared.reward_head.bias.item() == pytest.approx(0.25)
+
+
+def test_ptx_loss_gradient_is_coef_times_lm_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, requires_grad=True)
+    ids = torch.tensor([[1, 2, 3, 4], [0, 4, 2, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    loss, tokens = ptx_loss(logits, ids, mask, coef=27.8)
+    assert tokens == 5
+    # Hand-computed mean next-token NLL over the 5 supervised positions.
+    logp = torch.log_softmax(logits, -1)
+    positions = [(0, 0, 2), (0, 1, 3), (0, 2, 4), (1, 0, 4), (1, 1, 2)]
+    manual = -sum(logp[b, t, y] for b, t, y in positions) / 5
+    assert loss.item() == pytest.approx(27.8 * manual.item(), rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (manual_grad,) = torch.autograd.grad(manual, logits)
+    torch.testing.assert_close(grad, 27.8 * manual_grad)
+    zero, _ = ptx_loss(logits, ids, mask, coef=0.0)
+    assert torch.autograd.grad(zero, logits)[0].abs().sum() == 0
+    # Chunks normalized by the whole batch's token count add up to the full loss.
+    first, _ = ptx_loss(logits[:1], ids[:1], mask[:1], 27.8, num_tokens=5)
+    second, _ = ptx_loss(logits[1:], ids[1:], mask[1:], 27.8, num_tokens=5)
+    assert (first + second).item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def ppo_config(tmp_path, model_dir, sft, rm, **overrides):
+    values = dict(
+        model_name_or_path=str(model_dir),
+        sft_model_path=str(sft),
+        reward_model_path=str(rm),
+        output_dir=str(tmp_path / "ppo"),
+        total_episodes=8,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        num_mini_batches=1,
+        local_rollout_forward_batch_size=4,
+        response_length=8,
+        stop_token="eos",
+        learning_rate=1e-3,
+        kl_coef=0.02,
+        ptx_coef=27.8,
+        ptx_ratio=2,
+        ptx_micro_batch_size=3,
+        ptx_max_length=32,
+        max_grad_norm=1.0,
+        num_sample_generations=0,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=1,
+        logging_steps=1,
+        seed=0,
+    )
+    values.update(overrides)
+    return write_config(tmp_path / "ppo.yaml", **values)
+
+
+def run(config, *extra):
+    return ppo_recipe.main(
+        *parse_args((PPOScriptArguments, InstructPPOConfig, ModelConfig), ["--config", str(config), *extra])
+    )
+
+
+def test_ppo_ptx_end_to_end_saves_a_loadable_policy_and_resumes(tmp_path, tiny_model_dir, adapters, tokenizer):
+    sft, rm = adapters
+    trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm))
+    out = tmp_path / "ppo"
+    logs = [log for log in trainer.state.log_history if "objective/scores" in log]
+    assert len(logs) == 2
+    for log in logs:
+        assert log["ptx/tokens"] > 0 and log["ptx/lm_loss"] > 0
+        assert {"objective/kl", "objective/entropy", "loss/value_avg", "grad_norm"} <= set(log)
+    # The policy moved, the reference (SFT) and the reward stayed.
+    policy = load_file(out / "adapter_model.safetensors")
+    sft_weights = load_file(sft / "adapter_model.safetensors")
+    assert any(not torch.equal(policy[k], sft_weights[k]) for k in sft_weights)
+    shared = trainer.shared.shared
+    for name, param in shared.named_parameters():
+        if ".reference." in name:
+            key = name.replace(".reference.", ".").replace("base_model.model.", "base_model.model.", 1)
+            assert torch.equal(param.detach(), sft_weights[key]), name
+    # PeftModel.from_pretrained loads the saved policy.
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+    for name, param in reloaded.named_parameters():
+        if "lora_" in name:
+            torch.testing.assert_close(param, policy[name.replace(".default", "")])
+    summary = json.loads((out / "ppo_summary.json").read_text())
+    assert summary["updates"] == 2
+    # Resume from the first checkpoint: one update left, same weights as saved there.
+    resumed = run(
+        ppo_config(tmp_path, tiny_model_dir, sft, rm, output_dir=str(tmp_path / "ppo2")),
+        "--resume_from_checkpoint",
+        str(out / "checkpoint-1"),
+    )
+    assert len([log for log in resumed.state.log_history if "objective/scores" in log]) == 1
+
+
+def test_plain_ppo_has_no_ptx_and_clipping_bounds_the_norm(tmp_path, tiny_model_dir, adapters):
+    sft, rm = adapters
+    trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm, ptx_coef=0.0, max_grad_norm=1e-3, total_episodes=4))
+    assert trainer.ptx_stream is None
+    logs = [log for log in trainer.state.log_history if "objective/scores" in log]
+    assert logs and all("ptx/lm_loss" not in log for log in logs)
+    # The recorded norm is the pre-clipping norm; after clipping the gradient must be at most max_grad_norm.
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    trainer.accelerator.gradient_state._set_sync_gradients(True)
+    trainer._backward_with_ptx_and_clipping(sum((p * 0).sum() for p in params))
+    total = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params))
+    assert total.item() <= 1e-3 * 1.0001
+
+
+def test_ppo_ptx_gradient_adds_to_ppo_gradient(tmp_path, tiny_model_dir, adapters, tokenizer):
+    """The hook's ptx backward adds exactly coef x LM-loss gradient to the policy's gradient buffers."""
+    sft, rm = adapters
+    trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm, total_episodes=4, max_grad_norm=0.0))
+    params = [p for n, p in trainer.shared.shared.named_parameters() if p.requires_grad and ".policy." in n]
+    stream = trainer.ptx_stream
+    remaining = list(stream._order)
+    generator_state = stream.generator.get_state()
+    stream._order = iter(remaining)
+    for p in params:
+        p.grad = None
+    trainer.ptx_backward(4)
+    hooked = [p.grad.clone() for p in params]
+    # Recompute by hand from the same pretraining batch.
+    stream._order = iter(remaining)
+    stream.generator.set_state(generator_state)
+    ids, mask = trainer.ptx_stream.next_batch(4)
+    for p in params:
+        p.grad = None
+    logits = trainer.shared.policy()(input_ids=ids, attention_mask=mask).logits
+    loss, _ = ptx_loss(logits, ids, mask, 27.8)
+    (loss / trainer.args.gradient_accumulation_steps).backward()
+    for got, p in zip(hooked, params, strict=True):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_ppo_needs_the_earlier_stages(tmp_path, tiny_model_dir, adapters):
+    sft, rm = adapters
+    with pytest.raises(MissingStageError, match="make rm"):
+        run(ppo_config(tmp_path, tiny_model_dir, sft, tmp_path / "no-rm"))
+    with pytest.raises(MissingStageError, match="make sft"):
+        run(ppo_config(tmp_path, tiny_model_dir, tmp_path / "no-sft", rm))
+
+
+def test_pretraining_stream_names_a_missing_text_column(tokenizer):
+    from datasets import Dataset
+
+    from instructrl.errors import DataError
+
+    with pytest.raises(DataError, match="ptx_text_field"):
+        PretrainingStream(Dataset.from_list([{"body": "x y z"}]), tokenizer, "text", 16)
+    stream = PretrainingStream(
+        Dataset.from_list([{"text": "one two three"}, {"text": "four five"}]), tokenizer, "text", 16, seed=1
+    )
+    ids, mask = stream.next_batch(5)
+    assert ids.shape[0] == 5 and mask.sum() > 0
