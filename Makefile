@@ -8,8 +8,10 @@ ACCELERATE_CONFIG ?= recipes/accelerate_configs/single_gpu.yaml
 # CPU-only machines have no GPU for accelerate to launch on; run the recipe directly there.
 LAUNCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG),$(VENV)/bin/python)
 STAMP := $(VENV)/.instructrl-installed
+OUTPUTS ?= $(HOME)/.cache/instructrl/outputs/smollm2-135m
+PPO_VARIANT ?= ppo_ptx
 
-.PHONY: setup sft collect rm test test-fast lint format clean-outputs
+.PHONY: setup sft collect rm ppo pipeline test test-fast lint format
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +31,19 @@ sft: setup
 collect: setup
 	$(LAUNCH) recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml
 
+# The reward model trains on comparisons; collect them first if that has not happened yet.
 rm: setup
+	test -f $(OUTPUTS)/comparisons/summary.json || $(MAKE) collect
 	$(LAUNCH) recipes/rm.py --config $(MODEL_DIR)/rm/config_lora.yaml
+
+ppo: setup
+	$(LAUNCH) recipes/ppo.py --config $(MODEL_DIR)/ppo/config_$(PPO_VARIANT).yaml
+
+# The stages in order on the embedded default (each stage re-runs; see the README for single stages).
+pipeline: setup
+	$(MAKE) sft
+	$(MAKE) rm
+	$(MAKE) ppo PPO_VARIANT=ppo_ptx
 
 test: setup
 	$(VENV)/bin/pytest -q tests

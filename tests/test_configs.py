@@ -5,13 +5,15 @@ from pathlib import Path
 import pytest
 from trl import ModelConfig, RewardConfig, SFTConfig
 
-from instructrl.configs import CollectConfig, RewardScriptArguments, ScriptArguments, parse_args
+from instructrl.configs import CollectConfig, PPOScriptArguments, RewardScriptArguments, ScriptArguments, parse_args
+from instructrl.ppo import InstructPPOConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 STAGE_TYPES = {
     "sft": (ScriptArguments, SFTConfig, ModelConfig),
     "rm": (RewardScriptArguments, RewardConfig, ModelConfig),
     "collect": (CollectConfig, ModelConfig),
+    "ppo": (PPOScriptArguments, InstructPPOConfig, ModelConfig),
 }
 STAGE_CONFIGS = sorted(p for p in RECIPES.rglob("config_*.yaml") if p.parent.name in STAGE_TYPES)
 
@@ -19,7 +21,7 @@ STAGE_CONFIGS = sorted(p for p in RECIPES.rglob("config_*.yaml") if p.parent.nam
 def test_every_recipe_yaml_is_covered():
     all_configs = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts)
     assert all_configs == STAGE_CONFIGS, "a YAML under recipes/ belongs to no known stage"
-    assert {p.parent.name for p in STAGE_CONFIGS} >= {"sft", "rm", "collect"}
+    assert {p.parent.name for p in STAGE_CONFIGS} >= {"sft", "rm", "collect", "ppo"}
 
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(RECIPES)))

@@ -1,0 +1,175 @@
+"""Benchmark: PPO updates in instructrl's shared-base layout vs TRL's default layout, side by side.
+
+    python bench/ppo_layouts.py                # the embedded default, after `make sft` and `make rm`
+    python bench/ppo_layouts.py --updates 3 --load-in-4bit
+
+Shared layout: one base (4-bit if asked) with policy/reference/reward/value LoRA adapters (`instructrl.shared_base`).
+TRL's default layout: the policy is the base with a LoRA adapter (`peft_config`, reference = adapters off), and the
+reward and value models are separate full sequence classifiers (the RM adapter merged in), the value trained in full.
+
+Each layout runs in its own process on the same model, prompts, batch and seed; the script prints peak memory (GPU
+allocated memory on CUDA, peak resident set size on CPU, both minus the process's footprint before any model loads),
+seconds per PPO update (after one warm-up update) and the ratios.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_OUTPUTS = Path("~/.cache/instructrl/outputs/smollm2-135m").expanduser()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_layout(args: argparse.Namespace) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import TrainerCallback
+    from trl import ModelConfig
+    from trl.experimental.ppo import PPOTrainer
+
+    from instructrl.data.loading import load_data
+    from instructrl.modeling import load_base_model, load_tokenizer
+    from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
+    from instructrl.reward import encode_prompt
+    from instructrl.shared_base import SharedBase
+
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    cuda = torch.cuda.is_available()
+    before = torch.cuda.memory_allocated() / 2**20 if cuda else peak_rss_mb()
+    model_args = ModelConfig(
+        model_name_or_path=args.model,
+        dtype="float32" if not cuda else "bfloat16",
+        load_in_4bit=args.load_in_4bit,
+        bnb_4bit_quant_type="nf4",
+        use_peft=True,
+        lora_r=16,
+        lora_alpha=32,
+        lora_target_modules=["all-linear"],
+    )
+    tokenizer = load_tokenizer(args.model, padding_side="left")
+    prompts = load_data("builtin:prompts", "ppo").select(range(args.batch * (args.updates + 1)))
+    dataset = prompts.map(lambda r: {"input_ids": encode_prompt(tokenizer, r["prompt"])}, remove_columns=["prompt"])
+    config = InstructPPOConfig(
+        output_dir=str(Path(args.workdir) / args.layout),
+        total_episodes=args.batch * (args.updates + 1),
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        num_mini_batches=1,
+        local_rollout_forward_batch_size=args.batch,
+        response_length=args.response_length,
+        stop_token="eos",
+        num_sample_generations=0,
+        report_to="none",
+        save_strategy="no",
+        bf16=cuda,
+        learning_rate=1e-5,
+        gradient_checkpointing=False,
+        seed=0,
+        logging_steps=1,
+    )
+    rm_dir, sft_dir = Path(args.rm).expanduser(), Path(args.sft).expanduser()
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_end(self, *_, **__):
+            self.times.append(time.perf_counter())
+
+    clock = Clock()
+    if args.layout == "shared":
+        base = load_base_model(model_args, tokenizer)
+        shared = SharedBase(base, rm_dir, sft_dir)
+        trainer = InstructPPOTrainer(
+            args=config,
+            shared=shared,
+            processing_class=tokenizer,
+            train_dataset=dataset,
+            eval_dataset=dataset,
+            callbacks=[clock],
+        )
+    else:
+        policy = PeftModel.from_pretrained(load_base_model(model_args, tokenizer), sft_dir).merge_and_unload()
+        reward = PeftModel.from_pretrained(load_base_model(model_args, tokenizer, task="reward"), rm_dir)
+        reward = reward.merge_and_unload()
+        value = PeftModel.from_pretrained(load_base_model(model_args, tokenizer, task="reward"), rm_dir)
+        value = value.merge_and_unload()
+        from trl import get_peft_config
+
+        trainer = PPOTrainer(
+            args=config,
+            processing_class=tokenizer,
+            model=policy,
+            ref_model=None,
+            reward_model=reward,
+            value_model=value,
+            train_dataset=dataset,
+            eval_dataset=dataset,
+            peft_config=get_peft_config(model_args),
+            callbacks=[clock],
+        )
+    start = time.perf_counter()
+    trainer.train()
+    marks = [start] + clock.times
+    per_update = [b - a for a, b in zip(marks, marks[1:], strict=False)][1:]  # drop the warm-up update
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return {
+        "layout": args.layout,
+        "peak_mb": peak - before,
+        "sec_per_update": sum(per_update) / len(per_update),
+        "updates_timed": len(per_update),
+        "trainable_params": trainable,
+        "device": "cuda" if cuda else "cpu",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--sft", default=str(DEFAULT_OUTPUTS / "sft"))
+    parser.add_argument("--rm", default=str(DEFAULT_OUTPUTS / "rm"))
+    parser.add_argument("--updates", type=int, default=3, help="timed updates (one more runs first as warm-up)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--response-length", type=int, default=32)
+    parser.add_argument("--load-in-4bit", action="store_true")
+    parser.add_argument("--workdir", default="/tmp/instructrl-bench")
+    parser.add_argument("--layout", choices=["shared", "trl"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.layout:
+        print("RESULT " + json.dumps(run_layout(args)), flush=True)
+        return
+    results = {}
+    for layout in ("shared", "trl"):
+        cmd = [sys.executable, __file__, "--layout", layout] + sys.argv[1:]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+        if out.returncode != 0 or not lines:
+            sys.exit(f"{layout} layout failed:\n{out.stderr[-3000:]}")
+        results[layout] = json.loads(lines[-1][len("RESULT ") :])
+    shared, trl = results["shared"], results["trl"]
+    print(
+        f"model={args.model} 4bit={args.load_in_4bit} batch={args.batch} response_length={args.response_length} "
+        f"device={shared['device']}"
+    )
+    print(f"{'layout':<8} {'peak MB':>10} {'s/update':>10} {'trainable':>12}")
+    for row in (shared, trl):
+        print(
+            f"{row['layout']:<8} {row['peak_mb']:>10.0f} {row['sec_per_update']:>10.2f} {row['trainable_params']:>12,}"
+        )
+    print(
+        f"ratio shared/trl: peak memory {shared['peak_mb'] / trl['peak_mb']:.2f}, "
+        f"time per update {shared['sec_per_update'] / trl['sec_per_update']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
