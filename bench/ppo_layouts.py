@@ -101,7 +101,7 @@ def run_layout(args: argparse.Namespace) -> dict:
         reward = PeftModel.from_pretrained(load_base_model(model_args, tokenizer, task="reward"), rm_dir)
         reward = reward.merge_and_unload()
         value = PeftModel.from_pretrained(load_base_model(model_args, tokenizer, task="reward"), rm_dir)
-        value = value.merge_and_unload()
+        value = value.merge_and_unload().requires_grad_(True)  # TRL trains the value model in full
         from trl import get_peft_config
 
         trainer = PPOTrainer(
