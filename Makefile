@@ -11,7 +11,7 @@ STAMP := $(VENV)/.instructrl-installed
 OUTPUTS ?= $(HOME)/.cache/instructrl/outputs/smollm2-135m
 PPO_VARIANT ?= ppo_ptx
 
-.PHONY: setup sft collect rm ppo pipeline test test-fast lint format
+.PHONY: setup sft collect rm ppo eval pipeline test test-fast lint format
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -39,11 +39,13 @@ rm: setup
 ppo: setup
 	$(LAUNCH) recipes/ppo.py --config $(MODEL_DIR)/ppo/config_$(PPO_VARIANT).yaml
 
-# The stages in order on the embedded default (each stage re-runs; see the README for single stages).
+eval: setup
+	$(VENV)/bin/python recipes/eval.py --config $(MODEL_DIR)/eval/config_default.yaml
+
+# The whole recipe, restartable: finished stages are skipped, interrupted ones start over. FORCE=rm redoes the RM
+# and every stage after it; FORCE=all redoes everything.
 pipeline: setup
-	$(MAKE) sft
-	$(MAKE) rm
-	$(MAKE) ppo PPO_VARIANT=ppo_ptx
+	$(VENV)/bin/python recipes/pipeline.py --config $(MODEL_DIR)/pipeline.yaml $(if $(FORCE),--force $(FORCE))
 
 test: setup
 	$(VENV)/bin/pytest -q tests

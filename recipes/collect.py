@@ -21,7 +21,7 @@ from instructrl.configs import CollectConfig, expand_path, parse_args
 from instructrl.data.loading import check_rows, load_data, non_empty, require_columns
 from instructrl.generation import load_policy, require_adapter, sample_responses
 from instructrl.labeler import get_labeler
-from instructrl.runs import announce, prepare_logging, write_json
+from instructrl.runs import announce, finish_stage, prepare_logging, start_stage, write_json
 
 
 def main(args: CollectConfig, model_args: ModelConfig) -> dict:
@@ -39,6 +39,7 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
     set_seed(args.seed)
     start = time.time()
     model, tokenizer = load_policy(model_args, expand_path(args.sft_adapter_path), args.trust_remote_code)
+    start_stage(output_dir, "collect")
     samples = sample_responses(
         model,
         tokenizer,
@@ -61,6 +62,7 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
         "seconds": round(time.time() - start, 1),
     }
     write_json(output_dir / "summary.json", summary)
+    finish_stage(output_dir, "collect")
     announce("Comparison collection", output_dir, summary)
     return summary
 

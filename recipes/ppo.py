@@ -25,7 +25,7 @@ from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
 from instructrl.ptx import PretrainingStream
 from instructrl.reward import encode_prompt, validate_prompts
-from instructrl.runs import announce, prepare_run, write_json
+from instructrl.runs import announce, finish_stage, prepare_run, start_stage, write_json
 from instructrl.shared_base import SharedBase
 
 logger = logging.getLogger("instructrl")
@@ -83,6 +83,7 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
     base = load_base_model(model_args, tokenizer, trust_remote_code=training_args.trust_remote_code)
     shared = SharedBase(base, reward_adapter, sft_adapter, policy_lora=get_peft_config(model_args))
 
+    start_stage(output_dir, "ppo")
     trainer = InstructPPOTrainer(
         args=training_args,
         shared=shared,
@@ -98,6 +99,7 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
     summary = summarize(trainer.state.log_history)
     write_json(output_dir / "ppo_summary.json", summary)
     (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    finish_stage(output_dir, "ppo")
     announce(
         "PPO" + ("-ptx" if training_args.ptx_coef > 0 else ""),
         output_dir,

@@ -27,7 +27,7 @@ from instructrl.reward import (
     tokenize_comparisons,
     validate_comparisons,
 )
-from instructrl.runs import announce, prepare_run, write_json
+from instructrl.runs import announce, finish_stage, prepare_run, start_stage, write_json
 from instructrl.sft import validate_sft_dataset
 
 
@@ -47,6 +47,7 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     eval_tokens = None if eval_dataset is None else tokenize_comparisons(eval_dataset, tokenizer, None)
     model = load_base_model(model_args, tokenizer, task="reward", trust_remote_code=training_args.trust_remote_code)
 
+    start_stage(output_dir, "rm")
     trainer = RankingRewardTrainer(
         model=model,
         args=training_args,
@@ -74,6 +75,7 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
         normalization = reward_bias(trainer.model, tokenizer, demonstrations)
         write_json(output_dir / NORMALIZATION_FILE, normalization)
         metrics["reward_bias"] = normalization["bias"]
+    finish_stage(output_dir, "rm")
     announce("Reward model", output_dir, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
     return trainer
 

@@ -16,7 +16,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from instructrl.configs import ScriptArguments, parse_args
 from instructrl.modeling import load_base_model, load_tokenizer
-from instructrl.runs import announce, prepare_run
+from instructrl.runs import announce, finish_stage, prepare_run, start_stage
 from instructrl.sft import load_sft_datasets
 
 
@@ -29,6 +29,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     )
     model = load_base_model(model_args, tokenizer, trust_remote_code=training_args.trust_remote_code)
 
+    start_stage(output_dir, "sft")
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -50,6 +51,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     trainer.save_model(training_args.output_dir)
     tokenizer.save_pretrained(training_args.output_dir)
     trainer.save_state()
+    finish_stage(output_dir, "sft")
     announce("SFT", output_dir, {k: round(v, 4) for k, v in metrics.items() if "loss" in k or "perplexity" in k})
     return trainer
 

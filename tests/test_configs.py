@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 from trl import ModelConfig, RewardConfig, SFTConfig
 
-from instructrl.configs import CollectConfig, PPOScriptArguments, RewardScriptArguments, ScriptArguments, parse_args
+from instructrl.configs import (
+    CollectConfig,
+    EvalConfig,
+    PPOScriptArguments,
+    RewardScriptArguments,
+    ScriptArguments,
+    parse_args,
+)
+from instructrl.pipeline import load_pipeline
 from instructrl.ppo import InstructPPOConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -14,14 +22,16 @@ STAGE_TYPES = {
     "rm": (RewardScriptArguments, RewardConfig, ModelConfig),
     "collect": (CollectConfig, ModelConfig),
     "ppo": (PPOScriptArguments, InstructPPOConfig, ModelConfig),
+    "eval": (EvalConfig, ModelConfig),
 }
 STAGE_CONFIGS = sorted(p for p in RECIPES.rglob("config_*.yaml") if p.parent.name in STAGE_TYPES)
+PIPELINES = sorted(RECIPES.rglob("pipeline.yaml"))
 
 
 def test_every_recipe_yaml_is_covered():
     all_configs = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts)
-    assert all_configs == STAGE_CONFIGS, "a YAML under recipes/ belongs to no known stage"
-    assert {p.parent.name for p in STAGE_CONFIGS} >= {"sft", "rm", "collect", "ppo"}
+    assert all_configs == sorted(STAGE_CONFIGS + PIPELINES), "a YAML under recipes/ belongs to no known stage"
+    assert {p.parent.name for p in STAGE_CONFIGS} >= {"sft", "rm", "collect", "ppo", "eval"}
 
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(RECIPES)))
@@ -40,3 +50,19 @@ def test_accelerate_yaml_parses(path):
 
     config = yaml.safe_load(path.read_text())
     assert config["num_processes"] >= 1 and "distributed_type" in config
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: str(p.relative_to(RECIPES)))
+def test_pipeline_yaml_parses(path):
+    text = path.read_text()
+    assert "Command:" in text and "Tested on:" in text
+    stages = load_pipeline(path, root=RECIPES.parent)
+    assert [s.name for s in stages] == ["sft", "collect", "rm", "ppo_ptx", "ppo", "eval"]
+    for stage in stages:
+        assert stage.output_dir.is_absolute()
+    # Evaluation compares the policies the PPO stages write, and plots their logs.
+    eval_args, _ = parse_args(STAGE_TYPES["eval"], ["--config", str(stages[-1].config)])
+    ppo_dirs = {s.name: s.output_dir for s in stages if s.name.startswith("ppo")}
+    policies = dict(entry.partition("=")[::2] for entry in eval_args.policies)
+    for name, output_dir in ppo_dirs.items():
+        assert Path(policies[name]).expanduser() == output_dir

@@ -167,3 +167,52 @@ class CollectConfig:
             raise ConfigError(f"`num_responses` (K) is {self.num_responses}; use 2 to 9 (InstructGPT used 4 to 9).")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ConfigError(f"`test_fraction` is {self.test_fraction}; use a value in [0, 1).")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of policies on held-out prompts (InstructGPT section 4 in miniature).
+
+    Args:
+        output_dir (`str`):
+            Where `metrics.json`, `metrics.md`, `samples.jsonl` (and with `ppo_runs`, `report.md` and plots) go.
+        policies (`list[str]`):
+            `name=adapter_dir` entries; a bare `name` (or `name=`) is the base model without adapters.
+        reference (`str`, *optional*, defaults to `"sft"`):
+            The policy that win rates, KL and the alignment tax are measured against; `None` skips them.
+        reward_model_path (`str`, *optional*):
+            A reward-model adapter from `make rm`; `None` skips RM scores and RM-judged win rates.
+        prompts_dataset, prompts_split, num_prompts:
+            Held-out prompts (a `prompt` column) and how many to use.
+        ptx_dataset_name, ptx_dataset_split, ptx_text_field, ptx_max_length, num_ptx_texts:
+            Held-out pretraining text for the alignment tax; `ptx_dataset_name: null` skips it.
+        labeler (`str`, *optional*, defaults to `"simulated"`):
+            Name of the labeler in `instructrl.labeler.LABELERS`.
+        max_new_tokens, temperature, top_p, batch_size, seed:
+            Sampling settings; every policy samples from the same seed.
+        ppo_runs (`list[str]`):
+            `name=ppo_output_dir` entries whose `log_history.json` is plotted in `report.md`; empty skips the report.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Run code shipped with the model.
+    """
+
+    output_dir: str = field(default="~/.cache/instructrl/outputs/eval")
+    policies: list[str] = field(default_factory=lambda: ["base", "sft=~/.cache/instructrl/outputs/smollm2-135m/sft"])
+    reference: str | None = field(default="sft")
+    reward_model_path: str | None = field(default=None)
+    prompts_dataset: str = field(default="builtin:prompts")
+    prompts_split: str = field(default="eval")
+    num_prompts: int | None = field(default=None)
+    ptx_dataset_name: str | None = field(default="builtin:pretraining")
+    ptx_dataset_split: str = field(default="test")
+    ptx_text_field: str = field(default="text")
+    ptx_max_length: int = field(default=128)
+    num_ptx_texts: int | None = field(default=None)
+    labeler: str = field(default="simulated")
+    max_new_tokens: int = field(default=64)
+    temperature: float = field(default=1.0)
+    top_p: float = field(default=1.0)
+    batch_size: int = field(default=16)
+    seed: int = field(default=42)
+    ppo_runs: list[str] = field(default_factory=list)
+    trust_remote_code: bool = field(default=False)

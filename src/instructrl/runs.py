@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import transformers
@@ -11,6 +12,11 @@ from transformers import TrainingArguments
 from .configs import expand_path
 
 logger = logging.getLogger("instructrl")
+
+# Stage markers: a stage's output directory holds RUNNING while the stage writes to it and COMPLETE once it finished.
+# `make pipeline` skips complete stages and restarts interrupted ones (see `instructrl.pipeline`).
+RUNNING = ".instructrl-running"
+COMPLETE = ".instructrl-complete"
 
 
 def prepare_run(training_args: TrainingArguments) -> Path:
@@ -45,3 +51,18 @@ def announce(stage: str, output_dir: Path, extra: dict | None = None) -> None:
     for key, value in (extra or {}).items():
         lines.append(f"[instructrl]   {key}: {value}")
     print("\n".join(lines), flush=True)
+
+
+def start_stage(output_dir: Path, stage: str) -> None:
+    """Mark `output_dir` as being written by `stage` (called once the inputs are validated, before training)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / COMPLETE).unlink(missing_ok=True)  # what is about to be overwritten is no longer a finished run
+    write_json(output_dir / RUNNING, {"stage": stage, "started": time.time(), "pid": os.getpid()})
+
+
+def finish_stage(output_dir: Path, stage: str) -> None:
+    """Mark `output_dir` as a finished `stage`: everything it should hold has been written."""
+    output_dir = Path(output_dir)
+    write_json(output_dir / COMPLETE, {"stage": stage, "finished": time.time()})
+    (output_dir / RUNNING).unlink(missing_ok=True)

@@ -133,7 +133,7 @@ def _adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(adapter_dir / "adapter_model.safetensors"))
 
 
-def _add_adapter_from_dir(shared: PeftModel | PreTrainedModel, name: str, adapter_dir: Path) -> PeftModel:
+def add_adapter_from_dir(shared: PeftModel | PreTrainedModel, name: str, adapter_dir: Path) -> PeftModel:
     """Attach the LoRA weights found in `adapter_dir` as adapter `name` (score-head weights are left out)."""
     config = _lora_config(adapter_dir)
     if isinstance(shared, PeftModel):
@@ -148,7 +148,7 @@ def _add_adapter_from_dir(shared: PeftModel | PreTrainedModel, name: str, adapte
     return shared
 
 
-def _score_head_from_dir(adapter_dir: Path, hidden_size: int) -> ScalarHead:
+def score_head_from_dir(adapter_dir: Path, hidden_size: int) -> ScalarHead:
     head = ScalarHead(hidden_size)
     weights = [v for k, v in _adapter_tensors(adapter_dir).items() if k.endswith("score.weight") or "score." in k]
     if not weights:
@@ -186,19 +186,19 @@ class SharedBase:
     ):
         hidden_size = base.config.hidden_size
         if sft_adapter is not None:
-            shared = _add_adapter_from_dir(base, POLICY, sft_adapter)
-            shared = _add_adapter_from_dir(shared, REFERENCE, sft_adapter)
+            shared = add_adapter_from_dir(base, POLICY, sft_adapter)
+            shared = add_adapter_from_dir(shared, REFERENCE, sft_adapter)
             self.reference_adapter: str | None = REFERENCE
         else:
             if policy_lora is None:
                 policy_lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
             shared = get_peft_model(base, policy_lora, adapter_name=POLICY)
             self.reference_adapter = None
-        shared = _add_adapter_from_dir(shared, REWARD, reward_adapter)
-        shared = _add_adapter_from_dir(shared, VALUE, reward_adapter)
+        shared = add_adapter_from_dir(shared, REWARD, reward_adapter)
+        shared = add_adapter_from_dir(shared, VALUE, reward_adapter)
         self.shared: PeftModel = shared
-        self.reward_head = _score_head_from_dir(reward_adapter, hidden_size)
-        self.value_head = _score_head_from_dir(reward_adapter, hidden_size)
+        self.reward_head = score_head_from_dir(reward_adapter, hidden_size)
+        self.value_head = score_head_from_dir(reward_adapter, hidden_size)
         device = next(base.parameters()).device
         self.reward_head.to(device), self.value_head.to(device)
         self.freeze_all_but((POLICY, VALUE))

@@ -1,0 +1,125 @@
+"""Evaluate policies on held-out prompts: labeler score, win rate against SFT, KL, alignment tax, length, repetition.
+
+Run on the embedded default (after `make ppo` for both variants; missing policies are an error):
+
+    make eval
+    python recipes/eval.py --config recipes/smollm2-135m/eval/config_default.yaml
+
+Any model and prompts work: list the policies as `name=adapter_dir` (a bare name is the base model), point
+`reward_model_path` at an RM adapter (or leave it empty to skip RM scores), and set `prompts_dataset`. Writes
+`metrics.json`, `metrics.md` and `samples.jsonl` under `output_dir`; with `ppo_runs` set it also draws the plots and
+writes `report.md` (see `instructrl.report`).
+"""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from transformers import set_seed
+from trl import ModelConfig
+
+from instructrl.configs import EvalConfig, expand_path, parse_args
+from instructrl.data.loading import check_rows, load_data, message_text, non_empty, require_columns
+from instructrl.errors import ConfigError
+from instructrl.evaluation import EvalModels, add_comparisons, evaluate_policy, markdown_table, parse_policies
+from instructrl.generation import require_adapter, sample_responses
+from instructrl.labeler import get_labeler
+from instructrl.modeling import load_base_model, load_tokenizer
+from instructrl.report import write_report
+from instructrl.reward import encode_prompt, encode_response
+from instructrl.runs import announce, finish_stage, prepare_logging, start_stage, write_json
+
+
+def main(args: EvalConfig, model_args: ModelConfig) -> dict:
+    prepare_logging()
+    output_dir = Path(expand_path(args.output_dir))
+    policies = parse_policies(args.policies)
+    for name, adapter in policies.items():
+        require_adapter(str(adapter) if adapter else None, f"'{name}' policy", f"the stage that trains '{name}'")
+    reward_adapter = require_adapter(expand_path(args.reward_model_path), "reward-model", "make rm")
+    if args.reference is not None and args.reference not in policies:
+        raise ConfigError(f"`reference` '{args.reference}' is not one of `policies` ({', '.join(policies)}).")
+    labeler = get_labeler(args.labeler)
+    prompts = load_data(args.prompts_dataset, args.prompts_split)
+    what = f"evaluation prompts ('{args.prompts_dataset}', split '{args.prompts_split}')"
+    require_columns(prompts, [("prompt",)], what)
+    if args.num_prompts is not None:
+        prompts = prompts.select(range(min(args.num_prompts, len(prompts))))
+    check_rows(prompts, "prompt", non_empty, what)
+    heldout_texts: list[str] = []
+    if args.ptx_dataset_name:
+        heldout = load_data(args.ptx_dataset_name, args.ptx_dataset_split)
+        require_columns(heldout, [(args.ptx_text_field,)], f"held-out pretraining text ('{args.ptx_dataset_name}')")
+        heldout_texts = [t for t in heldout[args.ptx_text_field] if isinstance(t, str) and t.strip()]
+        heldout_texts = heldout_texts[: args.num_ptx_texts]
+
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path, model_args.model_revision, args.trust_remote_code, "left"
+    )
+    base = load_base_model(model_args, tokenizer, trust_remote_code=args.trust_remote_code)
+    models = EvalModels(base, policies, reward_adapter)
+    start_stage(output_dir, "eval")
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts["prompt"]]
+    heldout_ids: list[list[int]] = []
+    if heldout_texts:
+        encoded = tokenizer(heldout_texts, add_special_tokens=False, truncation=True, max_length=args.ptx_max_length)
+        heldout_ids = [ids for ids in encoded["input_ids"] if len(ids) >= 2]
+
+    results, samples = {}, []
+    for name in policies:
+        set_seed(args.seed)  # every policy answers the same prompts from the same random state
+        responses = [
+            r[0]
+            for r in sample_responses(
+                models.policy(name),
+                tokenizer,
+                prompts["prompt"],
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                batch_size=args.batch_size,
+            )
+        ]
+        scores = [labeler.score(message_text(p), r) for p, r in zip(prompts["prompt"], responses, strict=True)]
+        response_ids = [encode_response(tokenizer, r) for r in responses]
+        results[name] = evaluate_policy(
+            models,
+            name,
+            tokenizer,
+            prompt_ids,
+            responses,
+            response_ids,
+            scores,
+            args.reference,
+            heldout_ids,
+            args.batch_size,
+        )
+        samples += [
+            {"policy": name, "prompt": p, "response": r, "labeler_score": s}
+            for p, r, s in zip(prompts["prompt"], responses, scores, strict=True)
+        ]
+        print(f"[instructrl] eval: {name}: labeler score {results[name]['labeler_score']['mean']:.3f}", flush=True)
+    add_comparisons(results, args.reference)
+
+    metrics = {
+        "config": asdict(args),
+        "num_prompts": len(prompts),
+        "reference": args.reference,
+        "policies": {name: {k: v for k, v in r.items() if k != "per_response"} for name, r in results.items()},
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(output_dir / "metrics.json", metrics)
+    (output_dir / "metrics.md").write_text(markdown_table(metrics["policies"], args.reference))
+    (output_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    outputs = {"metrics": str(output_dir / "metrics.json")}
+    if args.ppo_runs:
+        rm_results = Path(str(reward_adapter)) / "eval_results.json" if reward_adapter else None
+        outputs["report"] = str(write_report(output_dir, metrics, args.ppo_runs, rm_results))
+    finish_stage(output_dir, "eval")
+    print(markdown_table(metrics["policies"], args.reference), flush=True)
+    announce("Evaluation", output_dir, outputs)
+    return metrics
+
+
+if __name__ == "__main__":
+    main(*parse_args((EvalConfig, ModelConfig)))

@@ -1,0 +1,52 @@
+"""The whole InstructGPT recipe in one command: SFT, comparisons, RM, PPO-ptx, plain PPO, evaluation and report.
+
+    make pipeline                                  # the embedded default, end to end
+    make pipeline FORCE=rm                         # redo the reward model and everything after it
+    python recipes/pipeline.py --config recipes/smollm2-135m/pipeline.yaml [--force STAGE ...] [--dry-run]
+
+Re-running skips finished stages; an interrupted stage starts over from an empty output directory; a stage whose
+inputs were redone runs again. Each stage prints where its outputs go. See `instructrl.pipeline`.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from instructrl.errors import InstructRLError
+from instructrl.pipeline import default_launcher, load_pipeline, run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="Pipeline YAML (a `stages:` list).")
+    parser.add_argument("--force", nargs="*", default=[], help="Stages to redo (with what follows them), or 'all'.")
+    parser.add_argument("--dry-run", action="store_true", help="Print what would run and stop.")
+    parser.add_argument("--accelerate-config", default=str(REPO / "recipes/accelerate_configs/single_gpu.yaml"))
+    parser.add_argument("--log-file", default=None, help="Where to write stage timings (JSON).")
+    args = parser.parse_args(argv)
+    stages = load_pipeline(args.config, root=REPO)
+    log_file = Path(args.log_file).expanduser() if args.log_file else stages[0].output_dir.parent / "pipeline.json"
+    records = run_pipeline(
+        stages,
+        force=[f for item in args.force for f in item.split(",") if f],
+        dry_run=args.dry_run,
+        launcher=default_launcher(Path(args.accelerate_config)),
+        log_file=log_file,
+    )
+    ran = [r for r in records if "seconds" in r]
+    if ran:
+        print(
+            f"[pipeline] done: {sum(r['seconds'] for r in ran) / 60:.1f} min over {len(ran)} stage(s); "
+            f"timings in {log_file}"
+        )
+    return records
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InstructRLError as err:
+        print(f"[pipeline] error: {err}", file=sys.stderr)
+        sys.exit(1)

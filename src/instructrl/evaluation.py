@@ -1,0 +1,319 @@
+"""Evaluation in the spirit of InstructGPT section 4, with the simulated labeler standing in for human raters.
+
+For a set of policies (the base model, SFT, PPO, PPO-ptx, or any adapters a user names) on held-out prompts:
+
+- the labeler's score of one sampled response per prompt, and the reward model's score of the same response;
+- the win rate against a reference policy (SFT by default), judged by the labeler and by the reward model; a tie
+  counts one half, as InstructGPT counts "equally good";
+- a Monte-Carlo estimate of KL(policy || reference) on the policy's own samples;
+- perplexity on held-out pretraining text, whose increase over the reference is the "alignment tax";
+- response length and repetition (distinct-n).
+
+The arithmetic lives in small pure functions (`mean_ci`, `win_rate`, `distinct_n`, `sequence_logprobs`,
+`heldout_nll`) tested on hand-made inputs; `EvalModels` loads every adapter on one base model.
+"""
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl.experimental.utils import get_reward
+
+from .errors import ConfigError
+from .generation import require_adapter
+from .labeler import words
+from .shared_base import AdapterView, ScalarModel, add_adapter_from_dir, score_head_from_dir
+
+REWARD_ADAPTER = "reward"
+Z95 = 1.96
+
+
+def mean_ci(values: Sequence[float]) -> dict:
+    """Mean and the half-width of its normal-approximation 95% confidence interval (sample standard deviation)."""
+    n = len(values)
+    if n == 0:
+        return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
+    mean = sum(values) / n
+    if n == 1:
+        return {"mean": mean, "ci95": float("nan"), "n": 1}
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return {"mean": mean, "ci95": Z95 * math.sqrt(variance / n), "n": n}
+
+
+def win_rate(scores: Sequence[float], baseline: Sequence[float], tie_tolerance: float = 1e-9) -> dict:
+    """How often `scores[i]` beats `baseline[i]` (same prompt): win 1, tie 1/2, loss 0, averaged, with a 95% CI."""
+    if len(scores) != len(baseline):
+        raise ValueError(f"win_rate needs paired scores; got {len(scores)} and {len(baseline)}.")
+    outcomes = []
+    for a, b in zip(scores, baseline, strict=True):
+        outcomes.append(0.5 if abs(a - b) <= tie_tolerance else float(a > b))
+    summary = mean_ci(outcomes)
+    return {
+        "rate": summary["mean"],
+        "ci95": summary["ci95"],
+        "wins": sum(o == 1.0 for o in outcomes),
+        "ties": sum(o == 0.5 for o in outcomes),
+        "losses": sum(o == 0.0 for o in outcomes),
+    }
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct word n-grams over all n-grams in `texts` (Li et al. 2016); 0 when there are none."""
+    total, unique = 0, set()
+    for text in texts:
+        tokens = [w.lower() for w in words(text)]
+        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+        total += len(grams)
+        unique.update(grams)
+    return len(unique) / total if total else 0.0
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        attention_mask[row, : len(seq)] = 1
+    return input_ids, attention_mask
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: nn.Module,
+    sequences: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    pad_token_id: int,
+    batch_size: int = 16,
+) -> list[tuple[float, int]]:
+    """Per sequence, the summed log-probability of its tokens from index `starts[i]` on, and how many there were.
+
+    `starts[i]` is the first scored position (a prompt's length to score its response; 1 to score a whole text).
+    """
+    device = next(model.parameters()).device
+    results: list[tuple[float, int]] = []
+    for begin in range(0, len(sequences), batch_size):
+        chunk = sequences[begin : begin + batch_size]
+        input_ids, attention_mask = pad_right(chunk, pad_token_id)
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+        logprobs = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        positions = torch.arange(1, input_ids.shape[1], device=device)
+        for row, start in enumerate(starts[begin : begin + batch_size]):
+            scored = (positions >= max(start, 1)) & attention_mask[row, 1:].bool()
+            results.append((float(logprobs[row][scored].sum()), int(scored.sum())))
+    return results
+
+
+def heldout_nll(
+    model: nn.Module, texts: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 16
+) -> tuple[float, int]:
+    """Total next-token negative log-likelihood of tokenized texts and the number of predicted tokens."""
+    scored = sequence_logprobs(model, texts, [1] * len(texts), pad_token_id, batch_size)
+    return -sum(lp for lp, _ in scored), sum(n for _, n in scored)
+
+
+def perplexity(nll: float, tokens: int) -> float:
+    return math.exp(nll / tokens) if tokens else float("nan")
+
+
+@torch.no_grad()
+def reward_scores(
+    reward_model: ScalarModel,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_token_id: int,
+    batch_size: int = 16,
+) -> list[float]:
+    """Reward of each (prompt, response), read by TRL's PPO code (`get_reward`) at the response's end-of-turn token.
+
+    Prompts are left-padded to a common context and responses right-padded, exactly the layout PPO scores.
+    """
+    device = next(reward_model.parameters()).device
+    rewards: list[float] = []
+    for begin in range(0, len(prompts), batch_size):
+        batch_prompts, batch_responses = prompts[begin : begin + batch_size], responses[begin : begin + batch_size]
+        context = max(len(p) for p in batch_prompts)
+        width = context + max(len(r) for r in batch_responses) + 1  # at least one pad after every response
+        query_responses = torch.full((len(batch_prompts), width), pad_token_id, dtype=torch.long)
+        for row, (prompt, response) in enumerate(zip(batch_prompts, batch_responses, strict=True)):
+            query_responses[row, context - len(prompt) : context] = torch.tensor(list(prompt))
+            query_responses[row, context : context + len(response)] = torch.tensor(list(response))
+        _, scores, _ = get_reward(reward_model, query_responses.to(device), pad_token_id, context)
+        rewards.extend(scores.reshape(-1).float().cpu().tolist())
+    return rewards
+
+
+def parse_policies(entries: Sequence[str]) -> dict[str, Path | None]:
+    """`["base", "sft=~/out/sft"]` -> `{"base": None, "sft": Path(...)}`; a bare name (or `name=`) is the base model.
+
+    Raises:
+        ConfigError: a name is repeated or not a plain identifier (it becomes a PEFT adapter name).
+    """
+    policies: dict[str, Path | None] = {}
+    for entry in entries:
+        name, _, path = entry.partition("=")
+        name = name.strip()
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or name == REWARD_ADAPTER:
+            raise ConfigError(
+                f"Policy name '{name}' in `policies` must be a letter followed by letters, digits or '_' (and not "
+                f"'{REWARD_ADAPTER}'). Write entries as 'name=adapter_dir', or just 'name' for the base model."
+            )
+        if name in policies:
+            raise ConfigError(f"Policy '{name}' appears twice in `policies`.")
+        policies[name] = Path(path.strip()).expanduser() if path.strip() else None
+    if not policies:
+        raise ConfigError("`policies` is empty: list at least one 'name=adapter_dir' (or 'base').")
+    return policies
+
+
+class EvalModels:
+    """Every policy adapter and the reward adapter on one base model; policies without an adapter are the base.
+
+    Args:
+        base (`PreTrainedModel`):
+            The causal LM, loaded once.
+        policies (`dict[str, Path | None]`):
+            Policy name -> adapter directory (`None`: the base model itself).
+        reward_adapter (`Path`, *optional*):
+            A reward-model adapter from `make rm` (LoRA, score head and normalization bias).
+    """
+
+    def __init__(self, base: PreTrainedModel, policies: dict[str, Path | None], reward_adapter: Path | None = None):
+        shared: PreTrainedModel | PeftModel = base
+        for name, adapter in policies.items():
+            if adapter is not None:
+                require_adapter(str(adapter), f"'{name}' policy", "the stage that trains it")
+                shared = add_adapter_from_dir(shared, name, adapter)
+        self.reward_head = None
+        if reward_adapter is not None:
+            shared = add_adapter_from_dir(shared, REWARD_ADAPTER, reward_adapter)
+            self.reward_head = score_head_from_dir(reward_adapter, base.config.hidden_size)
+            self.reward_head.to(next(base.parameters()).device)
+        self.shared = shared.eval()
+        self.shared.requires_grad_(False)
+        self.policies = policies
+
+    def policy(self, name: str) -> nn.Module:
+        if not isinstance(self.shared, PeftModel):
+            return self.shared
+        return AdapterView(self.shared, name if self.policies[name] is not None else None)
+
+    def reward_model(self) -> ScalarModel | None:
+        if self.reward_head is None:
+            return None
+        return ScalarModel(self.shared, REWARD_ADAPTER, self.reward_head)
+
+
+def evaluate_policy(
+    models: EvalModels,
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    responses: Sequence[str],
+    response_ids: Sequence[Sequence[int]],
+    labeler_scores: Sequence[float],
+    reference: str | None,
+    heldout: Sequence[Sequence[int]],
+    batch_size: int,
+) -> dict:
+    """Per-response scores and corpus-level statistics of one policy's samples (win rates are added later).
+
+    Returns a dict whose `per_response` entry keeps the paired per-prompt values that win rates need.
+    """
+    pad = tokenizer.pad_token_id
+    full = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+    # The closing end-of-turn token is appended by `encode_response` for every response, cut off or not; score the
+    # response's own tokens only so that the KL estimate does not depend on that convention.
+    starts = [len(p) for p in prompt_ids]
+    content = [seq[:-1] for seq in full]
+    result: dict = {
+        "labeler_score": mean_ci(labeler_scores),
+        "response_words": mean_ci([len(words(r)) for r in responses]),
+        "response_tokens": mean_ci([len(r) - 1 for r in response_ids]),
+        "distinct_1": distinct_n(responses, 1),
+        "distinct_2": distinct_n(responses, 2),
+        "empty_responses": sum(not r.strip() for r in responses),
+    }
+    per_response: dict[str, list[float]] = {"labeler": list(labeler_scores)}
+    reward_model = models.reward_model()
+    if reward_model is not None:
+        per_response["rm"] = reward_scores(reward_model, prompt_ids, response_ids, pad, batch_size)
+        result["rm_score"] = mean_ci(per_response["rm"])
+    if reference is not None and reference != name:
+        own = sequence_logprobs(models.policy(name), content, starts, pad, batch_size)
+        ref = sequence_logprobs(models.policy(reference), content, starts, pad, batch_size)
+        result["kl_to_reference"] = mean_ci([a - b for (a, _), (b, _) in zip(own, ref, strict=True)])
+    if heldout:
+        nll, tokens = heldout_nll(models.policy(name), heldout, pad, batch_size)
+        result["heldout_nll_per_token"] = nll / tokens if tokens else float("nan")
+        result["heldout_perplexity"] = perplexity(nll, tokens)
+        result["heldout_tokens"] = tokens
+    result["per_response"] = per_response
+    return result
+
+
+def add_comparisons(results: dict[str, dict], reference: str | None) -> None:
+    """Win rates against the reference (labeler and RM) and the alignment tax (perplexity increase), in place."""
+    if reference is None or reference not in results:
+        return
+    ref = results[reference]
+    for name, result in results.items():
+        if name == reference:
+            continue
+        for judge in ("labeler", "rm"):
+            if judge in result["per_response"] and judge in ref["per_response"]:
+                result[f"win_rate_{judge}"] = win_rate(result["per_response"][judge], ref["per_response"][judge])
+        if "heldout_perplexity" in result and "heldout_perplexity" in ref:
+            result["perplexity_increase"] = result["heldout_perplexity"] - ref["heldout_perplexity"]
+
+
+def _fmt(stat: dict | float | None, digits: int = 3) -> str:
+    if stat is None:
+        return "-"
+    if isinstance(stat, dict):
+        mean = stat.get("mean", stat.get("rate"))
+        ci = stat.get("ci95")
+        if ci is None or math.isnan(ci):
+            return f"{mean:.{digits}f}"
+        return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+    return f"{stat:.{digits}f}"
+
+
+def markdown_table(results: dict[str, dict], reference: str | None) -> str:
+    """One row per policy; ± is the 95% confidence half-width."""
+    ref = reference or "reference"
+    header = [
+        "policy",
+        "labeler score",
+        f"win vs {ref} (labeler)",
+        f"win vs {ref} (RM)",
+        "RM score",
+        f"KL to {ref}",
+        "held-out ppl",
+        "ppl increase",
+        "words",
+        "distinct-2",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in results.items():
+        row = [
+            name,
+            _fmt(r.get("labeler_score")),
+            _fmt(r.get("win_rate_labeler")),
+            _fmt(r.get("win_rate_rm")),
+            _fmt(r.get("rm_score")),
+            _fmt(r.get("kl_to_reference"), 2),
+            _fmt(r.get("heldout_perplexity"), 2),
+            _fmt(r.get("perplexity_increase"), 2),
+            _fmt(r.get("response_words", {}).get("mean"), 1),
+            _fmt(r.get("distinct_2")),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,268 @@
+"""A restartable pipeline over the stage recipes: finished stages are skipped, interrupted ones start again cleanly.
+
+Each recipe marks its output directory (`instructrl.runs.start_stage` / `finish_stage`): `.instructrl-running`
+while it writes there, `.instructrl-complete` once it is done. From those markers a stage is
+
+- **done**: complete, and finished after every stage it depends on (otherwise it is stale and runs again, as `make`
+  rebuilds a target older than its prerequisites);
+- **interrupted**: the running marker is there but the process that wrote it is gone; its directory is cleared and
+  the stage runs from the start;
+- **missing**: no output directory, or an empty one;
+- **foreign**: a non-empty directory without markers, which instructrl did not write. The pipeline stops rather than
+  write into it (or delete it): move it away or point the stage's `output_dir` elsewhere.
+
+`force` re-runs the named stages (`all` for every stage) and so everything downstream of them.
+
+The pipeline file (YAML) lists the stages in order:
+
+```yaml
+stages:
+  - name: sft
+    recipe: recipes/sft.py
+    config: recipes/smollm2-135m/sft/config_lora.yaml
+  - name: collect
+    recipe: recipes/collect.py
+    config: recipes/smollm2-135m/collect/config_k4.yaml
+    after: [sft]
+```
+"""
+
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .configs import expand_path
+from .errors import ConfigError, InstructRLError
+from .runs import COMPLETE, RUNNING, write_json
+
+STAGE_KEYS = {"name", "recipe", "config", "after"}
+
+
+@dataclass
+class Stage:
+    name: str
+    recipe: Path
+    config: Path
+    after: list[str] = field(default_factory=list)
+
+    @property
+    def output_dir(self) -> Path:
+        """The `output_dir` of the stage's config, where its markers live."""
+        values = yaml.safe_load(self.config.read_text()) or {}
+        if "output_dir" not in values:
+            raise ConfigError(f"Stage '{self.name}': its config '{self.config}' sets no `output_dir`.")
+        return Path(expand_path(str(values["output_dir"])))
+
+    def command(self, launcher: list[str]) -> list[str]:
+        return [*launcher, str(self.recipe), "--config", str(self.config)]
+
+
+class PipelineError(InstructRLError):
+    """A stage failed, or the pipeline cannot run as configured."""
+
+
+def load_pipeline(path: str | Path, root: Path | None = None) -> list[Stage]:
+    """Read a pipeline file; relative recipe and config paths are resolved against `root` (default: the cwd).
+
+    Raises:
+        ConfigError: the file is missing or malformed, a key is unknown, a path does not exist, a name repeats, or a
+            stage depends on one that does not come before it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Pipeline file '{path}' does not exist.")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise ConfigError(f"'{path}' must be a mapping with a non-empty `stages:` list.")
+    root = root or Path.cwd()
+    stages: list[Stage] = []
+    for index, entry in enumerate(data["stages"]):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"'{path}': stage {index + 1} must be a mapping with name, recipe and config.")
+        unknown = set(entry) - STAGE_KEYS
+        if unknown:
+            raise ConfigError(
+                f"'{path}': stage {index + 1} has unknown key(s) {sorted(unknown)}; use {sorted(STAGE_KEYS)}."
+            )
+        missing = {"name", "recipe", "config"} - set(entry)
+        if missing:
+            raise ConfigError(f"'{path}': stage {index + 1} lacks {sorted(missing)}.")
+        stage = Stage(
+            name=str(entry["name"]),
+            recipe=(root / entry["recipe"]).resolve(),
+            config=(root / entry["config"]).resolve(),
+            after=[str(a) for a in entry.get("after", [])],
+        )
+        for file in (stage.recipe, stage.config):
+            if not file.is_file():
+                raise ConfigError(f"'{path}': stage '{stage.name}' refers to '{file}', which does not exist.")
+        known = {s.name for s in stages}
+        if stage.name in known:
+            raise ConfigError(f"'{path}': stage name '{stage.name}' appears twice.")
+        early = [a for a in stage.after if a not in known]
+        if early:
+            raise ConfigError(f"'{path}': stage '{stage.name}' comes after {early}, which are not earlier stages.")
+        stages.append(stage)
+    return stages
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stage_state(output_dir: Path) -> tuple[str, float | None]:
+    """`(state, finished_time)`: state is `complete`, `running`, `interrupted`, `missing` or `foreign`."""
+    complete = _read_marker(output_dir / COMPLETE)
+    if complete is not None:
+        return "complete", float(complete.get("finished", 0.0))
+    running = _read_marker(output_dir / RUNNING)
+    if running is not None or (output_dir / RUNNING).exists():
+        return ("running" if _alive((running or {}).get("pid")) else "interrupted"), None
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        return "missing", None
+    return "foreign", None
+
+
+def plan(stages: list[Stage], force: list[str] | None = None) -> list[tuple[Stage, str]]:
+    """For each stage, `skip` or the reason it runs (`missing`, `interrupted`, `stale`, `forced`).
+
+    Raises:
+        PipelineError: a stage's directory is foreign, or another process is writing it.
+        ConfigError: `force` names a stage that does not exist.
+    """
+    force = list(force or [])
+    names = {s.name for s in stages}
+    unknown = [f for f in force if f != "all" and f not in names]
+    if unknown:
+        raise ConfigError(f"Cannot force {unknown}: the stages are {sorted(names)} (or 'all').")
+    decisions: list[tuple[Stage, str]] = []
+    finished: dict[str, float] = {}
+    rerun: set[str] = set()
+    for stage in stages:
+        state, when = stage_state(stage.output_dir)
+        if state == "foreign":
+            raise PipelineError(
+                f"Stage '{stage.name}': '{stage.output_dir}' holds files that no instructrl stage marked as its own. "
+                "Move that directory away (nothing is deleted), or set another `output_dir` in "
+                f"'{stage.config}'."
+            )
+        if state == "running":
+            raise PipelineError(
+                f"Stage '{stage.name}' is being run by another process (see '{stage.output_dir / RUNNING}'). Wait "
+                "for it to finish, or stop it."
+            )
+        if "all" in force or stage.name in force:
+            reason = "forced"
+        elif state in ("missing", "interrupted"):
+            reason = state
+        elif any(dep in rerun for dep in stage.after) or any(
+            finished.get(dep, 0.0) > (when or 0.0) for dep in stage.after
+        ):
+            reason = "stale"
+        else:
+            reason = "skip"
+            finished[stage.name] = when or 0.0
+        if reason != "skip":
+            rerun.add(stage.name)
+        decisions.append((stage, reason))
+    return decisions
+
+
+def default_launcher(accelerate_config: Path | None = None) -> list[str]:
+    """`accelerate launch` where there is a GPU to launch on, this Python otherwise."""
+    import torch
+
+    if torch.cuda.is_available():
+        launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+        if accelerate_config is not None:
+            launcher += ["--config_file", str(accelerate_config)]
+        return launcher
+    return [sys.executable]
+
+
+def subprocess_runner(stage: Stage, launcher: list[str]) -> int:
+    return subprocess.call(stage.command(launcher))
+
+
+def in_process_runner(stage: Stage, launcher: list[str]) -> int:
+    """Run the recipe in this process, as `python recipe --config ...` would (tests; no launcher)."""
+    argv = sys.argv
+    sys.argv = [str(stage.recipe), "--config", str(stage.config)]
+    try:
+        runpy.run_path(str(stage.recipe), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return 0
+
+
+def run_pipeline(
+    stages: list[Stage],
+    force: list[str] | None = None,
+    dry_run: bool = False,
+    launcher: list[str] | None = None,
+    runner: Callable[[Stage, list[str]], int] = subprocess_runner,
+    log_file: Path | None = None,
+) -> list[dict]:
+    """Run what `plan` says, in order, printing each stage's state and output directory; returns one record per stage.
+
+    Raises:
+        PipelineError: a stage exits with an error (its directory stays marked as interrupted).
+    """
+    decisions = plan(stages, force)
+    launcher = launcher if launcher is not None else default_launcher()
+    records = []
+    total = time.time()
+    for index, (stage, reason) in enumerate(decisions, start=1):
+        output_dir = stage.output_dir
+        prefix = f"[pipeline] {index}/{len(decisions)} {stage.name}"
+        if reason == "skip":
+            print(f"{prefix}: done before, skipped. Outputs: {output_dir}", flush=True)
+            records.append({"stage": stage.name, "action": "skipped", "output_dir": str(output_dir)})
+            continue
+        print(f"{prefix}: running ({reason}). Outputs: {output_dir}", flush=True)
+        print(f"{prefix}: $ {' '.join(stage.command(launcher))}", flush=True)
+        if dry_run:
+            records.append({"stage": stage.name, "action": f"would run ({reason})", "output_dir": str(output_dir)})
+            continue
+        if (output_dir / RUNNING).exists() or (output_dir / COMPLETE).exists():
+            # A stage starts from an empty directory; only directories instructrl marked as its own get here.
+            shutil.rmtree(output_dir)
+        start = time.time()
+        code = runner(stage, launcher)
+        seconds = round(time.time() - start, 1)
+        if code != 0 or stage_state(output_dir)[0] != "complete":
+            raise PipelineError(
+                f"Stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; see its output above. Fix the "
+                "cause and run the pipeline again: finished stages are kept and this one starts over."
+            )
+        print(f"{prefix}: finished in {seconds / 60:.1f} min. Outputs: {output_dir}", flush=True)
+        records.append(
+            {"stage": stage.name, "action": f"ran ({reason})", "seconds": seconds, "output_dir": str(output_dir)}
+        )
+    if log_file is not None and not dry_run:
+        write_json(Path(log_file), {"stages": records, "seconds": round(time.time() - total, 1)})
+    return records

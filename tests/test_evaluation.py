@@ -1,0 +1,184 @@
+"""Evaluation metrics on hand-made inputs with known answers, and the eval recipe end to end on the tiny model."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import load_recipe, write_config, write_jsonl
+from instructrl.configs import EvalConfig, parse_args
+from instructrl.errors import ConfigError, MissingStageError
+from instructrl.evaluation import (
+    distinct_n,
+    heldout_nll,
+    mean_ci,
+    parse_policies,
+    perplexity,
+    sequence_logprobs,
+    win_rate,
+)
+from instructrl.report import goal_rows, smooth
+from ppo_fixtures import make_adapters
+
+eval_recipe = load_recipe("eval")
+
+
+class FixedDistribution(nn.Module):
+    """A "language model" that predicts the same next-token distribution everywhere."""
+
+    def __init__(self, probs: list[float]):
+        super().__init__()
+        self.log_probs = nn.Parameter(torch.tensor(probs).log())
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return SimpleNamespace(logits=self.log_probs.expand(*input_ids.shape, -1))
+
+
+def test_mean_ci_matches_hand_computation():
+    stats = mean_ci([1.0, 2.0, 3.0])
+    assert stats["mean"] == pytest.approx(2.0)
+    assert stats["ci95"] == pytest.approx(1.96 * 1.0 / math.sqrt(3))  # sample sd of 1, 2, 3 is 1
+    assert math.isnan(mean_ci([5.0])["ci95"]) and mean_ci([])["n"] == 0
+
+
+def test_win_rate_counts_ties_as_half():
+    result = win_rate([3.0, 1.0, 2.0, 2.0], [1.0, 2.0, 2.0, 0.0])  # win, loss, tie, win
+    assert (result["wins"], result["losses"], result["ties"]) == (2, 1, 1)
+    assert result["rate"] == pytest.approx(2.5 / 4)
+    outcomes = [1.0, 0.0, 0.5, 1.0]
+    sd = math.sqrt(sum((o - 0.625) ** 2 for o in outcomes) / 3)
+    assert result["ci95"] == pytest.approx(1.96 * sd / 2)
+    assert win_rate([0.3, 0.7], [0.3, 0.7])["rate"] == 0.5  # a policy against itself
+    with pytest.raises(ValueError, match="paired"):
+        win_rate([1.0], [1.0, 2.0])
+
+
+def test_distinct_n():
+    assert distinct_n(["a b a b"], 1) == pytest.approx(2 / 4)
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)  # (a b), (b a), (a b)
+    assert distinct_n(["one two", "three four"], 2) == 1.0
+    assert distinct_n(["", "word"], 2) == 0.0
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+    model = FixedDistribution([0.2] * 5)
+    texts = [[0, 1, 2, 3, 4], [4, 4, 1]]
+    nll, tokens = heldout_nll(model, texts, pad_token_id=0, batch_size=1)
+    assert tokens == 4 + 2
+    assert perplexity(nll, tokens) == pytest.approx(5.0)
+
+
+def test_logprobs_of_a_known_distribution_skip_prompt_and_padding():
+    probs = [0.1, 0.2, 0.3, 0.4]
+    model = FixedDistribution(probs)
+    # Scored from index 2 and 1; the second sequence is padded to the first's length in the same batch.
+    scored = sequence_logprobs(model, [[0, 1, 2, 3], [2, 2]], starts=[2, 1], pad_token_id=0, batch_size=2)
+    assert scored[0][1] == 2 and scored[0][0] == pytest.approx(math.log(0.3) + math.log(0.4))
+    assert scored[1][1] == 1 and scored[1][0] == pytest.approx(math.log(0.3))
+    # Held-out perplexity of a known non-uniform distribution.
+    nll, tokens = heldout_nll(model, [[3, 3, 1]], pad_token_id=0)
+    assert perplexity(nll, tokens) == pytest.approx(math.exp(-(math.log(0.4) + math.log(0.2)) / 2))
+
+
+def test_kl_estimate_of_two_known_distributions():
+    """The mean log-ratio on a policy's samples converges to KL(policy || reference)."""
+    p, q = [0.7, 0.2, 0.1], [0.3, 0.3, 0.4]
+    generator = torch.Generator().manual_seed(0)
+    samples = torch.multinomial(torch.tensor(p), 4000, replacement=True, generator=generator).view(-1, 1)
+    sequences = [[0, int(t)] for t in samples]
+    own = sequence_logprobs(FixedDistribution(p), sequences, [1] * len(sequences), 0, batch_size=1000)
+    ref = sequence_logprobs(FixedDistribution(q), sequences, [1] * len(sequences), 0, batch_size=1000)
+    estimate = mean_ci([a - b for (a, _), (b, _) in zip(own, ref, strict=True)])
+    exact = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+    assert abs(estimate["mean"] - exact) < estimate["ci95"] * 1.5
+
+
+def test_parse_policies_and_its_errors(tmp_path):
+    assert parse_policies(["base", f"sft={tmp_path}"]) == {"base": None, "sft": tmp_path}
+    for bad in (["my-policy=x"], ["reward=x"], ["sft=a", "sft=b"], []):
+        with pytest.raises(ConfigError):
+            parse_policies(bad)
+
+
+def test_goals_compare_ppo_ptx_with_plain_ppo():
+    policies = {
+        "ppo": {"perplexity_increase": 2.0},
+        "ppo_ptx": {"perplexity_increase": 0.8, "win_rate_labeler": {"rate": 0.65, "ci95": 0.1}},
+    }
+    rows = goal_rows(policies, {"eval_pairwise_accuracy": 0.66, "eval_ci95_half_width": 0.05})
+    assert [row[3] for row in rows] == ["no", "yes", "yes"]
+    policies["ppo_ptx"]["perplexity_increase"] = 1.2
+    assert goal_rows(policies, None)[-1][3] == "no"
+    assert smooth([1.0, 3.0, 5.0], 2) == [1.0, 2.0, 4.0]
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_model_dir, tokenizer):
+    return make_adapters(tiny_model_dir, tmp_path_factory.mktemp("eval-adapters"), tokenizer)
+
+
+def eval_config(tmp_path, model_dir, sft, rm, **overrides):
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": [{"role": "user", "content": f"Describe topic {i} in about ten words."}]} for i in range(5)],
+    )
+    texts = write_jsonl(tmp_path / "text.jsonl", [{"text": f"Plain text number {i} about rivers."} for i in range(4)])
+    (tmp_path / "ppo_run").mkdir(exist_ok=True)
+    history = [{"episode": 4 * i, "objective/scores": 0.1 * i, "objective/kl": 0.01 * i} for i in range(1, 5)]
+    (tmp_path / "ppo_run" / "log_history.json").write_text(json.dumps(history))
+    values = dict(
+        model_name_or_path=str(model_dir),
+        output_dir=str(tmp_path / "eval"),
+        # "same" is the SFT adapter again: identical samples, so ties everywhere and zero KL.
+        policies=["base", f"sft={sft}", f"same={sft}"],
+        reference="sft",
+        reward_model_path=str(rm),
+        prompts_dataset=str(prompts),
+        prompts_split="train",
+        ptx_dataset_name=str(texts),
+        ptx_dataset_split="train",
+        max_new_tokens=6,
+        batch_size=4,
+        ppo_runs=[f"ppo={tmp_path / 'ppo_run'}"],
+    )
+    values.update(overrides)
+    return write_config(tmp_path / "eval.yaml", **values)
+
+
+def run_eval(config):
+    return eval_recipe.main(*parse_args((EvalConfig, eval_recipe.ModelConfig), ["--config", str(config)]))
+
+
+def test_eval_end_to_end_on_tiny_policies(tmp_path, tiny_model_dir, adapters):
+    sft, rm = adapters
+    metrics = run_eval(eval_config(tmp_path, tiny_model_dir, sft, rm))
+    policies = metrics["policies"]
+    assert set(policies) == {"base", "sft", "same"}
+    same = policies["same"]
+    assert same["win_rate_labeler"]["rate"] == 0.5 and same["win_rate_labeler"]["ties"] == 5
+    assert same["win_rate_rm"]["rate"] == 0.5
+    assert same["kl_to_reference"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert same["perplexity_increase"] == pytest.approx(0.0, abs=1e-6)
+    # The base model lacks the SFT adapter: different log-probabilities and a different held-out perplexity.
+    assert policies["base"]["kl_to_reference"]["mean"] != pytest.approx(0.0, abs=1e-4)
+    assert policies["base"]["heldout_perplexity"] != pytest.approx(policies["sft"]["heldout_perplexity"])
+    assert "win_rate_labeler" not in policies["sft"]
+    out = tmp_path / "eval"
+    assert json.loads((out / "metrics.json").read_text())["num_prompts"] == 5
+    assert "| same |" in (out / "metrics.md").read_text()
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 15
+    report = (out / "report.md").read_text()
+    for image in ("ppo_curves.png", "labeler_score.png", "tax.png"):
+        assert f"({image})" in report and (out / image).stat().st_size > 1000
+
+
+def test_eval_names_a_missing_policy_and_a_bad_reference(tmp_path, tiny_model_dir, adapters):
+    sft, rm = adapters
+    with pytest.raises(MissingStageError, match="'ppo' policy"):
+        run_eval(eval_config(tmp_path, tiny_model_dir, sft, rm, policies=[f"sft={sft}", f"ppo={tmp_path / 'none'}"]))
+    with pytest.raises(ConfigError, match="reference"):
+        run_eval(eval_config(tmp_path, tiny_model_dir, sft, rm, reference="ppo"))
+    assert not (tmp_path / "eval").exists()  # nothing written before the inputs were checked

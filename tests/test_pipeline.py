@@ -1,0 +1,140 @@
+"""The pipeline's skip / restart / force logic, on real SFT and collection stages with the tiny model."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import write_config, write_jsonl
+from instructrl.errors import ConfigError
+from instructrl.pipeline import (
+    PipelineError,
+    in_process_runner,
+    load_pipeline,
+    plan,
+    run_pipeline,
+    stage_state,
+    subprocess_runner,
+)
+from instructrl.runs import COMPLETE, RUNNING, start_stage
+from test_sft import demo_rows, sft_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def tiny_pipeline(tmp_path, tiny_model_dir):
+    """A two-stage pipeline file: SFT on 8 demonstrations, then K=2 comparisons from the SFT policy."""
+    demos = write_jsonl(tmp_path / "demos.jsonl", demo_rows(8))
+    sft_yaml = sft_config(tmp_path, tiny_model_dir, demos, max_steps=2, output_dir=str(tmp_path / "out" / "sft"))
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": [{"role": "user", "content": f"Describe topic {i} in about 10 words."}]} for i in range(4)],
+    )
+    collect_yaml = write_config(
+        tmp_path / "collect.yaml",
+        model_name_or_path=str(tiny_model_dir),
+        sft_adapter_path=str(tmp_path / "out" / "sft"),
+        prompts_dataset=str(prompts),
+        prompts_split="train",
+        num_responses=2,
+        max_new_tokens=4,
+        test_fraction=0.25,
+        output_dir=str(tmp_path / "out" / "collect"),
+    )
+    stages = [
+        {"name": "sft", "recipe": "recipes/sft.py", "config": str(sft_yaml)},
+        {"name": "collect", "recipe": "recipes/collect.py", "config": str(collect_yaml), "after": ["sft"]},
+    ]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"stages": stages}))
+    return path
+
+
+def actions(records):
+    return [r["action"] for r in records]
+
+
+def test_pipeline_skips_restarts_and_forces(tiny_pipeline, tmp_path):
+    stages = load_pipeline(tiny_pipeline, root=REPO)
+    sft_dir, collect_dir = (s.output_dir for s in stages)
+
+    first = run_pipeline(stages, runner=in_process_runner, launcher=[], log_file=tmp_path / "times.json")
+    assert actions(first) == ["ran (missing)", "ran (missing)"]
+    assert stage_state(sft_dir)[0] == stage_state(collect_dir)[0] == "complete"
+    assert (tmp_path / "times.json").is_file()
+    adapter_mtime = (sft_dir / "adapter_model.safetensors").stat().st_mtime_ns
+
+    # Everything finished: nothing runs, nothing is rewritten.
+    assert actions(run_pipeline(stages, runner=in_process_runner, launcher=[])) == ["skipped", "skipped"]
+    assert (sft_dir / "adapter_model.safetensors").stat().st_mtime_ns == adapter_mtime
+
+    # A collection run killed half way: its marker says running, its files are partial.
+    start_stage(collect_dir, "collect")
+    (collect_dir / "partial.jsonl").write_text("half a row")
+    assert stage_state(collect_dir)[0] == "interrupted"
+    again = run_pipeline(stages, runner=in_process_runner, launcher=[])
+    assert actions(again) == ["skipped", "ran (interrupted)"]
+    assert not (collect_dir / "partial.jsonl").exists() and not (collect_dir / RUNNING).exists()
+    assert (collect_dir / "rankings" / "train.jsonl").is_file()
+
+    # Forcing SFT redoes it and makes the collection downstream of it stale.
+    assert [reason for _, reason in plan(stages, ["sft"])] == ["forced", "stale"]
+    with pytest.raises(ConfigError, match="Cannot force"):
+        plan(stages, ["rl"])
+    # A stage finished before its input was redone is stale too (as `make` compares timestamps).
+    complete = json.loads((sft_dir / COMPLETE).read_text())
+    complete["finished"] += 1e6
+    (sft_dir / COMPLETE).write_text(json.dumps(complete))
+    assert [reason for _, reason in plan(stages)] == ["skip", "stale"]
+
+
+def test_pipeline_refuses_a_directory_it_did_not_write(tiny_pipeline):
+    stages = load_pipeline(tiny_pipeline, root=REPO)
+    stages[0].output_dir.mkdir(parents=True)
+    (stages[0].output_dir / "my_notes.txt").write_text("keep me")
+    with pytest.raises(PipelineError, match="Move that directory away"):
+        run_pipeline(stages, runner=in_process_runner, launcher=[])
+    assert (stages[0].output_dir / "my_notes.txt").read_text() == "keep me"
+
+
+def test_a_failing_stage_stops_the_pipeline_and_is_retried(tmp_path):
+    out = tmp_path / "out"
+    script = tmp_path / "stage.py"
+    # Fails on its first run (after marking its directory), succeeds on the second.
+    script.write_text(
+        "import sys, pathlib\n"
+        "from instructrl.runs import start_stage, finish_stage\n"
+        f"out = pathlib.Path({str(out)!r}); flag = out.parent / 'failed-once'\n"
+        "start_stage(out, 'toy')\n"
+        "if not flag.exists():\n"
+        "    flag.write_text('x'); sys.exit(3)\n"
+        "finish_stage(out, 'toy')\n"
+    )
+    config = write_config(tmp_path / "toy.yaml", output_dir=str(out))
+    (tmp_path / "pipeline.yaml").write_text(
+        yaml.safe_dump({"stages": [{"name": "toy", "recipe": str(script), "config": str(config)}]})
+    )
+    stages = load_pipeline(tmp_path / "pipeline.yaml", root=REPO)
+    with pytest.raises(PipelineError, match="'toy' failed \\(exit code 3\\)"):
+        run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable])
+    assert stage_state(out)[0] == "interrupted"
+    assert actions(run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable])) == ["ran (interrupted)"]
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        ([{"name": "a", "recipe": "recipes/sft.py"}], "lacks"),
+        ([{"name": "a", "recipe": "recipes/sft.py", "config": "nope.yaml"}], "does not exist"),
+        ([{"name": "a", "recipe": "recipes/sft.py", "config": "Makefile", "afer": []}], "unknown key"),
+        ([{"name": "a", "recipe": "recipes/sft.py", "config": "Makefile", "after": ["b"]}], "not earlier stages"),
+    ],
+)
+def test_pipeline_file_errors(tmp_path, stages, message):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"stages": stages}))
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(path, root=REPO)
