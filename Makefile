@@ -33,7 +33,7 @@ collect: setup
 
 # The reward model trains on comparisons; collect them first if that has not happened yet.
 rm: setup
-	test -f $(OUTPUTS)/comparisons/summary.json || $(MAKE) collect
+	test -f $(OUTPUTS)/comparisons/.instructrl-complete || $(MAKE) collect
 	$(LAUNCH) recipes/rm.py --config $(MODEL_DIR)/rm/config_lora.yaml
 
 ppo: setup
