@@ -229,10 +229,10 @@ def evaluate_policy(
     """
     pad = tokenizer.pad_token_id
     full = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
-    # The closing end-of-turn token is appended by `encode_response` for every response, cut off or not; score the
-    # response's own tokens only so that the KL estimate does not depend on that convention.
+    # The KL estimate scores the closing end-of-turn token too: when to stop is part of what RLHF changes (PPO
+    # policies answer shorter). A response cut off at `max_new_tokens` did not sample that token, which biases its
+    # term slightly; keep `max_new_tokens` above the policies' usual length.
     starts = [len(p) for p in prompt_ids]
-    content = [seq[:-1] for seq in full]
     result: dict = {
         "labeler_score": mean_ci(labeler_scores),
         "response_words": mean_ci([len(words(r)) for r in responses]),
@@ -247,8 +247,8 @@ def evaluate_policy(
         per_response["rm"] = reward_scores(reward_model, prompt_ids, response_ids, pad, batch_size)
         result["rm_score"] = mean_ci(per_response["rm"])
     if reference is not None and reference != name:
-        own = sequence_logprobs(models.policy(name), content, starts, pad, batch_size)
-        ref = sequence_logprobs(models.policy(reference), content, starts, pad, batch_size)
+        own = sequence_logprobs(models.policy(name), full, starts, pad, batch_size)
+        ref = sequence_logprobs(models.policy(reference), full, starts, pad, batch_size)
         result["kl_to_reference"] = mean_ci([a - b for (a, _), (b, _) in zip(own, ref, strict=True)])
     if heldout:
         nll, tokens = heldout_nll(models.policy(name), heldout, pad, batch_size)
