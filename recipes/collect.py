@@ -18,9 +18,10 @@ from trl import ModelConfig
 
 from instructrl.comparisons import rank_responses, write_comparisons
 from instructrl.configs import CollectConfig, expand_path, parse_args
-from instructrl.data.loading import check_rows, load_data, non_empty, require_columns
+from instructrl.data.loading import load_data, take
 from instructrl.generation import load_policy, require_adapter, sample_responses
 from instructrl.labeler import get_labeler
+from instructrl.reward import validate_prompts
 from instructrl.runs import announce, finish_stage, prepare_logging, start_stage, write_json
 
 
@@ -28,12 +29,8 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
     prepare_logging()
     output_dir = Path(expand_path(args.output_dir))
     labeler = get_labeler(args.labeler)
-    prompts = load_data(args.prompts_dataset, args.prompts_split)
-    what = f"prompt data ('{args.prompts_dataset}', split '{args.prompts_split}')"
-    require_columns(prompts, [("prompt",)], what)
-    if args.num_prompts is not None:
-        prompts = prompts.select(range(min(args.num_prompts, len(prompts))))
-    check_rows(prompts, "prompt", non_empty, what)
+    what = f"comparison prompt ('{args.prompts_dataset}', split '{args.prompts_split}')"
+    prompts = validate_prompts(take(load_data(args.prompts_dataset, args.prompts_split), args.num_prompts), what)
     require_adapter(expand_path(args.sft_adapter_path), "SFT", "make sft")
 
     set_seed(args.seed)

@@ -19,14 +19,15 @@ from transformers import set_seed
 from trl import ModelConfig
 
 from instructrl.configs import EvalConfig, expand_path, parse_args
-from instructrl.data.loading import check_rows, load_data, message_text, non_empty, require_columns
+from instructrl.data.loading import load_data, message_text, take
 from instructrl.errors import ConfigError
 from instructrl.evaluation import EvalModels, add_comparisons, evaluate_policy, markdown_table, parse_policies
 from instructrl.generation import require_adapter, sample_responses
 from instructrl.labeler import get_labeler
 from instructrl.modeling import load_base_model, load_tokenizer
+from instructrl.ptx import PretrainingStream
 from instructrl.report import write_report
-from instructrl.reward import encode_prompt, encode_response
+from instructrl.reward import encode_prompt, encode_response, validate_prompts
 from instructrl.runs import announce, finish_stage, prepare_logging, start_stage, write_json
 
 
@@ -40,30 +41,21 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
     if args.reference is not None and args.reference not in policies:
         raise ConfigError(f"`reference` '{args.reference}' is not one of `policies` ({', '.join(policies)}).")
     labeler = get_labeler(args.labeler)
-    prompts = load_data(args.prompts_dataset, args.prompts_split)
-    what = f"evaluation prompts ('{args.prompts_dataset}', split '{args.prompts_split}')"
-    require_columns(prompts, [("prompt",)], what)
-    if args.num_prompts is not None:
-        prompts = prompts.select(range(min(args.num_prompts, len(prompts))))
-    check_rows(prompts, "prompt", non_empty, what)
-    heldout_texts: list[str] = []
-    if args.ptx_dataset_name:
-        heldout = load_data(args.ptx_dataset_name, args.ptx_dataset_split)
-        require_columns(heldout, [(args.ptx_text_field,)], f"held-out pretraining text ('{args.ptx_dataset_name}')")
-        heldout_texts = [t for t in heldout[args.ptx_text_field] if isinstance(t, str) and t.strip()]
-        heldout_texts = heldout_texts[: args.num_ptx_texts]
-
+    what = f"evaluation prompt ('{args.prompts_dataset}', split '{args.prompts_split}')"
+    prompts = validate_prompts(take(load_data(args.prompts_dataset, args.prompts_split), args.num_prompts), what)
     tokenizer = load_tokenizer(
         model_args.model_name_or_path, model_args.model_revision, args.trust_remote_code, "left"
     )
+    heldout_ids: list[list[int]] = []
+    if args.ptx_dataset_name:
+        heldout = take(load_data(args.ptx_dataset_name, args.ptx_dataset_split), args.num_ptx_texts)
+        # Tokenized exactly as PPO-ptx reads its pretraining text (column check, truncation, too-short dropped).
+        heldout_ids = PretrainingStream(heldout, tokenizer, args.ptx_text_field, args.ptx_max_length).sequences
+
     base = load_base_model(model_args, tokenizer, trust_remote_code=args.trust_remote_code)
     models = EvalModels(base, policies, reward_adapter)
     start_stage(output_dir, "eval")
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts["prompt"]]
-    heldout_ids: list[list[int]] = []
-    if heldout_texts:
-        encoded = tokenizer(heldout_texts, add_special_tokens=False, truncation=True, max_length=args.ptx_max_length)
-        heldout_ids = [ids for ids in encoded["input_ids"] if len(ids) >= 2]
 
     results, samples = {}, []
     for name in policies:

@@ -25,8 +25,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.experimental.utils import get_reward
 
+from .batching import pad_right
 from .errors import ConfigError
-from .generation import require_adapter
 from .labeler import words
 from .shared_base import AdapterView, ScalarModel, add_adapter_from_dir, score_head_from_dir
 
@@ -72,16 +72,6 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
         total += len(grams)
         unique.update(grams)
     return len(unique) / total if total else 0.0
-
-
-def pad_right(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    return input_ids, attention_mask
 
 
 @torch.no_grad()
@@ -189,7 +179,6 @@ class EvalModels:
         shared: PreTrainedModel | PeftModel = base
         for name, adapter in policies.items():
             if adapter is not None:
-                require_adapter(str(adapter), f"'{name}' policy", "the stage that trains it")
                 shared = add_adapter_from_dir(shared, name, adapter)
         self.reward_head = None
         if reward_adapter is not None:

@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -54,7 +55,7 @@ class Stage:
     config: Path
     after: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def output_dir(self) -> Path:
         """The `output_dir` of the stage's config, where its markers live."""
         values = yaml.safe_load(self.config.read_text()) or {}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from .batching import pad_right
 from .errors import DataError
 
 
@@ -77,11 +78,4 @@ class PretrainingStream:
 
     def next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`size` sequences, right-padded: `(input_ids, attention_mask)`."""
-        batch = [self.sequences[self._next_index()] for _ in range(size)]
-        width = max(len(s) for s in batch)
-        input_ids = torch.full((size, width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((size, width), dtype=torch.long)
-        for row, seq in enumerate(batch):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            attention_mask[row, : len(seq)] = 1
-        return input_ids, attention_mask
+        return pad_right([self.sequences[self._next_index()] for _ in range(size)], self.pad_token_id)

@@ -22,6 +22,7 @@ from peft import LoraConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, RewardTrainer, get_peft_config
 
+from .batching import pad_right
 from .data.loading import check_rows, message_text, non_empty, require_columns
 from .errors import DataError
 
@@ -110,12 +111,7 @@ class RankingCollator:
     pad_token_id: int
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        sequences = [torch.tensor(s) for ex in examples for s in ex["sequences"]]
-        lengths = torch.tensor([len(s) for s in sequences])
-        input_ids = torch.full((len(sequences), int(lengths.max())), self.pad_token_id, dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            input_ids[row, : len(seq)] = seq
-        attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+        input_ids, attention_mask = pad_right([s for ex in examples for s in ex["sequences"]], self.pad_token_id)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

@@ -1,0 +1,16 @@
+"""Right-padding of token sequences into a batch, shared by reward scoring, PPO-ptx and evaluation."""
+
+from collections.abc import Sequence
+
+import torch
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences as one right-padded batch: `(input_ids, attention_mask)`."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        attention_mask[row, : len(seq)] = 1
+    return input_ids, attention_mask
