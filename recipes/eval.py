@@ -12,6 +12,7 @@ writes `report.md` (see `instructrl.report`).
 """
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
     results, samples = {}, []
     for name in policies:
         set_seed(args.seed)  # every policy answers the same prompts from the same random state
+        clock = time.perf_counter()
         responses = [
             r[0]
             for r in sample_responses(
@@ -72,6 +74,7 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
                 batch_size=args.batch_size,
             )
         ]
+        sampling_seconds = time.perf_counter() - clock
         scores = [labeler.score(message_text(p), r) for p, r in zip(prompts["prompt"], responses, strict=True)]
         response_ids = [encode_response(tokenizer, r) for r in responses]
         results[name] = evaluate_policy(
@@ -86,11 +89,14 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
             heldout_ids,
             args.batch_size,
         )
+        results[name]["seconds"] = {"sampling": round(sampling_seconds, 1), **results[name]["seconds"]}
         samples += [
             {"policy": name, "prompt": p, "response": r, "labeler_score": s}
             for p, r, s in zip(prompts["prompt"], responses, scores, strict=True)
         ]
-        print(f"[instructrl] eval: {name}: labeler score {results[name]['labeler_score']['mean']:.3f}", flush=True)
+        timing = ", ".join(f"{k} {v:.0f}s" for k, v in results[name]["seconds"].items())
+        score = results[name]["labeler_score"]["mean"]
+        print(f"[instructrl] eval: {name}: labeler score {score:.3f} ({timing})", flush=True)
     add_comparisons(results, args.reference)
 
     metrics = {

@@ -1,6 +1,9 @@
 """PPO on one shared base: single copy of the weights, exact gradients, the ptx hook, clipping, saving, resuming."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -309,3 +312,26 @@ def test_pretraining_stream_names_a_missing_text_column(tokenizer):
     )
     ids, mask = stream.next_batch(5)
     assert ids.shape[0] == 5 and mask.sum() > 0
+
+
+def test_ppo_ptx_with_two_processes_keeps_the_replicas_identical(tmp_path, tiny_model_dir, adapters):
+    """DDP on 2 CPU processes: each draws its own pretraining sequences, and the ptx gradient is averaged like PPO's,
+    so after an update both replicas hold the same weights (a process-local ptx gradient would make them differ)."""
+    sft, rm = adapters
+    config = ppo_config(
+        tmp_path, tiny_model_dir, sft, rm, total_episodes=8, save_strategy="no", output_dir=str(tmp_path / "ddp")
+    )
+    worker = Path(__file__).resolve().parent / "ddp_ppo_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, str(worker), str(config), str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert first["ptx_ids"] and len(first["ptx_ids"]) == len(second["ptx_ids"])
+    assert not torch.equal(first["ptx_ids"][0], second["ptx_ids"][0]), "both processes drew the same ptx batch"
+    sft_weights = load_file(sft / "adapter_model.safetensors")
+    policy = {n: w for n, w in first["weights"].items() if ".policy." in n}
+    moved = [n for n, w in policy.items() if not torch.equal(w, sft_weights[n.replace(".policy.", ".")])]
+    assert moved, "the update did not change the policy"
+    for name, weight in first["weights"].items():
+        torch.testing.assert_close(weight, second["weights"][name], rtol=0, atol=1e-6, msg=name)

@@ -15,6 +15,7 @@ The arithmetic lives in small pure functions (`mean_ci`, `win_rate`, `distinct_n
 
 import math
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -231,19 +232,25 @@ def evaluate_policy(
         "empty_responses": sum(not r.strip() for r in responses),
     }
     per_response: dict[str, list[float]] = {"labeler": list(labeler_scores)}
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
     reward_model = models.reward_model()
     if reward_model is not None:
         per_response["rm"] = reward_scores(reward_model, prompt_ids, response_ids, pad, batch_size)
         result["rm_score"] = mean_ci(per_response["rm"])
+        seconds["rm"], clock = time.perf_counter() - clock, time.perf_counter()
     if reference is not None and reference != name:
         own = sequence_logprobs(models.policy(name), full, starts, pad, batch_size)
         ref = sequence_logprobs(models.policy(reference), full, starts, pad, batch_size)
         result["kl_to_reference"] = mean_ci([a - b for (a, _), (b, _) in zip(own, ref, strict=True)])
+        seconds["kl"], clock = time.perf_counter() - clock, time.perf_counter()
     if heldout:
         nll, tokens = heldout_nll(models.policy(name), heldout, pad, batch_size)
         result["heldout_nll_per_token"] = nll / tokens if tokens else float("nan")
         result["heldout_perplexity"] = perplexity(nll, tokens)
         result["heldout_tokens"] = tokens
+        seconds["heldout"] = time.perf_counter() - clock
+    result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     result["per_response"] = per_response
     return result
 

@@ -1,8 +1,10 @@
 """TRL's experimental PPOTrainer (trl 1.12) with what InstructGPT and users need on top.
 
 - PPO-ptx: after each PPO micro-batch's backward and before the optimizer step, `ptx_ratio` x micro-batch pretraining
-  sequences are run through the policy and `ptx_coef` x their LM loss is back-propagated into the same gradient
-  buffers, in chunks of `ptx_micro_batch_size`, scaled for gradient accumulation like the PPO loss.
+  sequences are run through the policy and `ptx_coef` x their LM-loss gradient is added to the same gradient
+  buffers, in chunks of `ptx_micro_batch_size`, scaled for gradient accumulation like the PPO loss. With several
+  processes each draws its own pretraining sequences and the ptx gradient is averaged across them, as DDP averages
+  PPO's (DeepSpeed is refused: its engine owns the gradients).
 - Gradient clipping at `max_grad_norm` (TRL 1.12's PPO ignores it), on the accumulated PPO + ptx gradient.
 - Policy, reference, reward and value as adapters of one base (`instructrl.shared_base.SharedBase`).
 - Saving the policy adapter so that `PeftModel.from_pretrained(base, output_dir)` loads it, checkpoints holding the
@@ -20,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
+from .errors import ConfigError
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
 from .shared_base import VALUE, SharedBase
 
@@ -100,6 +104,14 @@ class InstructPPOTrainer(PPOTrainer):
             value_model=shared.value_model(),
             **kwargs,
         )
+        if ptx_stream is not None:
+            # One pretraining stream per process, like the prompts: every process draws different sequences.
+            ptx_stream.reseed(args.seed + self.accelerator.process_index)
+        if args.ptx_coef > 0 and self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ConfigError(
+                "PPO-ptx (`ptx_coef > 0`) adds its gradient outside DeepSpeed's engine and is not supported with "
+                "DeepSpeed. Launch with DDP (`accelerate launch --multi_gpu`) or set `ptx_coef: 0`."
+            )
         self._ppo_backward = self.accelerator.backward
         self.accelerator.backward = self._backward_with_ptx_and_clipping
 
@@ -115,14 +127,19 @@ class InstructPPOTrainer(PPOTrainer):
             self._ptx_stats["grad_norm"].append(float(norm))
 
     def ptx_backward(self, num_sequences: int) -> float:
-        """Back-propagate `ptx_coef` x the policy's LM loss on `num_sequences` pretraining sequences, in chunks.
+        """Add `ptx_coef` x the policy's LM-loss gradient on `num_sequences` pretraining sequences to the gradients.
 
-        The chunks' losses are normalized by the whole batch's token count, so the accumulated gradient is that of
-        one batch however it is chunked. Returns the (unscaled) LM loss.
+        The sequences are run in chunks of `ptx_micro_batch_size`, each chunk's loss normalized by the whole batch's
+        token count, so the gradient is that of one batch however it is chunked. It is scaled like the PPO loss
+        (gradient accumulation, fp16 loss scaling) and, with several processes, averaged across them as DDP averages
+        PPO's gradient: each process draws its own pretraining sequences, so the ptx batch grows with the number of
+        processes as the PPO batch does. Returns this process's (unscaled) LM loss.
         """
         input_ids, attention_mask = self.ptx_stream.next_batch(num_sequences)
         total_tokens = predicted_tokens(attention_mask)
         policy = self.accelerator.unwrap_model(self.model).policy
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads: dict[int, torch.Tensor] = {}  # index in `params` -> summed gradient (frozen-in-graph ones stay out)
         device = self.accelerator.device
         total = 0.0
         for start in range(0, num_sequences, self.args.ptx_micro_batch_size):
@@ -130,8 +147,22 @@ class InstructPPOTrainer(PPOTrainer):
             mask = attention_mask[start : start + self.args.ptx_micro_batch_size].to(device)
             logits = policy(input_ids=ids, attention_mask=mask, use_cache=False).logits
             loss, _ = ptx_loss(logits, ids, mask, self.args.ptx_coef, num_tokens=total_tokens)
-            self._ppo_backward(loss)
             total += loss.item()
+            # `accelerator.backward` divides the PPO loss by the accumulation steps; the ptx term must match.
+            scaled = loss / self.accelerator.gradient_accumulation_steps
+            if self.accelerator.scaler is not None:
+                scaled = self.accelerator.scaler.scale(scaled)
+            # autograd.grad, not backward: the gradient stays out of DDP's reduction hooks and is averaged below.
+            for i, grad in enumerate(torch.autograd.grad(scaled, params, allow_unused=True)):
+                if grad is not None:
+                    grads[i] = grads[i] + grad if i in grads else grad
+        if grads and self.accelerator.num_processes > 1:
+            flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads.values()]), reduction="mean")
+            parts = flat.split([g.numel() for g in grads.values()])
+            grads = {i: part.view_as(g) for (i, g), part in zip(grads.items(), parts, strict=True)}
+        for i, grad in grads.items():
+            p = params[i]
+            p.grad = grad.to(p.dtype) if p.grad is None else p.grad.add_(grad.to(p.grad.dtype))
         lm_loss = total / self.args.ptx_coef
         self._ptx_stats["ptx/lm_loss"].append(lm_loss)
         self._ptx_stats["ptx/tokens"].append(float(total_tokens))

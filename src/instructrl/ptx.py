@@ -66,6 +66,10 @@ class PretrainingStream:
         encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
         self.sequences = [ids for ids in encoded if len(ids) >= 2]
         self.pad_token_id = tokenizer.pad_token_id
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Start a fresh shuffled pass drawn with `seed` (each process of a distributed run uses its own)."""
         self.generator = torch.Generator().manual_seed(seed)
         self._order: Iterator[int] = iter(())
 
