@@ -250,6 +250,36 @@ def test_ppo_ptx_end_to_end_saves_a_loadable_policy_and_resumes(tmp_path, tiny_m
     assert len([log for log in resumed.state.log_history if "objective/scores" in log]) == 1
 
 
+def test_resumed_ppo_continues_with_the_prompts_not_yet_seen(tmp_path, tiny_model_dir, adapters, monkeypatch):
+    """Resuming after one update starts at the second prompt batch, not the first (TRL's loop would restart it)."""
+    sft, rm = adapters
+    run(ppo_config(tmp_path, tiny_model_dir, sft, rm, total_episodes=4, save_steps=1))
+    seen: list[torch.Tensor] = []
+    ptx_seen: list[list[int]] = []
+
+    def record_batches(trainer):  # stands in for train(): the prompts and ptx sequences it would draw, in order
+        batches = iter(trainer.dataloader)
+        seen.extend(next(batches)["input_ids"] for _ in range(2))
+        ptx_seen.append([trainer.ptx_stream._next_index() for _ in range(2 * trainer.ptx_sequences_per_update())])
+
+    monkeypatch.setattr(ppo_recipe.InstructPPOTrainer, "train", record_batches)
+    run(ppo_config(tmp_path, tiny_model_dir, sft, rm, output_dir=str(tmp_path / "fresh")))
+    first, second = seen
+    assert not torch.equal(first, second)
+    seen.clear()
+    checkpoint = tmp_path / "ppo" / "checkpoint-1"
+    run(
+        ppo_config(tmp_path, tiny_model_dir, sft, rm, output_dir=str(tmp_path / "resumed")),
+        "--resume_from_checkpoint",
+        str(checkpoint),
+    )
+    assert torch.equal(seen[0], second)
+    fresh_ptx, resumed_ptx = ptx_seen
+    per_update = len(fresh_ptx) // 2
+    assert per_update == 4 * 2 * 2 * 2  # PPO epochs (TRL default 4) x accumulation steps x ptx_ratio x batch
+    assert resumed_ptx[:per_update] == fresh_ptx[per_update:]
+
+
 def test_plain_ppo_has_no_ptx_and_clipping_bounds_the_norm(tmp_path, tiny_model_dir, adapters):
     sft, rm = adapters
     trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm, ptx_coef=0.0, max_grad_norm=1e-3, total_episodes=4))

@@ -77,6 +77,30 @@ class InstructPPOConfig(PPOConfig):
             raise ValueError("`ptx_coef` and `ptx_ratio` must be >= 0 and `ptx_micro_batch_size` >= 1.")
 
 
+class ContinuedBatches:
+    """TRL's endless pass over `dataloader` (reshuffled every epoch), minus its first `skip` batches.
+
+    The prompt order comes from the dataloader's seeded shuffle, so a run resumed after `skip` updates gets the
+    batches the interrupted run had not reached, instead of starting again at the first prompts.
+    """
+
+    def __init__(self, dataloader, skip: int):
+        self.dataloader = dataloader
+        self._batches = self._endless()
+        for _ in range(skip):
+            next(self._batches)
+
+    def _endless(self):
+        while True:
+            yield from self.dataloader
+
+    def __iter__(self):
+        return self._batches
+
+    def __len__(self) -> int:
+        return len(self.dataloader)
+
+
 class InstructPPOTrainer(PPOTrainer):
     """`PPOTrainer` over a `SharedBase`, with the ptx loss hook, gradient clipping, saving and resuming.
 
@@ -168,6 +192,12 @@ class InstructPPOTrainer(PPOTrainer):
         self._ptx_stats["ptx/tokens"].append(float(total_tokens))
         return lm_loss
 
+    def ptx_sequences_per_update(self) -> int:
+        """Pretraining sequences one update draws: `ptx_ratio` per episode of every micro-batch it back-propagates."""
+        args = self.args
+        micro_batches = args.num_ppo_epochs * args.num_mini_batches * args.gradient_accumulation_steps
+        return micro_batches * args.ptx_ratio * args.per_device_train_batch_size if args.ptx_coef > 0 else 0
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for key, values in self._ptx_stats.items():
             if values:
@@ -187,7 +217,8 @@ class InstructPPOTrainer(PPOTrainer):
     def resume_from(self, checkpoint: str | Path) -> int:
         """Load weights, optimizer and scheduler from a checkpoint; return how many updates it had completed.
 
-        TRL's loop always starts at update 1, so the remaining updates are run by shortening `num_total_batches`.
+        TRL's loop always starts at update 1, so the remaining updates are run by shortening `num_total_batches`,
+        and its prompt batches and pretraining sequences continue where the interrupted run stopped.
         """
         checkpoint = Path(checkpoint)
         state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -196,5 +227,8 @@ class InstructPPOTrainer(PPOTrainer):
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
         self.args.num_total_batches = max(self.args.num_total_batches - done, 0)
+        self.dataloader = ContinuedBatches(self.dataloader, skip=done)
+        if self.ptx_stream is not None:
+            self.ptx_stream.skip(done * self.ptx_sequences_per_update())
         logger.info("Resumed from %s after %d updates; %d updates left", checkpoint, done, self.args.num_total_batches)
         return done

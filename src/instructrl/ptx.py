@@ -80,6 +80,11 @@ class PretrainingStream:
             self._order = iter(torch.randperm(len(self.sequences), generator=self.generator).tolist())
             return next(self._order)
 
+    def skip(self, count: int) -> None:
+        """Pass over the next `count` sequences, as if they had been drawn (resuming an interrupted run)."""
+        for _ in range(count):
+            self._next_index()
+
     def next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`size` sequences, right-padded: `(input_ids, attention_mask)`."""
         return pad_right([self.sequences[self._next_index()] for _ in range(size)], self.pad_token_id)
