@@ -91,6 +91,22 @@ def test_pipeline_skips_restarts_and_forces(tiny_pipeline, tmp_path):
     assert [reason for _, reason in plan(stages)] == ["skip", "stale"]
 
 
+def test_a_stage_whose_settings_changed_runs_again(tiny_pipeline):
+    stages = load_pipeline(tiny_pipeline, root=REPO)
+    run_pipeline(stages, runner=in_process_runner, launcher=[])
+    sft_config = stages[0].config
+    original = sft_config.read_text()
+    # A comment is not a setting: nothing to redo.
+    sft_config.write_text("# Tested on: a new machine\n" + original)
+    assert [reason for _, reason in plan(stages)] == ["skip", "skip"]
+    # A changed setting reruns the stage and what follows it.
+    values = yaml.safe_load(original)
+    sft_config.write_text(yaml.safe_dump({**values, "learning_rate": values["learning_rate"] * 2}))
+    assert [reason for _, reason in plan(stages)] == ["changed", "stale"]
+    sft_config.write_text(original)
+    assert [reason for _, reason in plan(stages)] == ["skip", "skip"]
+
+
 def test_pipeline_refuses_a_directory_it_did_not_write(tiny_pipeline):
     stages = load_pipeline(tiny_pipeline, root=REPO)
     stages[0].output_dir.mkdir(parents=True)

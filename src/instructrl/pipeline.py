@@ -5,6 +5,8 @@ while it writes there, `.instructrl-complete` once it is done. From those marker
 
 - **done**: complete, and finished after every stage it depends on (otherwise it is stale and runs again, as `make`
   rebuilds a target older than its prerequisites);
+- **changed**: complete, but its config's settings differ from those the pipeline ran it with (recorded in
+  `.instructrl-config.json` beside the markers; comments do not count), so it runs again, and so does what follows;
 - **interrupted**: the running marker is there but the process that wrote it is gone; its directory is cleared and
   the stage runs from the start;
 - **missing**: no output directory, or an empty one;
@@ -27,6 +29,7 @@ stages:
 ```
 """
 
+import hashlib
 import json
 import os
 import runpy
@@ -46,6 +49,7 @@ from .errors import ConfigError, InstructRLError
 from .runs import COMPLETE, RUNNING, write_json
 
 STAGE_KEYS = {"name", "recipe", "config", "after"}
+CONFIG_RECORD = ".instructrl-config.json"
 
 
 @dataclass
@@ -62,6 +66,16 @@ class Stage:
         if "output_dir" not in values:
             raise ConfigError(f"Stage '{self.name}': its config '{self.config}' sets no `output_dir`.")
         return Path(expand_path(str(values["output_dir"])))
+
+    def settings_digest(self) -> str:
+        """SHA-256 of the config's parsed settings: a comment or layout edit leaves it unchanged."""
+        values = yaml.safe_load(self.config.read_text()) or {}
+        return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+    def config_changed(self) -> bool:
+        """Whether the config differs from the one this stage was last run with by the pipeline (unknown: no)."""
+        record = _read_marker(self.output_dir / CONFIG_RECORD)
+        return record is not None and record.get("sha256") != self.settings_digest()
 
     def command(self, launcher: list[str]) -> list[str]:
         return [*launcher, str(self.recipe), "--config", str(self.config)]
@@ -149,7 +163,7 @@ def stage_state(output_dir: Path) -> tuple[str, float | None]:
 
 
 def plan(stages: list[Stage], force: list[str] | None = None) -> list[tuple[Stage, str]]:
-    """For each stage, `skip` or the reason it runs (`missing`, `interrupted`, `stale`, `forced`).
+    """For each stage, `skip` or the reason it runs (`missing`, `interrupted`, `changed`, `stale`, `forced`).
 
     Raises:
         PipelineError: a stage's directory is foreign, or another process is writing it.
@@ -180,6 +194,8 @@ def plan(stages: list[Stage], force: list[str] | None = None) -> list[tuple[Stag
             reason = "forced"
         elif state in ("missing", "interrupted"):
             reason = state
+        elif stage.config_changed():
+            reason = "changed"
         elif any(dep in rerun for dep in stage.after) or any(
             finished.get(dep, 0.0) > (when or 0.0) for dep in stage.after
         ):
@@ -260,6 +276,7 @@ def run_pipeline(
                 f"Stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; see its output above. Fix the "
                 "cause and run the pipeline again: finished stages are kept and this one starts over."
             )
+        write_json(output_dir / CONFIG_RECORD, {"config": str(stage.config), "sha256": stage.settings_digest()})
         print(f"{prefix}: finished in {seconds / 60:.1f} min. Outputs: {output_dir}", flush=True)
         records.append(
             {"stage": stage.name, "action": f"ran ({reason})", "seconds": seconds, "output_dir": str(output_dir)}
