@@ -69,9 +69,8 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
     )
     ptx_stream = None
     if ptx_data is not None:
-        ptx_stream = PretrainingStream(
-            ptx_data, tokenizer, training_args.ptx_text_field, training_args.ptx_max_length, seed=training_args.seed
-        )
+        # Seeded per process by the trainer (seed + process index).
+        ptx_stream = PretrainingStream(ptx_data, tokenizer, training_args.ptx_text_field, training_args.ptx_max_length)
 
     def tokenize(dataset):
         return dataset.map(

@@ -59,18 +59,21 @@ class Stage:
     config: Path
     after: list[str] = field(default_factory=list)
 
+    def settings(self) -> dict:
+        """The config's settings as parsed now (the file may be edited between pipeline runs)."""
+        return yaml.safe_load(self.config.read_text()) or {}
+
     @cached_property
     def output_dir(self) -> Path:
         """The `output_dir` of the stage's config, where its markers live."""
-        values = yaml.safe_load(self.config.read_text()) or {}
+        values = self.settings()
         if "output_dir" not in values:
             raise ConfigError(f"Stage '{self.name}': its config '{self.config}' sets no `output_dir`.")
         return Path(expand_path(str(values["output_dir"])))
 
     def settings_digest(self) -> str:
         """SHA-256 of the config's parsed settings: a comment or layout edit leaves it unchanged."""
-        values = yaml.safe_load(self.config.read_text()) or {}
-        return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True, default=str).encode()).hexdigest()
 
     def config_changed(self) -> bool:
         """Whether the config differs from the one this stage was last run with by the pipeline (unknown: no)."""
@@ -268,6 +271,7 @@ def run_pipeline(
         if (output_dir / RUNNING).exists() or (output_dir / COMPLETE).exists():
             # A stage starts from an empty directory; only directories instructrl marked as its own get here.
             shutil.rmtree(output_dir)
+        digest = stage.settings_digest()  # the settings this run uses, even if the file is edited meanwhile
         start = time.time()
         code = runner(stage, launcher)
         seconds = round(time.time() - start, 1)
@@ -276,7 +280,7 @@ def run_pipeline(
                 f"Stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; see its output above. Fix the "
                 "cause and run the pipeline again: finished stages are kept and this one starts over."
             )
-        write_json(output_dir / CONFIG_RECORD, {"config": str(stage.config), "sha256": stage.settings_digest()})
+        write_json(output_dir / CONFIG_RECORD, {"config": str(stage.config), "sha256": digest})
         print(f"{prefix}: finished in {seconds / 60:.1f} min. Outputs: {output_dir}", flush=True)
         records.append(
             {"stage": stage.name, "action": f"ran ({reason})", "seconds": seconds, "output_dir": str(output_dir)}

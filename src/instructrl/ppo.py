@@ -143,7 +143,7 @@ class InstructPPOTrainer(PPOTrainer):
     def _backward_with_ptx_and_clipping(self, loss: torch.Tensor, **kwargs) -> None:
         self._ppo_backward(loss, **kwargs)
         if self.args.ptx_coef > 0 and self.args.ptx_ratio > 0:
-            self.ptx_backward(self.args.ptx_ratio * self.args.per_device_train_batch_size)
+            self.ptx_backward(self.ptx_sequences_per_micro_batch())
         if self.accelerator.sync_gradients and self.args.max_grad_norm and self.args.max_grad_norm > 0:
             norm = self.accelerator.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], self.args.max_grad_norm
@@ -192,11 +192,15 @@ class InstructPPOTrainer(PPOTrainer):
         self._ptx_stats["ptx/tokens"].append(float(total_tokens))
         return lm_loss
 
+    def ptx_sequences_per_micro_batch(self) -> int:
+        """`ptx_ratio` pretraining sequences per episode of a PPO micro-batch."""
+        return self.args.ptx_ratio * self.args.per_device_train_batch_size
+
     def ptx_sequences_per_update(self) -> int:
-        """Pretraining sequences one update draws: `ptx_ratio` per episode of every micro-batch it back-propagates."""
+        """Pretraining sequences one update draws: those of every micro-batch it back-propagates."""
         args = self.args
         micro_batches = args.num_ppo_epochs * args.num_mini_batches * args.gradient_accumulation_steps
-        return micro_batches * args.ptx_ratio * args.per_device_train_batch_size if args.ptx_coef > 0 else 0
+        return micro_batches * self.ptx_sequences_per_micro_batch() if args.ptx_coef > 0 else 0
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for key, values in self._ptx_stats.items():
