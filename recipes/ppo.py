@@ -20,15 +20,28 @@ from trl import ModelConfig, get_peft_config
 from instructrl.configs import PPOScriptArguments, expand_path, parse_args
 from instructrl.data.loading import load_data, load_train_eval
 from instructrl.errors import MissingStageError
+from instructrl.evaluation import mean_ci, win_rate
 from instructrl.generation import require_adapter
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
 from instructrl.ptx import PretrainingStream
+from instructrl.report import describe_heldout
 from instructrl.reward import encode_prompt, validate_prompts
 from instructrl.runs import announce, finish_stage, prepare_run, start_stage, write_json
 from instructrl.shared_base import SharedBase
 
 logger = logging.getLogger("instructrl")
+
+
+def heldout_change(before: list[float], after: list[float]) -> dict:
+    """The reward model's verdict on held-out prompts, reference (SFT) -> trained policy, paired by prompt."""
+    return {
+        "prompts": len(before),
+        "reference": mean_ci(before),
+        "policy": mean_ci(after),
+        "change": mean_ci([a - b for a, b in zip(after, before, strict=True)]),
+        "win_rate": win_rate(after, before),
+    }
 
 
 def summarize(log_history: list[dict]) -> dict:
@@ -96,13 +109,28 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
     trainer.train()
     trainer.save_model(training_args.output_dir)
     summary = summarize(trainer.state.log_history)
+    if training_args.score_heldout:
+        held_out = list(eval_prompts["prompt"] if eval_prompts is not None else [])
+        if held_out:
+            logger.info(
+                "Scoring greedy responses of the SFT and trained policies to %d held-out prompts", len(held_out)
+            )
+            before = trainer.heldout_rm_scores(held_out, "reference")
+            summary["heldout_rm_score"] = heldout_change(before, trainer.heldout_rm_scores(held_out, "policy"))
+        else:
+            logger.warning("No evaluation prompts (`dataset_test_split`): the held-out RM score is skipped.")
     write_json(output_dir / "ppo_summary.json", summary)
     (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     finish_stage(output_dir, "ppo")
     announce(
         "PPO" + ("-ptx" if training_args.ptx_coef > 0 else ""),
         output_dir,
-        {k: v for k, v in summary.items() if k != "updates"},
+        {k: v for k, v in summary.items() if k not in ("updates", "heldout_rm_score")}
+        | (
+            {"held-out RM score": describe_heldout(summary["heldout_rm_score"])}
+            if "heldout_rm_score" in summary
+            else {}
+        ),
     )
     return trainer
 

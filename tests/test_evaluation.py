@@ -129,6 +129,15 @@ def eval_config(tmp_path, model_dir, sft, rm, **overrides):
     (tmp_path / "ppo_run").mkdir(exist_ok=True)
     history = [{"episode": 4 * i, "objective/scores": 0.1 * i, "objective/kl": 0.01 * i} for i in range(1, 5)]
     (tmp_path / "ppo_run" / "log_history.json").write_text(json.dumps(history))
+    stat = {"mean": 0.5, "ci95": 0.25}
+    heldout = {
+        "prompts": 7,
+        "reference": stat,
+        "policy": stat,
+        "change": stat,
+        "win_rate": {"rate": 0.75, "ci95": 0.1},
+    }
+    (tmp_path / "ppo_run" / "ppo_summary.json").write_text(json.dumps({"heldout_rm_score": heldout}))
     values = dict(
         model_name_or_path=str(model_dir),
         output_dir=str(tmp_path / "eval"),
@@ -171,6 +180,7 @@ def test_eval_end_to_end_on_tiny_policies(tmp_path, tiny_model_dir, adapters):
     assert "| same |" in (out / "metrics.md").read_text()
     assert len((out / "samples.jsonl").read_text().splitlines()) == 15
     report = (out / "report.md").read_text()
+    assert "- ppo: 0.500 (SFT) -> 0.500 (trained), change +0.500 ± 0.250, win rate 0.750 ± 0.100 over 7" in report
     for image in ("ppo_curves.png", "labeler_score.png", "tax.png"):
         assert f"({image})" in report and (out / image).stat().st_size > 1000
 

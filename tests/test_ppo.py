@@ -205,6 +205,7 @@ def ppo_config(tmp_path, model_dir, sft, rm, **overrides):
         save_steps=1,
         logging_steps=1,
         seed=0,
+        max_eval_samples=3,
     )
     values.update(overrides)
     return write_config(tmp_path / "ppo.yaml", **values)
@@ -241,6 +242,7 @@ def test_ppo_ptx_end_to_end_saves_a_loadable_policy_and_resumes(tmp_path, tiny_m
             torch.testing.assert_close(param, policy[name.replace(".default", "")])
     summary = json.loads((out / "ppo_summary.json").read_text())
     assert summary["updates"] == 2
+    assert summary["heldout_rm_score"]["prompts"] == 3
     # Resume from the first checkpoint: one update left, same weights as saved there.
     resumed = run(
         ppo_config(tmp_path, tiny_model_dir, sft, rm, output_dir=str(tmp_path / "ppo2")),
@@ -248,6 +250,26 @@ def test_ppo_ptx_end_to_end_saves_a_loadable_policy_and_resumes(tmp_path, tiny_m
         str(out / "checkpoint-1"),
     )
     assert len([log for log in resumed.state.log_history if "objective/scores" in log]) == 1
+
+
+def test_heldout_rm_score_pairs_the_trained_policy_with_the_reference(tmp_path, tiny_model_dir, adapters, monkeypatch):
+    """Untrained, the policy is the SFT adapter: same greedy answers, zero change; moving it moves only its own."""
+    sft, rm = adapters
+    monkeypatch.setattr(ppo_recipe.InstructPPOTrainer, "train", lambda self: None)
+    trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm))
+    held = json.loads((tmp_path / "ppo" / "ppo_summary.json").read_text())["heldout_rm_score"]
+    assert held["prompts"] == 3
+    assert held["change"]["mean"] == 0 and held["win_rate"]["ties"] == 3
+    prompts = [[{"role": "user", "content": text}] for text in ("Name a color.", "Say hi.", "Count to three.")]
+    reference = trainer.heldout_rm_scores(prompts, "reference")
+    assert trainer.heldout_rm_scores(prompts, "policy") == reference
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in trainer.shared.shared.named_parameters():
+            if ".policy." in name and "lora_B" in name:
+                param.add_(torch.randn(param.shape, generator=generator))
+    assert trainer.heldout_rm_scores(prompts, "policy") != reference
+    assert trainer.heldout_rm_scores(prompts, "reference") == reference
 
 
 def test_resumed_ppo_continues_with_the_prompts_not_yet_seen(tmp_path, tiny_model_dir, adapters, monkeypatch):

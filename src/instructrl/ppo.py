@@ -26,7 +26,10 @@ from accelerate.utils import DistributedType
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 from .errors import ConfigError
+from .evaluation import reward_scores
+from .generation import sample_responses
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
+from .reward import encode_prompt, encode_response
 from .shared_base import VALUE, SharedBase
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,10 @@ class InstructPPOConfig(PPOConfig):
             Pretraining sequences are truncated to this many tokens.
         ptx_micro_batch_size (`int`, *optional*, defaults to `8`):
             Pretraining sequences per forward/backward chunk, so that `ptx_ratio` x micro-batch fits in memory.
+        score_heldout (`bool`, *optional*, defaults to `True`):
+            After training, the reward model scores greedy responses of the reference (SFT) policy and of the trained
+            policy to the evaluation prompts: a paired before/after in which, unlike the training curve, every
+            policy answers the same prompts, so prompt difficulty does not blur the change.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Run code shipped with the model. Off unless the user turns it on.
     """
@@ -69,6 +76,9 @@ class InstructPPOConfig(PPOConfig):
     ptx_text_field: str = field(default="text", metadata={"help": "Column holding the pretraining text."})
     ptx_max_length: int = field(default=256, metadata={"help": "Truncate pretraining sequences to this length."})
     ptx_micro_batch_size: int = field(default=8, metadata={"help": "Pretraining sequences per backward chunk."})
+    score_heldout: bool = field(
+        default=True, metadata={"help": "RM-score greedy responses to the eval prompts before and after training."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the model."})
 
     def __post_init__(self):
@@ -208,6 +218,40 @@ class InstructPPOTrainer(PPOTrainer):
                 logs[key] = sum(values) / len(values) if key != "ptx/tokens" else sum(values)
         self._ptx_stats.clear()
         super().log(logs, start_time)
+
+    # -- held-out reward -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def heldout_rm_scores(self, prompts: list, which: str = "policy") -> list[float]:
+        """Reward-model scores of the `which` ("policy" or "reference") policy's greedy responses to `prompts`.
+
+        Greedy, so that two policies' scores on the same prompts differ only because the policies do; responses are
+        at most `response_length` tokens, stop at the end-of-turn token and are scored where PPO reads the reward.
+        Prompts are processed `per_device_eval_batch_size` at a time.
+        """
+        model = self.accelerator.unwrap_model(self.model).policy if which == "policy" else self.ref_model
+        tokenizer = self.processing_class
+        was_training = model.training
+        model.eval()
+        try:
+            responses = sample_responses(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=self.args.response_length,
+                batch_size=self.args.per_device_eval_batch_size,
+                do_sample=False,
+            )
+        finally:
+            model.train(was_training)
+        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+        response_ids = [encode_response(tokenizer, r[0]) for r in responses]
+        return reward_scores(
+            self.reward_model,
+            prompt_ids,
+            response_ids,
+            tokenizer.pad_token_id,
+            self.args.per_device_eval_batch_size,
+        )
 
     # -- saving and resuming --------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

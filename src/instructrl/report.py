@@ -25,15 +25,32 @@ CURVES = (
 GOALS = {"rm_accuracy": 0.70, "ppo_ptx_win_rate": 0.60, "tax_ratio": 0.5}
 
 
-def load_ppo_logs(runs: list[str]) -> dict[str, list[dict]]:
-    """`["ppo=dir", ...]` -> per-update log entries of each run's `log_history.json` (missing files are skipped)."""
-    logs = {}
+def read_run_files(runs: list[str], filename: str) -> dict[str, object]:
+    """`["ppo=dir", ...]` -> each run's parsed `filename` (JSON) by name; runs without the file are skipped."""
+    found = {}
     for entry in runs:
         name, _, path = entry.partition("=")
-        history = Path(path).expanduser() / "log_history.json"
-        if history.is_file():
-            logs[name] = [e for e in json.loads(history.read_text()) if "objective/scores" in e]
-    return logs
+        file = Path(path).expanduser() / filename
+        if file.is_file():
+            found[name] = json.loads(file.read_text())
+    return found
+
+
+def load_ppo_logs(runs: list[str]) -> dict[str, list[dict]]:
+    """`["ppo=dir", ...]` -> per-update log entries of each run's `log_history.json` (missing files are skipped)."""
+    return {
+        name: [e for e in history if "objective/scores" in e]
+        for name, history in read_run_files(runs, "log_history.json").items()
+    }
+
+
+def describe_heldout(change: dict) -> str:
+    """One line for a PPO run's `heldout_rm_score` (see `recipes/ppo.py`)."""
+    return (
+        f"{change['reference']['mean']:.3f} (SFT) -> {change['policy']['mean']:.3f} (trained), change "
+        f"{change['change']['mean']:+.3f} ± {change['change']['ci95']:.3f}, win rate {change['win_rate']['rate']:.3f} "
+        f"± {change['win_rate']['ci95']:.3f} over {change['prompts']} prompts (greedy responses)"
+    )
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -149,6 +166,18 @@ def write_report(output_dir: Path, metrics: dict, ppo_runs: list[str], rm_result
     if logs:
         plot_ppo_curves(logs, output_dir / "ppo_curves.png")
         lines += ["## PPO training", "", "![PPO training curves](ppo_curves.png)", ""]
+    heldout = {
+        name: summary["heldout_rm_score"]
+        for name, summary in read_run_files(ppo_runs, "ppo_summary.json").items()
+        if "heldout_rm_score" in summary
+    }
+    if heldout:
+        lines += [
+            "Reward-model score of greedy responses to the same held-out prompts, SFT policy against the trained "
+            "one (the training curve mixes in how hard each update's prompts were):",
+            "",
+        ]
+        lines += [f"- {name}: {describe_heldout(change)}" for name, change in heldout.items()] + [""]
     plot_policy_bars(policies, "labeler_score", "simulated labeler score", output_dir / "labeler_score.png")
     lines += ["## Labeler score per policy", "", "![Labeler score per policy](labeler_score.png)", ""]
     if any("heldout_perplexity" in r for r in policies.values()):
