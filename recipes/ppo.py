@@ -116,7 +116,16 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
                 "Scoring greedy responses of the SFT and trained policies to %d held-out prompts", len(held_out)
             )
             before = trainer.heldout_rm_scores(held_out, "reference")
-            summary["heldout_rm_score"] = heldout_change(before, trainer.heldout_rm_scores(held_out, "policy"))
+            change = heldout_change(before, trainer.heldout_rm_scores(held_out, "policy"))
+            summary["heldout_rm_score"] = change
+            # Also to stdout, tensorboard and wandb, beside the training curves (final step).
+            trainer.log(
+                {
+                    "heldout/rm_score_reference": change["reference"]["mean"],
+                    "heldout/rm_score": change["policy"]["mean"],
+                    "heldout/win_rate": change["win_rate"]["rate"],
+                }
+            )
         else:
             logger.warning("No evaluation prompts (`dataset_test_split`): the held-out RM score is skipped.")
     write_json(output_dir / "ppo_summary.json", summary)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 from trl import ModelConfig
 from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper, forward
@@ -219,7 +220,7 @@ def run(config, *extra):
 
 def test_ppo_ptx_end_to_end_saves_a_loadable_policy_and_resumes(tmp_path, tiny_model_dir, adapters, tokenizer):
     sft, rm = adapters
-    trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm))
+    trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm, report_to="tensorboard"))
     out = tmp_path / "ppo"
     logs = [log for log in trainer.state.log_history if "objective/scores" in log]
     assert len(logs) == 2
@@ -242,7 +243,15 @@ def test_ppo_ptx_end_to_end_saves_a_loadable_policy_and_resumes(tmp_path, tiny_m
             torch.testing.assert_close(param, policy[name.replace(".default", "")])
     summary = json.loads((out / "ppo_summary.json").read_text())
     assert summary["updates"] == 2
-    assert summary["heldout_rm_score"]["prompts"] == 3
+    held = summary["heldout_rm_score"]
+    assert held["prompts"] == 3
+    (logged,) = [log for log in trainer.state.log_history if "heldout/rm_score" in log]
+    assert logged["heldout/rm_score"] == held["policy"]["mean"]
+    assert logged["heldout/win_rate"] == held["win_rate"]["rate"]
+    tags = set()  # the writer closes when training ends and reopens for the held-out score: two event files
+    for events in (out / "runs").rglob("events.out.tfevents.*"):
+        tags |= set(EventAccumulator(str(events)).Reload().Tags()["scalars"])
+    assert {"train/objective/scores", "train/ptx/lm_loss", "train/heldout/rm_score"} <= tags
     # Resume from the first checkpoint: one update left, same weights as saved there.
     resumed = run(
         ppo_config(tmp_path, tiny_model_dir, sft, rm, output_dir=str(tmp_path / "ppo2")),
