@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 from trl.experimental.ppo import PPOConfig, PPOTrainer
+from trl.models.utils import unwrap_model_for_generation
 
 from .errors import ConfigError
 from .evaluation import reward_scores
@@ -228,21 +229,26 @@ class InstructPPOTrainer(PPOTrainer):
         at most `response_length` tokens, stop at the end-of-turn token and are scored where PPO reads the reward.
         Prompts are processed `per_device_eval_batch_size` at a time.
         """
-        model = self.accelerator.unwrap_model(self.model).policy if which == "policy" else self.ref_model
         tokenizer = self.processing_class
-        was_training = model.training
-        model.eval()
-        try:
-            responses = sample_responses(
-                model,
-                tokenizer,
-                prompts,
-                max_new_tokens=self.args.response_length,
-                batch_size=self.args.per_device_eval_batch_size,
-                do_sample=False,
-            )
-        finally:
-            model.train(was_training)
+        # As TRL's rollout does: unwrapped (and under ZeRO-3 gathered) for generation. The reference view shares the
+        # policy's base module, so gathering the policy's parameters covers it too.
+        with unwrap_model_for_generation(
+            self.model, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+        ) as unwrapped:
+            model = unwrapped.policy if which == "policy" else self.ref_model
+            was_training = model.training
+            model.eval()
+            try:
+                responses = sample_responses(
+                    model,
+                    tokenizer,
+                    prompts,
+                    max_new_tokens=self.args.response_length,
+                    batch_size=self.args.per_device_eval_batch_size,
+                    do_sample=False,
+                )
+            finally:
+                model.train(was_training)
         prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
         response_ids = [encode_response(tokenizer, r[0]) for r in responses]
         return reward_scores(
