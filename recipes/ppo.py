@@ -20,7 +20,6 @@ from trl import ModelConfig, get_peft_config
 from instructrl.configs import PPOScriptArguments, expand_path, parse_args
 from instructrl.data.loading import load_data, load_train_eval
 from instructrl.errors import MissingStageError
-from instructrl.evaluation import mean_ci, win_rate
 from instructrl.generation import require_adapter
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
@@ -31,17 +30,6 @@ from instructrl.runs import announce, finish_stage, prepare_run, start_stage, wr
 from instructrl.shared_base import SharedBase
 
 logger = logging.getLogger("instructrl")
-
-
-def heldout_change(before: list[float], after: list[float]) -> dict:
-    """The reward model's verdict on held-out prompts, reference (SFT) -> trained policy, paired by prompt."""
-    return {
-        "prompts": len(before),
-        "reference": mean_ci(before),
-        "policy": mean_ci(after),
-        "change": mean_ci([a - b for a, b in zip(after, before, strict=True)]),
-        "win_rate": win_rate(after, before),
-    }
 
 
 def summarize(log_history: list[dict]) -> dict:
@@ -115,32 +103,16 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
             logger.info(
                 "Scoring greedy responses of the SFT and trained policies to %d held-out prompts", len(held_out)
             )
-            before = trainer.heldout_rm_scores(held_out, "reference")
-            change = heldout_change(before, trainer.heldout_rm_scores(held_out, "policy"))
-            summary["heldout_rm_score"] = change
-            # Also to stdout, tensorboard and wandb, beside the training curves (final step).
-            trainer.log(
-                {
-                    "heldout/rm_score_reference": change["reference"]["mean"],
-                    "heldout/rm_score": change["policy"]["mean"],
-                    "heldout/win_rate": change["win_rate"]["rate"],
-                }
-            )
+            summary["heldout_rm_score"] = trainer.score_heldout(held_out)
         else:
             logger.warning("No evaluation prompts (`dataset_test_split`): the held-out RM score is skipped.")
     write_json(output_dir / "ppo_summary.json", summary)
     (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     finish_stage(output_dir, "ppo")
-    announce(
-        "PPO" + ("-ptx" if training_args.ptx_coef > 0 else ""),
-        output_dir,
-        {k: v for k, v in summary.items() if k not in ("updates", "heldout_rm_score")}
-        | (
-            {"held-out RM score": describe_heldout(summary["heldout_rm_score"])}
-            if "heldout_rm_score" in summary
-            else {}
-        ),
-    )
+    extra = {k: v for k, v in summary.items() if k not in ("updates", "heldout_rm_score")}
+    if "heldout_rm_score" in summary:
+        extra["held-out RM score"] = describe_heldout(summary["heldout_rm_score"])
+    announce("PPO" + ("-ptx" if training_args.ptx_coef > 0 else ""), output_dir, extra)
     return trainer
 
 

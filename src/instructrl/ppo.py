@@ -27,7 +27,7 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
 from .errors import ConfigError
-from .evaluation import reward_scores
+from .evaluation import mean_ci, reward_scores, win_rate
 from .generation import sample_responses
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
 from .reward import encode_prompt, encode_response
@@ -258,6 +258,26 @@ class InstructPPOTrainer(PPOTrainer):
             tokenizer.pad_token_id,
             self.args.per_device_eval_batch_size,
         )
+
+    def score_heldout(self, prompts: list) -> dict:
+        """Reference (SFT) against trained policy on `prompts`, paired by prompt; also logged at the last step."""
+        before = self.heldout_rm_scores(prompts, "reference")
+        after = self.heldout_rm_scores(prompts, "policy")
+        change = {
+            "prompts": len(prompts),
+            "reference": mean_ci(before),
+            "policy": mean_ci(after),
+            "change": mean_ci([a - b for a, b in zip(after, before, strict=True)]),
+            "win_rate": win_rate(after, before),
+        }
+        self.log(
+            {
+                "heldout/rm_score_reference": change["reference"]["mean"],
+                "heldout/rm_score": change["policy"]["mean"],
+                "heldout/win_rate": change["win_rate"]["rate"],
+            }
+        )
+        return change
 
     # -- saving and resuming --------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
