@@ -20,7 +20,10 @@ from trl import ModelConfig, get_peft_config
 from instructrl.configs import PPOScriptArguments, expand_path, parse_args
 from instructrl.data.loading import load_data, load_train_eval
 from instructrl.errors import MissingStageError
+from instructrl.evaluation import linear_trend
 from instructrl.generation import require_adapter
+from instructrl.gold import GoldScorer
+from instructrl.labeler import get_labeler
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
 from instructrl.ptx import PretrainingStream
@@ -32,11 +35,15 @@ from instructrl.shared_base import SharedBase
 logger = logging.getLogger("instructrl")
 
 
+# Curves whose trend over training is summarized (slope per 1000 episodes with a 95% interval).
+TRENDS = ("objective/scores", "gold/labeler_score", "objective/kl")
+
+
 def summarize(log_history: list[dict]) -> dict:
-    """First and last values of the curves users watch (RM score, KL, ptx loss)."""
+    """First and last values of the curves users watch (RM score, gold score, KL, ptx loss), and their trends."""
     steps = [log for log in log_history if "objective/scores" in log]
     summary = {"updates": len(steps)}
-    for key in ("objective/scores", "objective/kl", "objective/rlhf_reward", "ptx/lm_loss", "loss/value_avg"):
+    for key in (*TRENDS, "objective/rlhf_reward", "ptx/lm_loss", "loss/value_avg"):
         values = [log[key] for log in steps if key in log]
         if values:
             head = values[: max(1, len(values) // 4)]
@@ -46,6 +53,11 @@ def summarize(log_history: list[dict]) -> dict:
                 "last_quarter_mean": sum(tail) / len(tail),
                 "max": max(values),
             }
+        if key in TRENDS and values:
+            points = [(log["episode"] / 1000, log[key]) for log in steps if key in log and "episode" in log]
+            trend = linear_trend(*zip(*points, strict=True)) if points else None
+            if trend is not None:
+                summary[key]["slope_per_1000_episodes"] = trend
     return summary
 
 
@@ -61,6 +73,7 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
         raise MissingStageError("`reward_model_path` is not set: point it at the output of `make rm`.")
     reward_adapter = require_adapter(expand_path(training_args.reward_model_path), "reward-model", "make rm")
     prompts, eval_prompts = load_train_eval(script_args, validate_prompts, "PPO prompt")
+    labeler = get_labeler(training_args.gold_labeler) if training_args.gold_labeler else None
     ptx_data = None
     if training_args.ptx_coef > 0:
         ptx_data = load_data(training_args.ptx_dataset_name, training_args.ptx_dataset_split)
@@ -83,11 +96,14 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
     base = load_base_model(model_args, tokenizer, trust_remote_code=training_args.trust_remote_code)
     shared = SharedBase(base, reward_adapter, sft_adapter, policy_lora=get_peft_config(model_args))
 
+    gold_scorer = None if labeler is None else GoldScorer(labeler, tokenizer, prompts["prompt"])
+
     start_stage(output_dir, "ppo")
     trainer = InstructPPOTrainer(
         args=training_args,
         shared=shared,
         ptx_stream=ptx_stream,
+        gold_scorer=gold_scorer,
         processing_class=tokenizer,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,

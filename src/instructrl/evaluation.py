@@ -47,6 +47,26 @@ def mean_ci(values: Sequence[float]) -> dict:
     return {"mean": mean, "ci95": Z95 * math.sqrt(variance / n), "n": n}
 
 
+def linear_trend(xs: Sequence[float], ys: Sequence[float]) -> dict:
+    """Least-squares slope of `ys` against `xs` and the half-width of its 95% interval (normal approximation).
+
+    A training curve "rises" when the interval lies above 0; the first and last quarter means alone cannot tell a
+    trend from which prompts happened to be drawn at either end.
+    """
+    n = len(xs)
+    if n != len(ys):
+        raise ValueError(f"linear_trend needs paired values; got {n} and {len(ys)}.")
+    if n < 3:
+        return {"slope": float("nan"), "ci95": float("nan"), "n": n}
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return {"slope": float("nan"), "ci95": float("nan"), "n": n}
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True)) / (n - 2)
+    return {"slope": slope, "ci95": Z95 * math.sqrt(residual / sxx), "n": n}
+
+
 def win_rate(scores: Sequence[float], baseline: Sequence[float], tie_tolerance: float = 1e-9) -> dict:
     """How often `scores[i]` beats `baseline[i]` (same prompt): win 1, tie 1/2, loss 0, averaged, with a 95% CI."""
     if len(scores) != len(baseline):

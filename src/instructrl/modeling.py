@@ -13,11 +13,14 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MethodType
 
 import torch
+import torch.nn.functional as F
 from accelerate import PartialState
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -206,10 +209,61 @@ def check_tokenizer_matches(tokenizer: PreTrainedTokenizerBase, config, model_na
         )
 
 
-def torch_dtype(name: str | None) -> torch.dtype | str:
+def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), read from `/proc/cpuinfo`'s flags.
+
+    Without it, bf16 matmuls are emulated and run slower than fp32, so `dtype: auto` stays fp32 there.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no way to tell cheaply, and fp32 is always correct
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def preferred_dtype() -> torch.dtype:
+    """bf16 where the hardware computes it natively (a bf16-capable GPU, or a CPU with AVX512-BF16/AMX), else fp32."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def torch_dtype(name: str | None) -> torch.dtype:
+    """The weights' dtype for `ModelConfig.dtype`: `auto` (or unset) picks `preferred_dtype()`.
+
+    Unlike transformers' `auto` (the checkpoint's dtype), ours depends on the machine: the embedded default is stored
+    in fp32, and bf16 halves its forward time on CPUs with AVX512-BF16. Trainable weights stay fp32 either way.
+    """
     if name in (None, "auto"):
-        return "auto"
+        return preferred_dtype()
     return getattr(torch, name)
+
+
+def _float32_logits(self: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    bias = None if self.bias is None else self.bias.float()
+    return F.linear(hidden.float(), self.weight.float(), bias)
+
+
+def compute_logits_in_fp32(model: PreTrainedModel) -> None:
+    """Make a half-precision model's output layer (LM head or score head) compute in fp32.
+
+    bf16 logits of magnitude 16-32 are rounded to steps of 0.125: PPO's probability ratios and KL would be mostly
+    rounding noise. The body stays in bf16; only the last matmul runs in fp32. The LM head's weights are upcast on the
+    fly (not copied), so tied embeddings stay tied.
+    """
+    head = model.get_output_embeddings()
+    if isinstance(head, nn.Linear) and head.weight.dtype in (torch.bfloat16, torch.float16):
+        head.forward = MethodType(_float32_logits, head)
+    # A reward model's score head is trained: its weights themselves are kept in fp32, like LoRA's.
+    score = getattr(model, "score", None)
+    if isinstance(score, nn.Linear):
+        score.float()
+        score.forward = MethodType(_float32_logits, score)
 
 
 def load_base_model(
@@ -238,10 +292,12 @@ def load_base_model(
     except OSError as err:
         raise ModelLoadError(f"Could not load the config of model '{model_args.model_name_or_path}': {err}") from err
     check_tokenizer_matches(tokenizer, config, model_args.model_name_or_path)
-    quantization_config = get_quantization_config(model_args)
+    dtype = torch_dtype(model_args.dtype)
+    # 4-bit layers compute in the same dtype as the rest of the model.
+    quantization_config = get_quantization_config(replace(model_args, dtype=str(dtype).removeprefix("torch.")))
     kwargs = dict(
         revision=model_args.model_revision,
-        dtype=torch_dtype(model_args.dtype),
+        dtype=dtype,
         attn_implementation=model_args.attn_implementation,
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
@@ -258,6 +314,8 @@ def load_base_model(
         raise ValueError(f"Unknown task '{task}': expected 'causal_lm' or 'reward'.")
     if quantization_config is not None and not torch.cuda.is_available():
         keep_4bit_weights_trainable_on_cpu(model)
+    if dtype != torch.float32:
+        compute_logits_in_fp32(model)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

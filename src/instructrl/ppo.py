@@ -29,6 +29,7 @@ from trl.models.utils import unwrap_model_for_generation
 from .errors import ConfigError
 from .evaluation import mean_ci, reward_scores, win_rate
 from .generation import sample_responses
+from .gold import GoldScorer
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
 from .reward import encode_prompt, encode_response
 from .shared_base import VALUE, SharedBase
@@ -64,6 +65,10 @@ class InstructPPOConfig(PPOConfig):
             After training, the reward model scores greedy responses of the reference (SFT) policy and of the trained
             policy to the evaluation prompts: a paired before/after in which, unlike the training curve, every
             policy answers the same prompts, so prompt difficulty does not blur the change.
+        gold_labeler (`str`, *optional*):
+            A labeler from `instructrl.labeler.LABELERS` that also scores every rollout (the gold reward of Gao et al.
+            2022), logged as `gold/labeler_score` beside the reward model's `objective/scores`. Unset for your own
+            data without a labeler: the gold curve is then absent.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Run code shipped with the model. Off unless the user turns it on.
     """
@@ -79,6 +84,9 @@ class InstructPPOConfig(PPOConfig):
     ptx_micro_batch_size: int = field(default=8, metadata={"help": "Pretraining sequences per backward chunk."})
     score_heldout: bool = field(
         default=True, metadata={"help": "RM-score greedy responses to the eval prompts before and after training."}
+    )
+    gold_labeler: str | None = field(
+        default=None, metadata={"help": "Labeler that also scores every rollout (gold reward); unset: none."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the model."})
 
@@ -120,22 +128,33 @@ class InstructPPOTrainer(PPOTrainer):
             The base with its four adapters; the trainer takes policy, reference, reward and value from it.
         ptx_stream (`PretrainingStream`, *optional*):
             Pretraining batches; required when `args.ptx_coef > 0`.
+        gold_scorer (`GoldScorer`, *optional*):
+            Scores each update's rollouts with a labeler, logged as `gold/labeler_score`.
         Other arguments are `PPOTrainer`'s.
     """
 
     def __init__(
-        self, args: InstructPPOConfig, shared: SharedBase, ptx_stream: PretrainingStream | None = None, **kwargs
+        self,
+        args: InstructPPOConfig,
+        shared: SharedBase,
+        ptx_stream: PretrainingStream | None = None,
+        gold_scorer: GoldScorer | None = None,
+        **kwargs,
     ):
         if args.ptx_coef > 0 and ptx_stream is None:
             raise ValueError("`ptx_coef > 0` needs pretraining data (`ptx_dataset_name`).")
         self.shared = shared
         self.ptx_stream = ptx_stream
         self._ptx_stats: dict[str, list[float]] = defaultdict(list)
+        self.gold_scorer = gold_scorer
+        reward_model = shared.reward_model()
+        if gold_scorer is not None:
+            gold_scorer.tap(reward_model)
         super().__init__(
             args=args,
             model=shared.policy(),
             ref_model=shared.reference(),
-            reward_model=shared.reward_model(),
+            reward_model=reward_model,
             value_model=shared.value_model(),
             **kwargs,
         )
@@ -218,6 +237,10 @@ class InstructPPOTrainer(PPOTrainer):
             if values:
                 logs[key] = sum(values) / len(values) if key != "ptx/tokens" else sum(values)
         self._ptx_stats.clear()
+        if self.gold_scorer is not None and "objective/scores" in logs:
+            # Every process scores its own rollouts; the logged value is the mean over all of them, like TRL's.
+            gold = torch.tensor(self.gold_scorer.pop_scores() or [float("nan")], device=self.accelerator.device)
+            logs["gold/labeler_score"] = self.accelerator.gather_for_metrics(gold.nanmean()).nanmean().item()
         super().log(logs, start_time)
 
     # -- held-out reward -----------------------------------------------------------------------------------------
@@ -261,6 +284,8 @@ class InstructPPOTrainer(PPOTrainer):
 
     def score_heldout(self, prompts: list) -> dict:
         """Reference (SFT) against trained policy on `prompts`, paired by prompt; also logged at the last step."""
+        if self.gold_scorer is not None:
+            self.gold_scorer.recording = False  # held-out answers are not rollouts
         before = self.heldout_rm_scores(prompts, "reference")
         after = self.heldout_rm_scores(prompts, "policy")
         change = {

@@ -19,6 +19,7 @@ from .evaluation import markdown_table  # noqa: E402
 
 CURVES = (
     ("objective/scores", "RM score"),
+    ("gold/labeler_score", "labeler score (gold)"),
     ("objective/kl", "KL to SFT"),
     ("ptx/lm_loss", "ptx LM loss"),
 )
@@ -77,6 +78,64 @@ def plot_ppo_curves(logs: dict[str, list[dict]], path: Path, window: int = 4) ->
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(f"PPO training curves (faint: per update; solid: moving average of {window})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def gold_proxy_curves(logs: dict[str, list[dict]], window: int = 4) -> dict[str, dict[str, list[float]]]:
+    """Each run's proxy (RM) and gold (labeler) score against sqrt(KL to SFT), as Gao et al. (2022) plot them.
+
+    Per run: `proxy` / `gold`, the moving averages of `objective/scores` / `gold/labeler_score` standardized over every
+    run's updates (one mean and standard deviation per score, so runs stay comparable and both scores share an axis),
+    and `sqrt_kl_proxy` / `sqrt_kl_gold`, sqrt of the moving average of KL (clipped at 0) at the same updates. A run
+    without gold scores (no labeler) has no `gold` curve.
+    """
+    keys = {"proxy": "objective/scores", "gold": "gold/labeler_score"}
+    scale = {}
+    for name, key in keys.items():
+        values = [e[key] for entries in logs.values() for e in entries if key in e and math.isfinite(e[key])]
+        if len(values) >= 2:
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) or 1.0
+            scale[name] = (mean, std)
+    curves = {}
+    for run, entries in logs.items():
+        run_curves = {}
+        for name, key in keys.items():
+            points = [
+                (e["objective/kl"], e[key])
+                for e in entries
+                if name in scale and key in e and "objective/kl" in e and math.isfinite(e[key])
+            ]
+            if not points:
+                continue
+            kl, score = (list(v) for v in zip(*points, strict=True))
+            mean, std = scale[name]
+            run_curves[f"sqrt_kl_{name}"] = [math.sqrt(max(k, 0.0)) for k in smooth(kl, window)]
+            run_curves[name] = [(v - mean) / std for v in smooth(score, window)]
+        if run_curves:
+            curves[run] = run_curves
+    return curves
+
+
+def plot_gold_vs_proxy(logs: dict[str, list[dict]], path: Path, window: int = 4) -> Path | None:
+    """Proxy and gold score (standardized) against sqrt(KL), one panel per PPO run; `None` if nothing to plot."""
+    curves = gold_proxy_curves(logs, window)
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.6), squeeze=False)
+    for ax, (run, c) in zip(axes[0], curves.items(), strict=True):
+        ax.plot(c["sqrt_kl_proxy"], c["proxy"], label="proxy (RM score)", color="tab:orange")
+        if "gold" in c:
+            ax.plot(c["sqrt_kl_gold"], c["gold"], label="gold (labeler score)", color="tab:blue")
+        ax.set_title(run)
+        ax.set_xlabel("sqrt(KL to SFT)")
+        ax.set_ylabel("standardized score")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Gold vs proxy reward during PPO (moving averages of {window} updates)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -166,6 +225,15 @@ def write_report(output_dir: Path, metrics: dict, ppo_runs: list[str], rm_result
     if logs:
         plot_ppo_curves(logs, output_dir / "ppo_curves.png")
         lines += ["## PPO training", "", "![PPO training curves](ppo_curves.png)", ""]
+        if plot_gold_vs_proxy(logs, output_dir / "gold_vs_proxy.png"):
+            lines += [
+                "Proxy (reward-model) and gold (labeler) score of the rollouts against sqrt(KL to SFT), as Gao et al. "
+                "(2022) plot them: where the proxy keeps rising and the gold score stops, PPO is over-optimizing the "
+                "reward model.",
+                "",
+                "![Gold vs proxy](gold_vs_proxy.png)",
+                "",
+            ]
     heldout = {
         name: summary["heldout_rm_score"]
         for name, summary in read_run_files(ppo_runs, "ppo_summary.json").items()

@@ -1,0 +1,81 @@
+"""bf16 where the hardware computes it: detection, fp32 fallback, fp32 trainable weights and fp32 logits."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from trl import ModelConfig
+
+from instructrl import modeling
+from instructrl.modeling import cpu_supports_bf16, load_base_model, preferred_dtype, torch_dtype
+from instructrl.shared_base import SharedBase
+from ppo_fixtures import make_adapters
+
+ZEN4 = "processor\t: 0\nflags\t\t: fpu vme sse2 avx2 avx512f avx512bw avx512_bf16 avx512vl\n"
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu vme sse2 avx2 fma\n"
+SKYLAKE_X = "flags\t\t: avx2 avx512f avx512bw avx512vl avx512_vnni\n"  # AVX-512 without bf16 arithmetic
+SAPPHIRE_RAPIDS = "flags\t\t: avx512f amx_bf16 amx_tile amx_int8\n"
+
+
+def test_cpu_bf16_detection_reads_the_flags():
+    assert cpu_supports_bf16(ZEN4) and cpu_supports_bf16(SAPPHIRE_RAPIDS)
+    assert not cpu_supports_bf16(AVX2_ONLY) and not cpu_supports_bf16(SKYLAKE_X)
+    assert not cpu_supports_bf16("")  # no flags line (not Linux, or an odd kernel): fp32, which is always right
+
+
+@pytest.mark.parametrize(("cpuinfo", "expected"), [(ZEN4, torch.bfloat16), (AVX2_ONLY, torch.float32)])
+def test_auto_dtype_is_bf16_only_on_capable_cpus(monkeypatch, cpuinfo, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(modeling, "cpu_supports_bf16", lambda: cpu_supports_bf16(cpuinfo))
+    assert preferred_dtype() == expected
+    assert torch_dtype("auto") == expected and torch_dtype(None) == expected
+    assert torch_dtype("float32") == torch.float32  # an explicit dtype is never overridden
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    monkeypatch.setattr(modeling, "cpu_supports_bf16", lambda: True)
+
+
+def test_bf16_body_with_fp32_logits_and_fp32_lora(tiny_model_dir, tokenizer, bf16_cpu):
+    model = load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="auto"), tokenizer)
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert model.get_output_embeddings().weight.dtype == torch.bfloat16  # tied to the embeddings, not copied
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    ids = torch.tensor([tokenizer("Tea is a drink.")["input_ids"]])
+    logits = model(input_ids=ids).logits
+    assert logits.dtype == torch.float32
+    # The fp32 logits are the fp32 matmul of the bf16 body's hidden states, not bf16 logits cast up.
+    hidden = model.model(input_ids=ids).last_hidden_state
+    expected = hidden.float() @ model.get_output_embeddings().weight.float().T
+    torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-5)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    trainable = [p for p in lora.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    lora(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable)
+
+
+def test_bf16_reward_model_keeps_its_score_head_in_fp32(tiny_model_dir, tokenizer, bf16_cpu):
+    model = load_base_model(
+        ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="auto"), tokenizer, task="reward"
+    )
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert model.score.weight.dtype == torch.float32
+    lora = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj"], task_type="SEQ_CLS", modules_to_save=["score"])
+    )
+    trainable = {n: p for n, p in lora.named_parameters() if p.requires_grad}
+    assert any("score" in n for n in trainable) and all(p.dtype == torch.float32 for p in trainable.values())
+    ids = torch.tensor([tokenizer("Tea is a drink.")["input_ids"]])
+    assert lora(input_ids=ids).logits.dtype == torch.float32
+
+
+def test_shared_base_in_bf16_trains_fp32_adapters(tmp_path, tiny_model_dir, tokenizer, bf16_cpu):
+    sft, rm = make_adapters(tiny_model_dir, tmp_path, tokenizer)
+    base = load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="auto"), tokenizer)
+    shared = SharedBase(base, rm, sft)
+    trainable = [p for p in shared.shared.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert shared.value_head.weight.dtype == torch.float32
+    frozen_base = [p for n, p in shared.shared.named_parameters() if "lora_" not in n and "layers" in n]
+    assert frozen_base and all(p.dtype == torch.bfloat16 for p in frozen_base)
