@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from trl import ModelConfig
 
 from instructrl import modeling
+from instructrl.generation import load_policy
 from instructrl.modeling import cpu_supports_bf16, load_base_model, preferred_dtype, torch_dtype
 from instructrl.shared_base import SharedBase
 from ppo_fixtures import make_adapters
@@ -42,12 +43,19 @@ def test_bf16_body_with_fp32_logits_and_fp32_lora(tiny_model_dir, tokenizer, bf1
     assert model.get_output_embeddings().weight.dtype == torch.bfloat16  # tied to the embeddings, not copied
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     ids = torch.tensor([tokenizer("Tea is a drink.")["input_ids"]])
-    logits = model(input_ids=ids).logits
-    assert logits.dtype == torch.float32
-    # The fp32 logits are the fp32 matmul of the bf16 body's hidden states, not bf16 logits cast up.
-    hidden = model.model(input_ids=ids).last_hidden_state
-    expected = hidden.float() @ model.get_output_embeddings().weight.float().T
-    torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-5)
+
+    def expected_logits():  # the fp32 matmul of the bf16 body's hidden states, not bf16 logits cast up
+        hidden = model.model(input_ids=ids).last_hidden_state
+        return hidden.float() @ model.get_output_embeddings().weight.float().T
+
+    for frozen in (False, True):  # trainable: upcast each call; frozen: a cached fp32 copy
+        model.requires_grad_(not frozen)
+        logits = model(input_ids=ids).logits
+        assert logits.dtype == torch.float32
+        torch.testing.assert_close(logits, expected_logits(), rtol=1e-6, atol=1e-5)
+    with torch.no_grad():  # the cached copy follows the weight when it changes
+        model.get_output_embeddings().weight.mul_(2)
+        torch.testing.assert_close(model(input_ids=ids).logits, expected_logits(), rtol=1e-6, atol=1e-5)
     lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     trainable = [p for p in lora.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
@@ -79,3 +87,12 @@ def test_shared_base_in_bf16_trains_fp32_adapters(tmp_path, tiny_model_dir, toke
     assert shared.value_head.weight.dtype == torch.float32
     frozen_base = [p for n, p in shared.shared.named_parameters() if "lora_" not in n and "layers" in n]
     assert frozen_base and all(p.dtype == torch.bfloat16 for p in frozen_base)
+
+
+def test_lora_is_merged_only_into_fp32_weights(tmp_path, tiny_model_dir, tokenizer, bf16_cpu):
+    """Merged into bf16 weights, a LoRA update far smaller than the weights would be rounded mostly away."""
+    sft, _ = make_adapters(tiny_model_dir, tmp_path, tokenizer)
+    bf16, _ = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="auto"), str(sft))
+    fp32, _ = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), str(sft))
+    assert isinstance(bf16, PeftModel) and not isinstance(fp32, PeftModel)
+    assert all(p.dtype == torch.float32 for n, p in bf16.named_parameters() if "lora_" in n)

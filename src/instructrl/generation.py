@@ -31,14 +31,17 @@ def require_adapter(path: str | None, stage: str, make_target: str) -> Path | No
 def load_policy(
     model_args: ModelConfig, adapter_path: str | None, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The base model with the adapter merged in (if any), in eval mode, and a left-padding tokenizer."""
+    """The base model with the adapter (if any; merged into fp32 weights), in eval mode; a left-padding tokenizer."""
     adapter = require_adapter(adapter_path, "SFT", "make sft")
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, trust_remote_code, "left")
     model = load_base_model(model_args, tokenizer, trust_remote_code=trust_remote_code)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
-        if not getattr(model, "is_loaded_in_4bit", False):
-            model = model.merge_and_unload()  # one matmul per layer instead of two while sampling
+        # Merged, sampling does one matmul per layer instead of two; but only into fp32 weights: rounded to bf16 (or
+        # 4-bit), a LoRA update much smaller than the weight it is added to would be mostly lost.
+        full_precision = next(model.get_base_model().parameters()).dtype == torch.float32
+        if full_precision and not getattr(model, "is_loaded_in_4bit", False):
+            model = model.merge_and_unload()
     model.eval()
     return model, tokenizer
 
