@@ -2,6 +2,7 @@
 
     python bench/ppo_throughput.py                      # the embedded default, after `make sft` and `make rm`
     python bench/ppo_throughput.py --updates 2 --variants fp32-8 bf16-8 default
+    python bench/ppo_throughput.py --variants default --updates 1 --profile 25   # torch.profiler's top operators
 
 Each variant runs `recipes/ppo.py` (`main`, exactly what `make ppo` runs) on the PPO-ptx config with a few overrides,
 in its own process, on the same SFT and RM adapters, for one warm-up update plus `--updates` timed ones, without the
@@ -96,7 +97,13 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     training_args.report_to = []
     training_args.sft_model_path, training_args.reward_model_path = args.sft, args.rm
     start = time.perf_counter()
-    trainer = recipe.main(script_args, training_args, model_args)
+    if args.profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            trainer = recipe.main(script_args, training_args, model_args)
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile)
+        print(table, file=sys.stderr, flush=True)
+    else:
+        trainer = recipe.main(script_args, training_args, model_args)
     timed_updates = len(marks) - 1
     seconds = (marks[-1] - marks[0]) / timed_updates
     split = {k: (phases[-1].get(k, 0.0) - phases[0].get(k, 0.0)) / timed_updates for k in phases[-1]}
@@ -119,6 +126,7 @@ def main() -> None:
     parser.add_argument("--rm", default=str(outputs / "rm"))
     parser.add_argument("--updates", type=int, default=2, help="timed updates (one more runs first as warm-up)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--profile", type=int, default=0, help="print the N operators with the most self CPU time")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -127,11 +135,15 @@ def main() -> None:
     rows = []
     for name in args.variants:
         cmd = [sys.executable, __file__, "--variant", name, "--sft", args.sft, "--rm", args.rm]
-        out = subprocess.run([*cmd, "--updates", str(args.updates)], capture_output=True, text=True)
+        cmd += ["--updates", str(args.updates), "--profile", str(args.profile)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
             sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
         rows.append(json.loads(lines[-1][len("RESULT ") :]))
+        if args.profile:
+            table = out.stderr[out.stderr.find("-" * 20) :]
+            print(f"profile of {name} (warm-up and timed updates):\n{table}")
     phases = ["generation", "rollout scoring", "ppo training", "ptx"]
     print(f"{'variant':<9} {'dtype':<9} {'ep/update':>9} {'s/update':>9} {'ep/min':>7}  " + "  ".join(phases))
     for row in rows:

@@ -396,3 +396,21 @@ def test_ppo_ptx_with_two_processes_keeps_the_replicas_identical(tmp_path, tiny_
     assert moved, "the update did not change the policy"
     for name, weight in first["weights"].items():
         torch.testing.assert_close(weight, second["weights"][name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_ptx_batch_follows_the_micro_batches_trl_actually_runs(tmp_path, tiny_model_dir, adapters, monkeypatch):
+    """With several mini-batches TRL's micro-batches are smaller than `per_device_train_batch_size`: the ptx batch
+    is `ptx_ratio` x the episodes actually back-propagated, and the per-update count used by resume agrees."""
+    sft, rm = adapters
+    requested: list[int] = []
+    original = PretrainingStream.next_batch
+
+    def record(self, num_sequences):
+        requested.append(num_sequences)
+        return original(self, num_sequences)
+
+    monkeypatch.setattr(PretrainingStream, "next_batch", record)
+    shape = dict(per_device_train_batch_size=4, gradient_accumulation_steps=1, num_mini_batches=2, num_ppo_epochs=1)
+    trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm, total_episodes=4, save_strategy="no", **shape))
+    assert requested == [2 * 2, 2 * 2]  # ptx_ratio 2 x 2 episodes, in each of the 2 micro-batches
+    assert trainer.ptx_sequences_per_update() == sum(requested)

@@ -17,6 +17,7 @@ before `optimizer.step()`.
 
 import json
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,14 +223,26 @@ class InstructPPOTrainer(PPOTrainer):
         self._ptx_stats["ptx/tokens"].append(float(total_tokens))
         return lm_loss
 
+    def ptx_micro_batch_shape(self) -> tuple[int, int]:
+        """(episodes in one PPO micro-batch, micro-batches per mini-batch), as TRL's loop slices them.
+
+        TRL splits an update's `per_device_train_batch_size x gradient_accumulation_steps` episodes into
+        `num_mini_batches` mini-batches and each mini-batch into slices of `per_device_train_batch_size`, so with
+        several mini-batches a micro-batch can be smaller than `per_device_train_batch_size`.
+        """
+        args = self.args
+        mini = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_mini_batches
+        size = min(args.per_device_train_batch_size, mini)
+        return size, math.ceil(mini / size)
+
     def ptx_sequences_per_micro_batch(self) -> int:
         """`ptx_ratio` pretraining sequences per episode of a PPO micro-batch."""
-        return self.args.ptx_ratio * self.args.per_device_train_batch_size
+        return self.args.ptx_ratio * self.ptx_micro_batch_shape()[0]
 
     def ptx_sequences_per_update(self) -> int:
         """Pretraining sequences one update draws: those of every micro-batch it back-propagates."""
         args = self.args
-        micro_batches = args.num_ppo_epochs * args.num_mini_batches * args.gradient_accumulation_steps
+        micro_batches = args.num_ppo_epochs * args.num_mini_batches * self.ptx_micro_batch_shape()[1]
         return micro_batches * self.ptx_sequences_per_micro_batch() if args.ptx_coef > 0 else 0
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
