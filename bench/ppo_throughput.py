@@ -10,8 +10,10 @@ held-out scoring. Variants:
 
 - `fp32-8`: the shape `make ppo` had until 2026-11-25 in fp32: 8 episodes per update (2 micro-batches of 4), one PPO
   epoch, all 8 generated in one batch;
-- `bf16-8`: the same shape with bf16 weights (where the CPU has AVX512-BF16/AMX; fp32 elsewhere);
-- `default`: the config as it ships (`dtype: auto`, its own update shape).
+- `bf16-8`: the same shape with the frozen base in bf16 (forced, whatever `dtype: auto` would pick here);
+- `default`: the config as it ships (its own dtype and update shape).
+
+`--plain` runs the plain-PPO config (`config_ppo.yaml`, no ptx) instead of PPO-ptx.
 
 Printed per variant: episodes per update, seconds per update, episodes per minute, and the split of an update into
 generation (sampling the responses), rollout scoring (reference, value and reward forwards), PPO training
@@ -28,14 +30,17 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "recipes/smollm2-135m/ppo/config_ppo_ptx.yaml"
+CONFIGS = {  # plain PPO or not
+    False: ROOT / "recipes/smollm2-135m/ppo/config_ppo_ptx.yaml",
+    True: ROOT / "recipes/smollm2-135m/ppo/config_ppo.yaml",
+}
 OLD_SHAPE = [
     "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2", "--num_mini_batches", "1",
     "--num_ppo_epochs", "1", "--local_rollout_forward_batch_size", "8",
 ]  # fmt: skip
 VARIANTS = {
     "fp32-8": ["--dtype", "float32", *OLD_SHAPE],
-    "bf16-8": ["--dtype", "auto", *OLD_SHAPE],
+    "bf16-8": ["--dtype", "bfloat16", *OLD_SHAPE],
     "default": [],
 }
 
@@ -87,7 +92,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     spec.loader.exec_module(recipe)
 
     workdir = Path(tempfile.mkdtemp(prefix=f"instructrl-bench-{name}-"))
-    argv = ["--config", str(CONFIG), *VARIANTS[name], "--output_dir", str(workdir / "ppo")]
+    argv = ["--config", str(CONFIGS[args.plain]), *VARIANTS[name], "--output_dir", str(workdir / "ppo")]
     script_args, training_args, model_args = parse_args((PPOScriptArguments, InstructPPOConfig, ModelConfig), argv)
     episodes = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     episodes *= training_args.num_mini_batches
@@ -126,6 +131,7 @@ def main() -> None:
     parser.add_argument("--rm", default=str(outputs / "rm"))
     parser.add_argument("--updates", type=int, default=2, help="timed updates (one more runs first as warm-up)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--plain", action="store_true", help="plain PPO (config_ppo.yaml) instead of PPO-ptx")
     parser.add_argument("--profile", type=int, default=0, help="print the N operators with the most self CPU time")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -135,7 +141,7 @@ def main() -> None:
     rows = []
     for name in args.variants:
         cmd = [sys.executable, __file__, "--variant", name, "--sft", args.sft, "--rm", args.rm]
-        cmd += ["--updates", str(args.updates), "--profile", str(args.profile)]
+        cmd += ["--updates", str(args.updates), "--profile", str(args.profile)] + (["--plain"] if args.plain else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
@@ -145,6 +151,7 @@ def main() -> None:
             table = out.stderr[out.stderr.find("-" * 20) :]
             print(f"profile of {name} (warm-up and timed updates):\n{table}")
     phases = ["generation", "rollout scoring", "ppo training", "ptx"]
+    print(f"config: {CONFIGS[args.plain].name}")
     print(f"{'variant':<9} {'dtype':<9} {'ep/update':>9} {'s/update':>9} {'ep/min':>7}  " + "  ".join(phases))
     for row in rows:
         split = "  ".join(f"{row['split'].get(p, 0.0):>{len(p)}.1f}" for p in phases)

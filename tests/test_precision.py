@@ -23,18 +23,32 @@ def test_cpu_bf16_detection_reads_the_flags():
     assert not cpu_supports_bf16("")  # no flags line (not Linux, or an odd kernel): fp32, which is always right
 
 
-@pytest.mark.parametrize(("cpuinfo", "expected"), [(ZEN4, torch.bfloat16), (AVX2_ONLY, torch.float32)])
-def test_auto_dtype_is_bf16_only_on_capable_cpus(monkeypatch, cpuinfo, expected):
+@pytest.mark.parametrize(
+    ("cpuinfo", "faster", "expected"),
+    [(ZEN4, True, torch.bfloat16), (ZEN4, False, torch.float32), (AVX2_ONLY, True, torch.float32)],
+    ids=["bf16-and-faster", "bf16-but-slower", "no-bf16"],
+)
+def test_auto_dtype_is_bf16_only_where_it_is_native_and_faster(monkeypatch, cpuinfo, faster, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(modeling, "cpu_supports_bf16", lambda: cpu_supports_bf16(cpuinfo))
+    monkeypatch.setattr(modeling, "cpu_bf16_is_faster", lambda: faster)
     assert preferred_dtype() == expected
     assert torch_dtype("auto") == expected and torch_dtype(None) == expected
     assert torch_dtype("float32") == torch.float32  # an explicit dtype is never overridden
 
 
+def test_the_speed_probe_runs_once_per_process():
+    modeling.cpu_bf16_is_faster.cache_clear()
+    first = modeling.cpu_bf16_is_faster()
+    assert isinstance(first, bool) and modeling.cpu_bf16_is_faster.cache_info().misses == 1
+    assert modeling.cpu_bf16_is_faster() is first and modeling.cpu_bf16_is_faster.cache_info().hits == 1
+
+
 @pytest.fixture
 def bf16_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(modeling, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(modeling, "cpu_bf16_is_faster", lambda: True)
 
 
 def test_bf16_body_with_fp32_logits_and_fp32_lora(tiny_model_dir, tokenizer, bf16_cpu):
