@@ -94,8 +94,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"instructrl-bench-{name}-"))
     argv = ["--config", str(CONFIGS[args.plain]), *VARIANTS[name], "--output_dir", str(workdir / "ppo")]
     script_args, training_args, model_args = parse_args((PPOScriptArguments, InstructPPOConfig, ModelConfig), argv)
+    # TRL 1.12's update: per_device_train_batch_size x gradient_accumulation_steps episodes (mini-batches split them).
     episodes = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    episodes *= training_args.num_mini_batches
     training_args.total_episodes = episodes * (args.updates + 1)
     training_args.score_heldout = False
     training_args.save_strategy = "no"
