@@ -53,11 +53,9 @@ def summarize(log_history: list[dict]) -> dict:
                 "last_quarter_mean": sum(tail) / len(tail),
                 "max": max(values),
             }
-        if key in TRENDS and values:
-            points = [(log["episode"] / 1000, log[key]) for log in steps if key in log and "episode" in log]
-            trend = linear_trend(*zip(*points, strict=True)) if points else None
-            if trend is not None:
-                summary[key]["slope_per_1000_episodes"] = trend
+        points = [(log["episode"] / 1000, log[key]) for log in steps if key in log and "episode" in log]
+        if key in TRENDS and points:
+            summary[key]["slope_per_1000_episodes"] = linear_trend(*zip(*points, strict=True))
     return summary
 
 

@@ -226,13 +226,12 @@ class InstructPPOTrainer(PPOTrainer):
     def ptx_micro_batch_shape(self) -> tuple[int, int]:
         """(episodes in one PPO micro-batch, micro-batches per mini-batch), as TRL's loop slices them.
 
-        TRL splits an update's `per_device_train_batch_size x gradient_accumulation_steps` episodes into
-        `num_mini_batches` mini-batches and each mini-batch into slices of `per_device_train_batch_size`, so with
-        several mini-batches a micro-batch can be smaller than `per_device_train_batch_size`.
+        TRL splits an update's episodes into mini-batches of `local_mini_batch_size` (which its `__init__` derives)
+        and each mini-batch into slices of `per_device_train_batch_size`, so with several mini-batches a micro-batch
+        can be smaller than `per_device_train_batch_size`.
         """
-        args = self.args
-        mini = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_mini_batches
-        size = min(args.per_device_train_batch_size, mini)
+        mini = self.args.local_mini_batch_size
+        size = min(self.args.per_device_train_batch_size, mini)
         return size, math.ceil(mini / size)
 
     def ptx_sequences_per_micro_batch(self) -> int:

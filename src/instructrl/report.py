@@ -8,6 +8,7 @@ relative to plain PPO's.
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -97,18 +98,14 @@ def gold_proxy_curves(logs: dict[str, list[dict]], window: int = 4) -> dict[str,
     for name, key in keys.items():
         values = [e[key] for entries in logs.values() for e in entries if key in e and math.isfinite(e[key])]
         if len(values) >= 2:
-            mean = sum(values) / len(values)
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) or 1.0
-            scale[name] = (mean, std)
+            scale[name] = (statistics.fmean(values), statistics.stdev(values) or 1.0)
     curves = {}
     for run, entries in logs.items():
         run_curves = {}
-        for name, key in keys.items():
-            points = [
-                (e["objective/kl"], e[key])
-                for e in entries
-                if name in scale and key in e and "objective/kl" in e and math.isfinite(e[key])
-            ]
+        for name in scale:
+            key = keys[name]
+            points = [(e["objective/kl"], e[key]) for e in entries if key in e and "objective/kl" in e]
+            points = [(kl, v) for kl, v in points if math.isfinite(v)]
             if not points:
                 continue
             kl, score = (list(v) for v in zip(*points, strict=True))
