@@ -16,18 +16,21 @@ from pathlib import Path
 from transformers import set_seed
 from trl import ModelConfig
 
-from instructrl.comparisons import rank_responses, write_comparisons
-from instructrl.configs import CollectConfig, expand_path, parse_args
+from instructrl.cli import run_recipe
+from instructrl.comparisons import distinct, rank_responses, write_comparisons
+from instructrl.configs import CollectConfig, expand_path
 from instructrl.data.loading import load_data, take
+from instructrl.errors import DataError
 from instructrl.generation import load_policy, require_adapter, sample_responses
 from instructrl.labeler import get_labeler
 from instructrl.reward import validate_prompts
-from instructrl.runs import announce, finish_stage, prepare_logging, start_stage, write_json
+from instructrl.runs import announce, check_output_dir, finish_stage, prepare_logging, start_stage, write_json
 
 
 def main(args: CollectConfig, model_args: ModelConfig) -> dict:
     prepare_logging()
     output_dir = Path(expand_path(args.output_dir))
+    check_output_dir(output_dir, "collect")
     labeler = get_labeler(args.labeler)
     what = f"comparison prompt ('{args.prompts_dataset}', split '{args.prompts_split}')"
     prompts = validate_prompts(take(load_data(args.prompts_dataset, args.prompts_split), args.num_prompts), what)
@@ -47,14 +50,22 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
         top_p=args.top_p,
         batch_size=args.batch_size,
     )
-    rankings = [rank_responses(labeler, p, r) for p, r in zip(prompts["prompt"], samples, strict=True)]
+    groups = [(p, distinct(r)) for p, r in zip(prompts["prompt"], samples, strict=True)]
+    rankings = [rank_responses(labeler, p, r) for p, r in groups if len(r) >= 2]
+    if not rankings:
+        raise DataError(
+            "Every prompt's sampled responses were identical, so there is nothing to compare. Raise `temperature` or "
+            "`num_responses`."
+        )
     counts = write_comparisons(output_dir, rankings, args.test_fraction, args.seed)
     best = [max(r["scores"]) for r in rankings]
+    all_scores = [s for r in rankings for s in r["scores"]]
     summary = {
         **counts,
         "num_responses": args.num_responses,
+        "prompts_without_two_distinct_responses": len(groups) - len(rankings),
         "labeler": args.labeler,
-        "mean_labeler_score": sum(s for r in rankings for s in r["scores"]) / (len(rankings) * args.num_responses),
+        "mean_labeler_score": sum(all_scores) / len(all_scores),
         "mean_best_of_k_score": sum(best) / len(best),
         "seconds": round(time.time() - start, 1),
     }
@@ -65,4 +76,4 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(*parse_args((CollectConfig, ModelConfig)))
+    run_recipe(main, (CollectConfig, ModelConfig))

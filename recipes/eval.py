@@ -19,7 +19,8 @@ from pathlib import Path
 from transformers import set_seed
 from trl import ModelConfig
 
-from instructrl.configs import EvalConfig, expand_path, parse_args
+from instructrl.cli import run_recipe
+from instructrl.configs import EvalConfig, expand_path
 from instructrl.data.loading import load_data, message_text, take
 from instructrl.errors import ConfigError
 from instructrl.evaluation import EvalModels, add_comparisons, evaluate_policy, markdown_table, parse_policies
@@ -29,15 +30,19 @@ from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ptx import PretrainingStream
 from instructrl.report import write_report
 from instructrl.reward import encode_prompt, encode_response, validate_prompts
-from instructrl.runs import announce, finish_stage, prepare_logging, start_stage, write_json
+from instructrl.runs import announce, check_output_dir, finish_stage, prepare_logging, start_stage, write_json
+
+# The command that trains each policy of the default `policies` list (others: the user's own stages).
+MAKE_TARGETS = {"sft": "make sft", "ppo": "make ppo PPO_VARIANT=ppo", "ppo_ptx": "make ppo"}
 
 
 def main(args: EvalConfig, model_args: ModelConfig) -> dict:
     prepare_logging()
     output_dir = Path(expand_path(args.output_dir))
+    check_output_dir(output_dir, "eval")
     policies = parse_policies(args.policies)
     for name, adapter in policies.items():
-        require_adapter(str(adapter) if adapter else None, f"'{name}' policy", f"the stage that trains '{name}'")
+        require_adapter(str(adapter) if adapter else None, f"'{name}' policy", MAKE_TARGETS.get(name))
     reward_adapter = require_adapter(expand_path(args.reward_model_path), "reward-model", "make rm")
     if args.reference is not None and args.reference not in policies:
         raise ConfigError(f"`reference` '{args.reference}' is not one of `policies` ({', '.join(policies)}).")
@@ -120,4 +125,4 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(*parse_args((EvalConfig, ModelConfig)))
+    run_recipe(main, (EvalConfig, ModelConfig))

@@ -9,10 +9,9 @@ inputs were redone runs again. Each stage prints where its outputs go. See `inst
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-from instructrl.errors import InstructRLError
+from instructrl.cli import run_entry
 from instructrl.pipeline import default_launcher, load_pipeline, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +44,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InstructRLError as err:
-        print(f"[pipeline] error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_entry(main)

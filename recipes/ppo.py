@@ -17,7 +17,8 @@ import logging
 
 from trl import ModelConfig, get_peft_config
 
-from instructrl.configs import PPOScriptArguments, expand_path, parse_args
+from instructrl.cli import run_recipe
+from instructrl.configs import PPOScriptArguments, expand_path
 from instructrl.data.loading import load_data, load_train_eval
 from instructrl.errors import MissingStageError
 from instructrl.evaluation import linear_trend
@@ -29,7 +30,7 @@ from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
 from instructrl.ptx import PretrainingStream
 from instructrl.report import describe_heldout
 from instructrl.reward import encode_prompt, validate_prompts
-from instructrl.runs import announce, finish_stage, prepare_run, start_stage, write_json
+from instructrl.runs import announce, finish_stage, prepare_run, resolve_resume, start_stage, write_json
 from instructrl.shared_base import SharedBase
 
 logger = logging.getLogger("instructrl")
@@ -60,7 +61,8 @@ def summarize(log_history: list[dict]) -> dict:
 
 
 def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, model_args: ModelConfig):
-    output_dir = prepare_run(training_args)
+    output_dir = prepare_run(training_args, "ppo")
+    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     if training_args.gradient_checkpointing:
         logger.warning(
             "Gradient checkpointing is off for PPO: with adapters sharing one base it gives wrong gradients."
@@ -106,8 +108,8 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
     )
-    if training_args.resume_from_checkpoint:
-        trainer.resume_from(expand_path(training_args.resume_from_checkpoint))
+    if resume is not None:
+        trainer.resume_from(resume)
     trainer.train()
     trainer.save_model(training_args.output_dir)
     summary = summarize(trainer.state.log_history)
@@ -131,4 +133,4 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
 
 
 if __name__ == "__main__":
-    main(*parse_args((PPOScriptArguments, InstructPPOConfig, ModelConfig)))
+    run_recipe(main, (PPOScriptArguments, InstructPPOConfig, ModelConfig))

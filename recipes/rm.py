@@ -14,8 +14,10 @@ pairs are accepted as K=2. After training the script measures held-out pairwise 
 
 from trl import ModelConfig, RewardConfig
 
-from instructrl.configs import RewardScriptArguments, parse_args
+from instructrl.cli import run_recipe
+from instructrl.configs import RewardScriptArguments
 from instructrl.data.loading import load_data, load_train_eval, require_columns, take
+from instructrl.divergence import DivergenceGuard
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.reward import (
     NORMALIZATION_FILE,
@@ -27,12 +29,13 @@ from instructrl.reward import (
     tokenize_comparisons,
     validate_comparisons,
 )
-from instructrl.runs import announce, finish_stage, prepare_run, start_stage, write_json
+from instructrl.runs import announce, finish_stage, prepare_run, resolve_resume, start_stage, write_json
 from instructrl.sft import validate_sft_dataset
 
 
 def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_args: ModelConfig):
-    output_dir = prepare_run(training_args)
+    output_dir = prepare_run(training_args, "rm")
+    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     train_dataset, eval_dataset = load_train_eval(script_args, validate_comparisons, "reward-model")
     demonstrations = None
     if script_args.normalization_dataset_name:
@@ -56,8 +59,9 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
         eval_dataset=eval_tokens,
         processing_class=tokenizer,
         peft_config=reward_peft_config(model_args),
+        callbacks=[DivergenceGuard()],
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_result.metrics)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
@@ -81,4 +85,4 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
 
 
 if __name__ == "__main__":
-    main(*parse_args((RewardScriptArguments, RewardConfig, ModelConfig)))
+    run_recipe(main, (RewardScriptArguments, RewardConfig, ModelConfig))

@@ -14,14 +14,17 @@ import math
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from instructrl.configs import ScriptArguments, parse_args
+from instructrl.cli import run_recipe
+from instructrl.configs import ScriptArguments
+from instructrl.divergence import DivergenceGuard
 from instructrl.modeling import load_base_model, load_tokenizer
-from instructrl.runs import announce, finish_stage, prepare_run, start_stage
+from instructrl.runs import announce, finish_stage, prepare_run, resolve_resume, start_stage
 from instructrl.sft import load_sft_datasets
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
-    output_dir = prepare_run(training_args)
+    output_dir = prepare_run(training_args, "sft")
+    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     # Everything a user can get wrong is checked before the model loads and before anything is written.
     train_dataset, eval_dataset = load_sft_datasets(script_args)
     tokenizer = load_tokenizer(
@@ -37,8 +40,9 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=[DivergenceGuard()],
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_result.metrics)
     if eval_dataset is not None:
         eval_metrics = trainer.evaluate()
@@ -57,4 +61,4 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
 
 
 if __name__ == "__main__":
-    main(*parse_args((ScriptArguments, SFTConfig, ModelConfig)))
+    run_recipe(main, (ScriptArguments, SFTConfig, ModelConfig))

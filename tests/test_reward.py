@@ -13,6 +13,7 @@ from instructrl.configs import RewardScriptArguments, parse_args
 from instructrl.errors import DataError
 from instructrl.labeler import SimulatedLabeler
 from instructrl.reward import RankingCollator, encode_prompt, encode_response, ranking_loss, tokenize_comparisons
+from instructrl.runs import finish_stage
 
 rm_recipe = load_recipe("rm")
 
@@ -180,7 +181,7 @@ def test_rm_accepts_trl_pairs(tmp_path, tiny_model_dir):
             {"prompt": "p", "best": "a", "worst": "b"},
             "needs (prompt, responses, scores) or (prompt, chosen, rejected)",
         ),
-        ({"prompt": "p", "responses": ["a", ""], "scores": [1, 0]}, "a response is empty"),
+        ({"prompt": "p", "responses": ["a", ""], "scores": [1, 0]}, "response 1 is empty"),
         ({"prompt": "p", "chosen": "a", "rejected": ""}, "column 'rejected': the text is empty"),
         ({"prompt": "p", "responses": ["a", "b"], "scores": [1]}, "one number per response"),
     ],
@@ -189,6 +190,7 @@ def test_rm_bad_rows_fail_before_anything_is_written(tmp_path, tiny_model_dir, r
     out = tmp_path / "rm"
     out.mkdir()
     (out / "adapter_model.safetensors").write_text("an earlier adapter")
+    finish_stage(out, "rm")  # an earlier RM run's output, which a new RM run may replace, but not with bad data
     data = write_jsonl(tmp_path / "bad.jsonl", [row])
     write_demos(tmp_path)
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from helpers import load_recipe, write_config, write_jsonl
 from instructrl.configs import ScriptArguments, parse_args
 from instructrl.errors import ConfigError, DataError, ModelLoadError
+from instructrl.runs import COMPLETE, finish_stage
 
 sft_recipe = load_recipe("sft")
 
@@ -96,11 +97,12 @@ def test_sft_bad_data_is_one_clear_error_and_output_survives(tmp_path, tiny_mode
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("earlier result")
+    finish_stage(out, "sft")  # an earlier SFT run, which a new one may replace, but not with bad data
     data = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run(sft_config(tmp_path, tiny_model_dir, data))
     assert (out / "keep.txt").read_text() == "earlier result"
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [COMPLETE, "keep.txt"]
 
 
 def test_sft_wrong_paths_and_unknown_keys(tmp_path, tiny_model_dir):

@@ -18,6 +18,21 @@ from .data.loading import message_text
 from .labeler import Labeler
 
 
+def distinct(responses: list[str]) -> list[str]:
+    """The responses without repeats (same text up to surrounding space), in sampling order.
+
+    Sampling K answers can repeat one; a ranking states each distinct response once (the reward model's data check
+    refuses repeats), so a prompt left with fewer than two distinct responses yields no comparison.
+    """
+    seen: set[str] = set()
+    kept = []
+    for response in responses:
+        if response.strip() not in seen:
+            seen.add(response.strip())
+            kept.append(response)
+    return kept
+
+
 def rank_responses(labeler: Labeler, prompt, responses: list[str]) -> dict:
     """Score and rank one prompt's responses (best first; ties keep sampling order)."""
     prompt_text = message_text(prompt)

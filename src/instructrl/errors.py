@@ -19,3 +19,11 @@ class ModelLoadError(InstructRLError):
 
 class MissingStageError(InstructRLError):
     """A stage needs the output of an earlier stage that has not run yet."""
+
+
+class OutputDirError(InstructRLError):
+    """An output directory belongs to another stage, holds files instructrl did not write, or is being written."""
+
+
+class DivergenceError(InstructRLError):
+    """Training produced a non-finite loss or gradient, or moved further from the reference than allowed."""

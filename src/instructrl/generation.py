@@ -15,15 +15,19 @@ from .reward import encode_prompt
 logger = logging.getLogger(__name__)
 
 
-def require_adapter(path: str | None, stage: str, make_target: str) -> Path | None:
-    """Check that an earlier stage's adapter exists; `None` means "use the base model"."""
+def require_adapter(path: str | None, stage: str, make_target: str | None) -> Path | None:
+    """Check that an earlier stage's adapter exists; `None` means "use the base model".
+
+    `make_target` is the command that writes it (`make sft`); `None` when no default target does.
+    """
     if path is None:
         return None
     adapter = Path(path).expanduser()
     if not (adapter / "adapter_config.json").is_file():
+        how = f"Run `{make_target}` first" if make_target else "Train it first"
         raise MissingStageError(
-            f"No {stage} adapter at '{adapter}' (no adapter_config.json). Run `{make_target}` first, or point the "
-            "setting at a directory written by that stage."
+            f"No {stage} adapter at '{adapter}' (no adapter_config.json). {how}, or point the setting at a directory "
+            "written by that stage."
         )
     return adapter
 

@@ -31,7 +31,6 @@ stages:
 
 import hashlib
 import json
-import os
 import runpy
 import shutil
 import subprocess
@@ -46,7 +45,7 @@ import yaml
 
 from .configs import expand_path
 from .errors import ConfigError, InstructRLError
-from .runs import COMPLETE, RUNNING, write_json
+from .runs import COMPLETE, RUNNING, read_marker, stage_state, write_json
 
 STAGE_KEYS = {"name", "recipe", "config", "after"}
 CONFIG_RECORD = ".instructrl-config.json"
@@ -77,7 +76,7 @@ class Stage:
 
     def config_changed(self) -> bool:
         """Whether the config differs from the one this stage was last run with by the pipeline (unknown: no)."""
-        record = _read_marker(self.output_dir / CONFIG_RECORD)
+        record = read_marker(self.output_dir / CONFIG_RECORD)
         return record is not None and record.get("sha256") != self.settings_digest()
 
     def command(self, launcher: list[str]) -> list[str]:
@@ -131,38 +130,6 @@ def load_pipeline(path: str | Path, root: Path | None = None) -> list[Stage]:
             raise ConfigError(f"'{path}': stage '{stage.name}' comes after {early}, which are not earlier stages.")
         stages.append(stage)
     return stages
-
-
-def _read_marker(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stage_state(output_dir: Path) -> tuple[str, float | None]:
-    """`(state, finished_time)`: state is `complete`, `running`, `interrupted`, `missing` or `foreign`."""
-    complete = _read_marker(output_dir / COMPLETE)
-    if complete is not None:
-        return "complete", float(complete.get("finished", 0.0))
-    running = _read_marker(output_dir / RUNNING)
-    if running is not None or (output_dir / RUNNING).exists():
-        return ("running" if _alive((running or {}).get("pid")) else "interrupted"), None
-    if not output_dir.exists() or not any(output_dir.iterdir()):
-        return "missing", None
-    return "foreign", None
 
 
 def plan(stages: list[Stage], force: list[str] | None = None) -> list[tuple[Stage, str]]:
@@ -234,6 +201,8 @@ def in_process_runner(stage: Stage, launcher: list[str]) -> int:
     sys.argv = [str(stage.recipe), "--config", str(stage.config)]
     try:
         runpy.run_path(str(stage.recipe), run_name="__main__")
+    except SystemExit as exit_:  # the recipe's entry wrapper exits non-zero on an error, as the process would
+        return exit_.code if isinstance(exit_.code, int) else 1
     finally:
         sys.argv = argv
     return 0

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import DistributedType
+from transformers import TrainerCallback
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
-from .errors import ConfigError
+from .divergence import check_gradients, check_value
+from .errors import ConfigError, DivergenceError
 from .evaluation import mean_ci, reward_scores, win_rate
 from .generation import sample_responses
 from .gold import GoldScorer
@@ -70,6 +72,9 @@ class InstructPPOConfig(PPOConfig):
             A labeler from `instructrl.labeler.LABELERS` that also scores every rollout (the gold reward of Gao et al.
             2022), logged as `gold/labeler_score` beside the reward model's `objective/scores`. Unset for your own
             data without a labeler: the gold curve is then absent.
+        max_kl (`float`, *optional*):
+            Stop training (`DivergenceError`, stage left interrupted, last checkpoint kept) once an update's rollouts
+            are further than this from the reference (TRL's `objective/kl`, nats per response). Unset: no ceiling.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Run code shipped with the model. Off unless the user turns it on.
     """
@@ -89,12 +94,19 @@ class InstructPPOConfig(PPOConfig):
     gold_labeler: str | None = field(
         default=None, metadata={"help": "Labeler that also scores every rollout (gold reward); unset: none."}
     )
+    max_kl: float | None = field(
+        default=None, metadata={"help": "Stop when the rollouts' KL to the reference exceeds this; unset: never."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the model."})
 
     def __post_init__(self):
         super().__post_init__()
-        if self.ptx_coef < 0 or self.ptx_ratio < 0 or self.ptx_micro_batch_size < 1:
-            raise ValueError("`ptx_coef` and `ptx_ratio` must be >= 0 and `ptx_micro_batch_size` >= 1.")
+        for name, low in (("ptx_coef", 0), ("ptx_ratio", 0), ("ptx_micro_batch_size", 1)):
+            value = getattr(self, name)
+            if not value >= low:  # also refuses NaN
+                raise ConfigError(f"`{name}` is {value} but must be >= {low}. Fix it in the config or command line.")
+        if self.max_kl is not None and not self.max_kl > 0:
+            raise ConfigError(f"`max_kl` is {self.max_kl} but must be > 0 (or unset for no ceiling).")
 
 
 class ContinuedBatches:
@@ -121,6 +133,22 @@ class ContinuedBatches:
         return len(self.dataloader)
 
 
+class ContinuedCounters(TrainerCallback):
+    """After a resume, count updates and episodes on from the checkpoint's (TRL's `train()` starts them at 0).
+
+    So a resumed run's checkpoints are numbered after the ones it resumed from (the newest checkpoint is the latest
+    state, as `instructrl.runs.latest_complete_checkpoint` assumes), and its log continues the episode axis.
+    """
+
+    def __init__(self, updates: int, episodes: int):
+        self.updates, self.episodes = updates, episodes
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.global_step += self.updates
+        state.episode += self.episodes
+        state.max_steps += self.updates
+
+
 class InstructPPOTrainer(PPOTrainer):
     """`PPOTrainer` over a `SharedBase`, with the ptx loss hook, gradient clipping, saving and resuming.
 
@@ -143,7 +171,7 @@ class InstructPPOTrainer(PPOTrainer):
         **kwargs,
     ):
         if args.ptx_coef > 0 and ptx_stream is None:
-            raise ValueError("`ptx_coef > 0` needs pretraining data (`ptx_dataset_name`).")
+            raise ConfigError("`ptx_coef > 0` needs pretraining data: set `ptx_dataset_name`.")
         self.shared = shared
         self.ptx_stream = ptx_stream
         self._ptx_stats: dict[str, list[float]] = defaultdict(list)
@@ -172,14 +200,19 @@ class InstructPPOTrainer(PPOTrainer):
 
     # -- the hook -------------------------------------------------------------------------------------------------
     def _backward_with_ptx_and_clipping(self, loss: torch.Tensor, **kwargs) -> None:
+        where = f"update {self.state.global_step + 1}"
+        check_value("the PPO loss", loss.detach(), where)
         self._ppo_backward(loss, **kwargs)
         if self.args.ptx_coef > 0 and self.args.ptx_ratio > 0:
-            self.ptx_backward(self.ptx_sequences_per_micro_batch())
-        if self.accelerator.sync_gradients and self.args.max_grad_norm and self.args.max_grad_norm > 0:
-            norm = self.accelerator.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], self.args.max_grad_norm
-            )
+            check_value("the ptx LM loss", self.ptx_backward(self.ptx_sequences_per_micro_batch()), where)
+        if not self.accelerator.sync_gradients:
+            return
+        # The last chance before TRL's loop calls optimizer.step(): a NaN must not reach the weights.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            norm = self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
             self._ptx_stats["grad_norm"].append(float(norm))
+        check_gradients(params, where)
 
     def ptx_backward(self, num_sequences: int) -> float:
         """Add `ptx_coef` x the policy's LM-loss gradient on `num_sequences` pretraining sequences to the gradients.
@@ -245,6 +278,14 @@ class InstructPPOTrainer(PPOTrainer):
         return micro_batches * self.ptx_sequences_per_micro_batch() if args.ptx_coef > 0 else 0
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        kl = logs.get("objective/kl")
+        if kl is not None and self.args.max_kl is not None and not kl <= self.args.max_kl:
+            # Raised before TRL's loop saves this update: the last checkpoint is the last one within the ceiling.
+            raise DivergenceError(
+                f"The policy's KL to the reference reached {kl:.3g} nats at update {self.state.global_step}, above "
+                f"`max_kl` {self.args.max_kl}. Raise `kl_coef` or lower the learning rate (or raise `max_kl`); "
+                "checkpoints written before this update are kept."
+            )
         for key, values in self._ptx_stats.items():
             if values:
                 logs[key] = sum(values) / len(values) if key != "ptx/tokens" else sum(values)
@@ -338,6 +379,7 @@ class InstructPPOTrainer(PPOTrainer):
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
         self.args.num_total_batches = max(self.args.num_total_batches - done, 0)
+        self.add_callback(ContinuedCounters(done, done * self.args.batch_size))
         self.dataloader = ContinuedBatches(self.dataloader, skip=done)
         if self.ptx_stream is not None:
             self.ptx_stream.skip(done * self.ptx_sequences_per_update())

@@ -64,23 +64,39 @@ def validate_comparisons(dataset: Dataset, what: str) -> Dataset:
     if columns == PAIR_COLUMNS:
         check_rows(dataset, "chosen", non_empty, what)
         check_rows(dataset, "rejected", non_empty, what)
-        return dataset
-
-    def ranking_problem(row) -> str | None:
-        responses, scores = row
-        if not isinstance(responses, list) or not 2 <= len(responses) <= 9:
-            return "'responses' must be a list of 2 to 9 responses"
-        if not isinstance(scores, list) or len(scores) != len(responses):
-            return "'scores' must hold one number per response"
-        if any(not message_text(r).strip() for r in responses):
-            return "a response is empty"
-        return None
-
-    for index, row in enumerate(zip(dataset["responses"], dataset["scores"], strict=True)):
-        problem = ranking_problem(row)
+        rows = zip(dataset["chosen"], dataset["rejected"], strict=True)
+        problems = ("chosen and rejected are the same response" if same_text(c, r) else None for c, r in rows)
+    else:
+        problems = map(ranking_problem, dataset["responses"], dataset["scores"])
+    for index, problem in enumerate(problems):
         if problem is not None:
             raise DataError(f"Row {index} of the {what}: {problem}. Fix or drop that row.")
     return dataset
+
+
+def same_text(a, b) -> bool:
+    return message_text(a).strip() == message_text(b).strip()
+
+
+def ranking_problem(responses, scores) -> str | None:
+    """What is wrong with one ranking row (`None` if nothing): K responses, one finite number each, no duplicates."""
+    if not isinstance(responses, list) or not 2 <= len(responses) <= 9:
+        return "'responses' must be a list of 2 to 9 responses"
+    if not isinstance(scores, list) or len(scores) != len(responses):
+        return "'scores' must hold one number per response"
+    for i, score in enumerate(scores):
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            return f"score {i} is {score!r}, not a number"
+        if not math.isfinite(score):
+            return f"score {i} is {score}: scores must be finite numbers"
+    for i, response in enumerate(responses):
+        if non_empty(response) is not None:
+            return f"response {i} is empty or not text ({non_empty(response)})"
+    texts = [message_text(r).strip() for r in responses]
+    for i, text in enumerate(texts):
+        if text in texts[:i]:
+            return f"response {i} repeats response {texts.index(text)}: rank each distinct response once"
+    return None
 
 
 def tokenize_comparisons(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> Dataset:

@@ -1,5 +1,6 @@
 """Load datasets from built-in names, local files or the Hub, and validate their rows before any model loads."""
 
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ BUILTIN_DATASETS: dict[str, dict[str, str]] = {
     "builtin:pretraining": {"train": "ptx_train", "test": "ptx_eval"},
 }
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+PRECHECK_BYTES = 256 * 2**20
 
 
 def load_data(name_or_path: str | None, split: str = "train", config: str | None = None) -> Dataset:
@@ -55,10 +57,41 @@ def _load_local_file(path: Path) -> Dataset:
     builder = LOCAL_FORMATS.get(path.suffix)
     if builder is None:
         raise DataError(f"Cannot read '{path}': use one of {', '.join(LOCAL_FORMATS)} files.")
+    # Checked first, so that a malformed line is named by its number (datasets names neither line nor cause) and
+    # nothing but the one error is printed; very large files are left to datasets' own parser.
+    if builder == "json" and path.stat().st_size <= PRECHECK_BYTES:
+        problem = json_problem(path)
+        if problem is not None:
+            raise DataError(f"'{path}' {problem}. Fix that line (.jsonl files hold one JSON object per line).")
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # datasets raises several types for a malformed file
         raise DataError(f"Could not parse '{path}' as {builder}: {err}. Fix the malformed row(s).") from err
+
+
+def json_problem(path: Path) -> str | None:
+    """Where and how a JSON or JSON-lines file is malformed (`"line 3, column 7: Expecting value"`), else `None`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        return f"byte {err.start}: not UTF-8 text (is it a binary file?)"
+    if text.lstrip().startswith("["):  # one JSON array of rows
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            return f"line {err.lineno}, column {err.colno}: {err.msg}"
+        bad = [i for i, row in enumerate(rows) if not isinstance(row, dict)] if isinstance(rows, list) else [0]
+        return f"element {bad[0]}: not a JSON object" if bad else None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {number}, column {err.colno}: {err.msg}"
+        if not isinstance(row, dict):
+            return f"line {number}: a JSON {type(row).__name__}, not an object"
+    return None
 
 
 def _select_split(dataset_dict, split: str, name: str) -> Dataset:
