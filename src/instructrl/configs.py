@@ -40,8 +40,8 @@ class ScriptArguments(trl.ScriptArguments):
 def parse_args(dataclass_types: tuple[type, ...], args: list[str] | None = None) -> tuple:
     """Parse `--config x.yaml` plus command-line overrides into the given dataclasses.
 
-    Unknown YAML keys, a missing config file and a YAML that is not a mapping raise `ConfigError` naming the key (with
-    the closest known key) or the file.
+    Unknown YAML keys, a missing config file, a YAML that is not a mapping and a value of the wrong type
+    (`learning_rate: abc`) raise `ConfigError` naming the key (with the closest known key) or the file.
     """
     argv = list(args) if args is not None else sys.argv[1:]
     if "--config" in argv:
@@ -51,8 +51,15 @@ def parse_args(dataclass_types: tuple[type, ...], args: list[str] | None = None)
         check_config_file(argv[index + 1], dataclass_types)
     if any(f.name == "bf16" for cls in dataclass_types for f in fields(cls)):
         argv = argv + cpu_precision_override(argv)
-    parser = TrlParser(dataclass_types)
+    parser = RecipeParser(dataclass_types)
     return parser.parse_args_and_config(argv)
+
+
+class RecipeParser(TrlParser):
+    """TrlParser whose argument errors are a `ConfigError`, not argparse's full usage text followed by the error."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}. Fix it in the config file or on the command line (`--help` lists settings).")
 
 
 def cpu_precision_override(argv: list[str]) -> list[str]:

@@ -59,6 +59,8 @@ import re
 from collections.abc import Callable
 from typing import ClassVar, Protocol, runtime_checkable
 
+from .errors import ConfigError
+
 
 @runtime_checkable
 class Labeler(Protocol):
@@ -323,12 +325,12 @@ class SimulatedLabeler:
         weights = dict(self.DEFAULT_WEIGHTS if weights is None else weights)
         unknown = sorted(set(weights) - set(self.CRITERIA))
         if unknown:
-            raise ValueError(f"Unknown labeler criteria {unknown}; valid criteria are {sorted(self.CRITERIA)}.")
+            raise ConfigError(f"Unknown labeler criteria {unknown}; valid criteria are {sorted(self.CRITERIA)}.")
         total = sum(weights.values())
         if total <= 0 or any(w < 0 for w in weights.values()):
-            raise ValueError(f"Labeler weights must be non-negative with a positive sum, got {weights}.")
+            raise ConfigError(f"Labeler weights must be non-negative with a positive sum, got {weights}.")
         if not 0.0 < floor <= 1.0:
-            raise ValueError(f"Labeler floor must be in (0, 1], got {floor}.")
+            raise ConfigError(f"Labeler floor must be in (0, 1], got {floor}.")
         self.weights = {k: w / total for k, w in weights.items()}
         self.floor = floor
 
@@ -361,8 +363,11 @@ def get_labeler(name: str) -> Labeler:
             Registry key, e.g. `"simulated"`.
 
     Raises:
-        `ValueError`: if `name` is not registered.
+        `ConfigError`: if `name` is not registered.
     """
     if name not in LABELERS:
-        raise ValueError(f"Unknown labeler {name!r}; valid labelers are {sorted(LABELERS)}.")
+        raise ConfigError(
+            f"Unknown labeler {name!r}: set `labeler` to one of {sorted(LABELERS)}, or register yours in "
+            "`instructrl.labeler.LABELERS`."
+        )
     return LABELERS[name]()

@@ -367,10 +367,11 @@ class InstructPPOTrainer(PPOTrainer):
                 self.processing_class.save_pretrained(output_dir)
 
     def resume_from(self, checkpoint: str | Path) -> int:
-        """Load weights, optimizer and scheduler from a checkpoint; return how many updates it had completed.
+        """Load weights, optimizer, scheduler and random state from a checkpoint; return its completed updates.
 
         TRL's loop always starts at update 1, so the remaining updates are run by shortening `num_total_batches`,
-        and its prompt batches and pretraining sequences continue where the interrupted run stopped.
+        and its prompt batches and pretraining sequences continue where the interrupted run stopped. With the random
+        state restored too, the resumed run samples what the uninterrupted run would have.
         """
         checkpoint = Path(checkpoint)
         state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -378,6 +379,7 @@ class InstructPPOTrainer(PPOTrainer):
         self.shared.load_trainable(checkpoint)
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        self._load_rng_state(str(checkpoint))
         self.args.num_total_batches = max(self.args.num_total_batches - done, 0)
         self.add_callback(ContinuedCounters(done, done * self.args.batch_size))
         self.dataloader = ContinuedBatches(self.dataloader, skip=done)

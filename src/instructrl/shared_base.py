@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from .errors import MissingStageError
+from .errors import ConfigError, MissingStageError, ModelLoadError
 from .reward import NORMALIZATION_FILE
 
 POLICY, REFERENCE, REWARD, VALUE = "policy", "reference", "reward", "value"
@@ -78,7 +78,7 @@ class AdapterView(nn.Module):
             return self.shared.generate(**kwargs)
 
     def gradient_checkpointing_enable(self, **kwargs):
-        raise ValueError(
+        raise ConfigError(
             "Gradient checkpointing is not available with policy, reference, reward and value sharing one base: "
             "recomputation would run under whichever adapter is active at backward time and give wrong gradients. "
             "Set `gradient_checkpointing: false`."
@@ -144,7 +144,10 @@ def add_adapter_from_dir(shared: PeftModel | PreTrainedModel, name: str, adapter
     result = set_peft_model_state_dict(shared, lora, adapter_name=name)
     missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
     if missing:
-        raise ValueError(f"Adapter '{adapter_dir}' does not fit this base model: {len(missing)} LoRA weights missing.")
+        raise ModelLoadError(
+            f"Adapter '{adapter_dir}' does not fit this base model: {len(missing)} LoRA weights missing. Use the "
+            "`model_name_or_path` the adapter was trained on."
+        )
     return shared
 
 

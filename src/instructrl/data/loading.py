@@ -59,14 +59,25 @@ def _load_local_file(path: Path) -> Dataset:
         raise DataError(f"Cannot read '{path}': use one of {', '.join(LOCAL_FORMATS)} files.")
     # Checked first, so that a malformed line is named by its number (datasets names neither line nor cause) and
     # nothing but the one error is printed; very large files are left to datasets' own parser.
+    if _blank(path):
+        raise DataError(f"'{path}' is empty: it holds no rows. Point the setting at the data file.")
     if builder == "json" and path.stat().st_size <= PRECHECK_BYTES:
         problem = json_problem(path)
         if problem is not None:
-            raise DataError(f"'{path}' {problem}. Fix that line (.jsonl files hold one JSON object per line).")
+            raise DataError(f"'{path}' {problem}. Fix the file (.jsonl files hold one JSON object per line).")
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # datasets raises several types for a malformed file
         raise DataError(f"Could not parse '{path}' as {builder}: {err}. Fix the malformed row(s).") from err
+
+
+def _blank(path: Path) -> bool:
+    """Whether the file holds nothing but whitespace (read until the first other byte)."""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
 
 
 def json_problem(path: Path) -> str | None:
@@ -137,6 +148,8 @@ def check_rows(dataset: Dataset, column: str, check: Callable[[object], str | No
 
 
 def non_empty(value) -> str | None:
+    if not isinstance(value, str | list):
+        return f"expected text or a list of {{'role': ..., 'content': ...}} messages, got {type(value).__name__}"
     if isinstance(value, list) and not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
         return "conversational values must be lists of {'role': ..., 'content': ...} messages"
     if not message_text(value).strip():
