@@ -370,8 +370,10 @@ class InstructPPOTrainer(PPOTrainer):
         """Load weights, optimizer, scheduler and random state from a checkpoint; return its completed updates.
 
         TRL's loop always starts at update 1, so the remaining updates are run by shortening `num_total_batches`,
-        and its prompt batches and pretraining sequences continue where the interrupted run stopped. With the random
-        state restored too, the resumed run samples what the uninterrupted run would have.
+        and its prompt batches and pretraining sequences continue where the interrupted run stopped. The random state
+        is restored last, after the skipped batches drew their shuffle from the same state as the interrupted run's
+        did, so within the first pass over the prompts the resumed run samples exactly what the uninterrupted run
+        would have (later passes reshuffle from the random state of the moment, so they differ).
         """
         checkpoint = Path(checkpoint)
         state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -379,11 +381,11 @@ class InstructPPOTrainer(PPOTrainer):
         self.shared.load_trainable(checkpoint)
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-        self._load_rng_state(str(checkpoint))
         self.args.num_total_batches = max(self.args.num_total_batches - done, 0)
         self.add_callback(ContinuedCounters(done, done * self.args.batch_size))
         self.dataloader = ContinuedBatches(self.dataloader, skip=done)
         if self.ptx_stream is not None:
             self.ptx_stream.skip(done * self.ptx_sequences_per_update())
+        self._load_rng_state(str(checkpoint))
         logger.info("Resumed from %s after %d updates; %d updates left", checkpoint, done, self.args.num_total_batches)
         return done

@@ -1,0 +1,322 @@
+"""Training that goes wrong: divergence stops a run safely, a save killed halfway is never resumed from, and resume
+restores exactly what the checkpoint holds (so a resumed run continues as the uninterrupted one would)."""
+
+import copy
+import unittest.mock
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, Trainer
+from trl import ModelConfig, RewardConfig, SFTConfig, SFTTrainer
+
+from helpers import load_recipe, write_config, write_jsonl
+from instructrl.configs import PPOScriptArguments, RewardScriptArguments, ScriptArguments, parse_args
+from instructrl.errors import ConfigError, DivergenceError
+from instructrl.ppo import InstructPPOConfig
+from instructrl.ptx import PretrainingStream
+from instructrl.reward import RankingRewardTrainer
+from instructrl.runs import COMPLETE, RUNNING, latest_complete_checkpoint, resolve_resume, stage_state
+from instructrl.shared_base import POLICY, VALUE
+from ppo_fixtures import make_adapters
+
+sft_recipe = load_recipe("sft")
+ppo_recipe = load_recipe("ppo")
+rm_recipe = load_recipe("rm")
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_model_dir, tokenizer):
+    return make_adapters(tiny_model_dir, tmp_path_factory.mktemp("adapters"), tokenizer)
+
+
+def sft_run(tmp_path, model_dir, *extra, **overrides):
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Describe topic {i}."}],
+            "completion": [{"role": "assistant", "content": f"Topic {i} is a fine topic."}],
+        }
+        for i in range(8)
+    ]
+    values = dict(
+        model_name_or_path=str(model_dir),
+        dataset_name=str(write_jsonl(tmp_path / "demos.jsonl", rows)),
+        output_dir=str(tmp_path / "sft"),
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=["q_proj", "v_proj"],
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        max_length=64,
+        gradient_checkpointing=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        dataset_num_proc=None,
+        seed=0,
+    )
+    values.update(overrides)
+    config = write_config(tmp_path / "sft.yaml", **values)
+    return sft_recipe.main(*parse_args((ScriptArguments, SFTConfig, ModelConfig), ["--config", str(config), *extra]))
+
+
+def ppo_run(tmp_path, model_dir, sft, rm, *extra, **overrides):
+    values = dict(
+        model_name_or_path=str(model_dir),
+        sft_model_path=str(sft) if sft else None,
+        reward_model_path=str(rm),
+        output_dir=str(tmp_path / "ppo"),
+        total_episodes=8,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        num_mini_batches=1,
+        num_ppo_epochs=1,
+        local_rollout_forward_batch_size=2,
+        response_length=6,
+        stop_token="eos",
+        learning_rate=1e-2,
+        kl_coef=0.02,
+        ptx_coef=1.0,
+        ptx_ratio=1,
+        ptx_micro_batch_size=2,
+        ptx_max_length=16,
+        num_sample_generations=0,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=1,
+        logging_steps=1,
+        seed=0,
+        score_heldout=False,
+    )
+    values.update(overrides)
+    config = write_config(tmp_path / f"ppo-{values['output_dir'].rsplit('/', 1)[-1]}.yaml", **values)
+    args = parse_args((PPOScriptArguments, InstructPPOConfig, ModelConfig), ["--config", str(config), *extra])
+    return ppo_recipe.main(*args)
+
+
+def poison_after(step: int, compute_loss):
+    """`compute_loss` whose loss turns NaN from optimizer step `step` on (as an overflow or a bad row would)."""
+
+    def poisoned(self, model, inputs, *args, **kwargs):
+        result = compute_loss(self, model, inputs, *args, **kwargs)
+        if self.state.global_step < step:
+            return result
+        if isinstance(result, tuple):
+            return (result[0] * float("nan"), *result[1:])
+        return result * float("nan")
+
+    return poisoned
+
+
+# -- divergence ---------------------------------------------------------------------------------------------------
+def test_sft_stops_at_a_nan_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(SFTTrainer, "compute_loss", poison_after(2, SFTTrainer.compute_loss))
+    with pytest.raises(DivergenceError, match="optimizer step 3: a gradient is NaN"):
+        sft_run(tmp_path, tiny_model_dir)
+    out = tmp_path / "sft"
+    # The two good steps were saved and nothing after them; the stage is not complete, so the pipeline reruns it.
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert latest_complete_checkpoint(out) == out / "checkpoint-2"
+    weights = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (out / COMPLETE).exists() and (out / RUNNING).exists()
+    assert stage_state(out)[0] == "interrupted"
+
+
+def test_rm_stops_at_a_nan(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(RankingRewardTrainer, "compute_loss", poison_after(1, RankingRewardTrainer.compute_loss))
+    rows = [
+        {"prompt": f"Topic {i}?", "responses": [f"Topic {i} is good.", "No."], "scores": [1.0, 0.0]} for i in range(8)
+    ]
+    config = write_config(
+        tmp_path / "rm.yaml",
+        model_name_or_path=str(tiny_model_dir),
+        dataset_name=str(write_jsonl(tmp_path / "rankings.jsonl", rows)),
+        output_dir=str(tmp_path / "rm"),
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=["q_proj", "v_proj"],
+        max_steps=3,
+        per_device_train_batch_size=2,
+        report_to="none",
+        save_strategy="no",
+        gradient_checkpointing=False,
+    )
+    with pytest.raises(DivergenceError, match="optimizer step 2"):
+        rm_recipe.main(*parse_args((RewardScriptArguments, RewardConfig, ModelConfig), ["--config", str(config)]))
+    assert not (tmp_path / "rm" / COMPLETE).exists()
+    assert not (tmp_path / "rm" / "adapter_model.safetensors").exists()
+
+
+def test_ppo_stops_at_a_nan_ptx_loss(tmp_path, tiny_model_dir, adapters, monkeypatch):
+    import instructrl.ppo as ppo_module
+
+    ptx_loss = ppo_module.ptx_loss
+    calls = []
+
+    def nan_after_first_update(*args, **kwargs):
+        loss, tokens = ptx_loss(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) > 1 else loss), tokens
+
+    monkeypatch.setattr(ppo_module, "ptx_loss", nan_after_first_update)
+    with pytest.raises(DivergenceError, match="update 2: the ptx LM loss is nan"):
+        ppo_run(tmp_path, tiny_model_dir, *adapters)
+    out = tmp_path / "ppo"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    policy = load_file(out / "checkpoint-1" / "adapter_model.safetensors")
+    assert all(torch.isfinite(w).all() for w in policy.values())
+    assert stage_state(out)[0] == "interrupted"
+
+
+def test_ppo_stops_above_max_kl_before_saving_that_update(tmp_path, tiny_model_dir, adapters):
+    with pytest.raises(DivergenceError, match="above `max_kl` 1e-09") as raised:
+        ppo_run(tmp_path, tiny_model_dir, *adapters, max_kl=1e-9, learning_rate=0.05)
+    message = str(raised.value)
+    kl = float(message.split("reached ")[1].split(" nats")[0])
+    step = int(message.split("at update ")[1].split(",")[0])
+    assert kl > 1e-9
+    out = tmp_path / "ppo"
+    # Updates before the one that crossed the ceiling were saved; that one was not.
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{i}" for i in range(1, step)]
+    assert stage_state(out)[0] == "interrupted"
+
+
+def test_max_kl_must_be_positive(tmp_path, tiny_model_dir, adapters):
+    with pytest.raises(ConfigError, match="`max_kl` is 0.0 but must be > 0"):
+        ppo_run(tmp_path, tiny_model_dir, *adapters, max_kl=0.0)
+
+
+# -- saving and resuming --------------------------------------------------------------------------------------------
+def test_a_save_killed_halfway_is_not_resumed_from(tmp_path, tiny_model_dir, monkeypatch):
+    save_rng_state = Trainer._save_rng_state
+
+    def killed_during_second_save(self, output_dir):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt  # the model and optimizer of checkpoint-2 are written, trainer_state.json is not
+        return save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", killed_during_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        sft_run(tmp_path, tiny_model_dir)
+    out = tmp_path / "sft"
+    assert (out / "checkpoint-2" / "adapter_model.safetensors").exists()
+    assert latest_complete_checkpoint(out) == out / "checkpoint-1"
+    with pytest.raises(ConfigError, match="checkpoint-2' is incomplete"):
+        resolve_resume(str(out / "checkpoint-2"), out)
+    monkeypatch.setattr(Trainer, "_save_rng_state", save_rng_state)
+    resumed_from = []
+    train = SFTTrainer.train
+
+    def record(self, resume_from_checkpoint=None, **kwargs):
+        resumed_from.append(resume_from_checkpoint)
+        return train(self, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "train", record)
+    trainer = sft_run(tmp_path, tiny_model_dir, "--resume_from_checkpoint", "true")
+    assert resumed_from == [str(out / "checkpoint-1")]
+    assert trainer.state.global_step == 3 and (out / COMPLETE).exists()
+
+
+def test_resume_loads_every_trained_state_and_continues_the_uninterrupted_run(tmp_path, tiny_model_dir, adapters):
+    sft, rm = adapters
+    straight = ppo_run(tmp_path, tiny_model_dir, sft, rm, total_episodes=4)  # two updates, checkpoint-1 and -2
+    checkpoint = tmp_path / "ppo" / "checkpoint-1"
+    captured = {}
+    resume_from = ppo_recipe.InstructPPOTrainer.resume_from
+
+    def capture(self, path):
+        done = resume_from(self, path)
+        captured["policy"] = state_of(self.shared.shared, POLICY)
+        captured["value"] = state_of(self.shared.shared, VALUE)
+        captured["value_head"] = {k: v.clone() for k, v in self.shared.value_head.state_dict().items()}
+        captured["optimizer"] = copy.deepcopy(self.optimizer.state_dict())  # training goes on to change them
+        captured["scheduler"] = copy.deepcopy(self.lr_scheduler.state_dict())
+        return done
+
+    with unittest.mock.patch.object(ppo_recipe.InstructPPOTrainer, "resume_from", capture):
+        resumed = ppo_run(
+            tmp_path,
+            tiny_model_dir,
+            sft,
+            rm,
+            "--resume_from_checkpoint",
+            str(checkpoint),
+            total_episodes=4,
+            output_dir=str(tmp_path / "resumed"),
+        )
+    # What resume loaded is what the checkpoint holds.
+    saved_policy = load_file(checkpoint / "adapter_model.safetensors")
+    saved_value = load_file(checkpoint / "value" / "adapter_model.safetensors")
+    assert_adapter_equal(captured["policy"], saved_policy)
+    assert_adapter_equal(captured["value"], saved_value)
+    head = load_file(checkpoint / "value" / "value_head.safetensors")
+    for key in ("weight", "bias"):
+        assert torch.equal(captured["value_head"][key], head[key])
+    saved_optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    for index, state in saved_optimizer["state"].items():
+        for key, value in state.items():
+            assert torch.equal(captured["optimizer"]["state"][index][key], value), (index, key)
+    assert captured["scheduler"] == torch.load(checkpoint / "scheduler.pt", weights_only=True)
+    # Its one remaining update is the uninterrupted run's second: same samples, same step, same weights after it.
+    (straight_log,) = [log for log in straight.state.log_history if log.get("episode") == 4]
+    (resumed_log,) = [log for log in resumed.state.log_history if "objective/scores" in log]
+    assert resumed_log["episode"] == 4
+    assert resumed_log["objective/scores"] == pytest.approx(straight_log["objective/scores"], abs=1e-6)
+    assert resumed_log["objective/kl"] == pytest.approx(straight_log["objective/kl"], abs=1e-6)
+    assert_adapter_equal(
+        state_of(resumed.shared.shared, POLICY), load_file(tmp_path / "ppo" / "adapter_model.safetensors"), atol=1e-6
+    )
+    # Counted on from the checkpoint: the resumed run's checkpoint is the uninterrupted run's checkpoint-2.
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def state_of(shared, adapter: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(shared, adapter_name=adapter).items()}
+
+
+def assert_adapter_equal(live: dict, saved: dict, atol: float = 0.0) -> None:
+    assert live.keys() == saved.keys()
+    for key in saved:
+        torch.testing.assert_close(live[key], saved[key], atol=atol, rtol=0, msg=key)
+
+
+def test_without_an_sft_adapter_the_reference_is_the_frozen_base(tmp_path, tiny_model_dir, adapters):
+    _, rm = adapters
+    trainer = ppo_run(tmp_path, tiny_model_dir, None, rm, total_episodes=4, learning_rate=0.05)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[1, 20, 30, 40, 50, 60]])
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+        reference = trainer.ref_model(input_ids=ids).logits
+        policy = trainer.model.policy(input_ids=ids).logits
+    torch.testing.assert_close(reference, expected, atol=1e-5, rtol=0)
+    assert (policy - expected).abs().max() > 1e-3  # the policy trained; the reference did not follow it
+
+
+# -- the pretraining stream ---------------------------------------------------------------------------------------
+def test_pretraining_stream_reshuffles_each_pass_and_follows_its_seed(tokenizer):
+    texts = Dataset.from_list([{"text": f"Sentence number {i} is about rivers and hills."} for i in range(12)])
+
+    def draws(seed: int, count: int) -> list[tuple[int, ...]]:
+        stream = PretrainingStream(texts, tokenizer, "text", 32, seed=seed)
+        return [tuple(stream.sequences[stream._next_index()]) for _ in range(count)]
+
+    first, second = draws(0, 12), draws(0, 24)[12:]
+    assert (
+        sorted(first)
+        == sorted(second)
+        == sorted(tuple(s) for s in PretrainingStream(texts, tokenizer, "text", 32).sequences)
+    )
+    assert first != second  # each pass is a new permutation of every sequence
+    assert draws(0, 24) == draws(0, 24)  # the same seed draws the same sequence
+    assert draws(0, 12) != draws(1, 12)  # another seed (another process) draws another order
+    stream = PretrainingStream(texts, tokenizer, "text", 32, seed=0)
+    stream.skip(5)
+    assert [tuple(stream.sequences[stream._next_index()]) for _ in range(7)] == first[5:]
