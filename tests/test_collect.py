@@ -81,5 +81,5 @@ def test_collect_config_errors(tmp_path, tiny_model_dir):
     )
     with pytest.raises(MissingStageError, match="make sft"):
         collect_recipe.main(*parse_args((CollectConfig, collect_recipe.ModelConfig), ["--config", str(config)]))
-    with pytest.raises(ValueError, match="valid labelers"):
+    with pytest.raises(ValueError, match="set `labeler` to one of"):
         get_labeler("humans")

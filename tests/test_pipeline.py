@@ -1,7 +1,11 @@
 """The pipeline's skip / restart / force logic, on real SFT and collection stages with the tiny model."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +158,46 @@ def test_pipeline_file_errors(tmp_path, stages, message):
     path.write_text(yaml.safe_dump({"stages": stages}))
     with pytest.raises(ConfigError, match=message):
         load_pipeline(path, root=REPO)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_killed_pipeline_reruns_only_the_stage_it_was_in(
+    tmp_path, tiny_model_dir, signal_name
+):
+    """The real thing: `recipes/pipeline.py` as a process group killed mid-stage (as Ctrl-C, a scheduler or an OOM
+    killer would), a second pipeline refused while the first runs, then a rerun that redoes only the killed stage."""
+    demos = write_jsonl(tmp_path / "demos.jsonl", demo_rows(8))
+    first = sft_config(tmp_path, tiny_model_dir, demos, max_steps=2, output_dir=str(tmp_path / "out" / "first"))
+    (tmp_path / "first.yaml").write_text(first.read_text())
+    long = sft_config(tmp_path, tiny_model_dir, demos, max_steps=300, output_dir=str(tmp_path / "out" / "long"))
+    stages = [
+        {"name": "first", "recipe": "recipes/sft.py", "config": str(tmp_path / "first.yaml")},
+        {"name": "long", "recipe": "recipes/sft.py", "config": str(long), "after": ["first"]},
+    ]
+    pipeline_yaml = tmp_path / "pipeline.yaml"
+    pipeline_yaml.write_text(yaml.safe_dump({"stages": stages}))
+    command = [sys.executable, str(REPO / "recipes/pipeline.py"), "--config", str(pipeline_yaml)]
+    first_dir, long_dir = tmp_path / "out" / "first", tmp_path / "out" / "long"
+
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (long_dir / RUNNING).exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert (long_dir / RUNNING).exists(), "the long stage never started"
+        finished = {p.relative_to(first_dir): p.read_bytes() for p in first_dir.rglob("*") if p.is_file()}
+        refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+        assert refused.returncode == 1 and "being run by another process" in refused.stderr.splitlines()[-1]
+    finally:
+        os.killpg(process.pid, getattr(signal, signal_name))
+        process.wait(timeout=60)
+    deadline = time.time() + 60  # the stage's own process (the pipeline's child) takes a moment to be reaped
+    while stage_state(long_dir)[0] == "running" and time.time() < deadline:
+        time.sleep(0.2)
+    assert stage_state(long_dir)[0] == "interrupted" and stage_state(first_dir)[0] == "complete"
+
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "first: done before, skipped" in rerun.stdout and "long: running (interrupted)" in rerun.stdout
+    assert stage_state(long_dir)[0] == "complete"
+    assert {p.relative_to(first_dir): p.read_bytes() for p in first_dir.rglob("*") if p.is_file()} == finished
