@@ -161,9 +161,7 @@ def test_pipeline_file_errors(tmp_path, stages, message):
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
-def test_a_killed_pipeline_reruns_only_the_stage_it_was_in(
-    tmp_path, tiny_model_dir, signal_name
-):
+def test_a_killed_pipeline_reruns_only_the_stage_it_was_in(tmp_path, tiny_model_dir, signal_name):
     """The real thing: `recipes/pipeline.py` as a process group killed mid-stage (as Ctrl-C, a scheduler or an OOM
     killer would), a second pipeline refused while the first runs, then a rerun that redoes only the killed stage."""
     demos = write_jsonl(tmp_path / "demos.jsonl", demo_rows(8))
