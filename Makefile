@@ -11,7 +11,7 @@ STAMP := $(VENV)/.instructrl-installed
 OUTPUTS ?= $(HOME)/.cache/instructrl/outputs/smollm2-135m
 PPO_VARIANT ?= ppo_ptx
 
-.PHONY: setup sft collect rm ppo eval pipeline test test-fast lint format
+.PHONY: setup sft collect label label-stats rm ppo eval pipeline test test-fast lint format
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,16 @@ setup: $(STAMP)
 sft: setup
 	$(LAUNCH) recipes/sft.py --config $(MODEL_DIR)/sft/config_lora.yaml
 
+# LABELER=human writes the responses as tasks for `make label` instead of ranking them with the simulated labeler.
 collect: setup
-	$(LAUNCH) recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml
+	$(LAUNCH) recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml $(if $(LABELER),--labeler $(LABELER))
+
+# The human ranking page (http://127.0.0.1:8765); its rankings are what `make rm` then trains on.
+label: setup
+	$(VENV)/bin/python recipes/label.py --config $(MODEL_DIR)/label/config_default.yaml
+
+label-stats: setup
+	$(VENV)/bin/python recipes/label.py --config $(MODEL_DIR)/label/config_default.yaml --stats
 
 # The reward model trains on comparisons; collect them first if that has not happened yet.
 rm: setup

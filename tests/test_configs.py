@@ -8,6 +8,7 @@ from trl import ModelConfig, RewardConfig, SFTConfig
 from instructrl.configs import (
     CollectConfig,
     EvalConfig,
+    LabelConfig,
     PPOScriptArguments,
     RewardScriptArguments,
     ScriptArguments,
@@ -23,6 +24,7 @@ STAGE_TYPES = {
     "collect": (CollectConfig, ModelConfig),
     "ppo": (PPOScriptArguments, InstructPPOConfig, ModelConfig),
     "eval": (EvalConfig, ModelConfig),
+    "label": (LabelConfig,),
 }
 STAGE_CONFIGS = sorted(p for p in RECIPES.rglob("config_*.yaml") if p.parent.name in STAGE_TYPES)
 PIPELINES = sorted(RECIPES.rglob("pipeline.yaml"))
@@ -40,8 +42,8 @@ def test_stage_yaml_parses(path):
     assert text.startswith("#"), "each config opens with a comment header"
     assert "Command:" in text and "Tested on:" in text
     parsed = parse_args(STAGE_TYPES[path.parent.name], ["--config", str(path)])
-    model_args = parsed[-1]
-    assert model_args.model_name_or_path
+    if isinstance(parsed[-1], ModelConfig):
+        assert parsed[-1].model_name_or_path
 
 
 @pytest.mark.parametrize("path", sorted((RECIPES / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name)

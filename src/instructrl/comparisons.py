@@ -59,7 +59,7 @@ def split_by_prompt(rows: list[dict], test_fraction: float, seed: int) -> tuple[
     return [r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test]
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".jsonl.tmp")
     with tmp.open("w") as f:
@@ -74,7 +74,7 @@ def write_comparisons(output_dir: Path, rankings: list[dict], test_fraction: flo
     counts = {}
     for split, rows in (("train", train), ("test", test)):
         pairs = [p for row in rows for p in ranking_to_pairs(row)]
-        _write_jsonl(output_dir / "rankings" / f"{split}.jsonl", rows)
-        _write_jsonl(output_dir / "pairs" / f"{split}.jsonl", pairs)
+        write_jsonl(output_dir / "rankings" / f"{split}.jsonl", rows)
+        write_jsonl(output_dir / "pairs" / f"{split}.jsonl", pairs)
         counts[f"{split}_prompts"], counts[f"{split}_pairs"] = len(rows), len(pairs)
     return counts

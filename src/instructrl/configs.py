@@ -223,3 +223,36 @@ class EvalConfig:
     seed: int = field(default=42)
     ppo_runs: list[str] = field(default_factory=list)
     trust_remote_code: bool = field(default=False)
+
+
+@dataclass
+class LabelConfig:
+    """Settings of `recipes/label.py`, the human ranking page.
+
+    Args:
+        comparisons_dir (`str`):
+            The output of `collect --labeler human` (its `tasks.jsonl`); rankings are written there for `make rm`.
+        host (`str`, *optional*, defaults to `"127.0.0.1"`):
+            Address to serve on. Only this machine is answered unless you set another host explicitly.
+        port (`int`, *optional*, defaults to `8765`):
+            Port to serve on (0 picks a free one).
+        overlap (`float`, *optional*, defaults to `0.1`):
+            Fraction of tasks shown to every labeler, to measure agreement between people.
+        reference_labeler (`str`, *optional*, defaults to `"simulated"`):
+            Automatic labeler each person's rankings are compared with in the statistics; empty for none.
+        stats (`bool`, *optional*, defaults to `False`):
+            Print the agreement statistics (`make label-stats`) instead of serving the page.
+    """
+
+    comparisons_dir: str = field(default="~/.cache/instructrl/outputs/smollm2-135m/comparisons")
+    host: str = field(default="127.0.0.1")
+    port: int = field(default=8765)
+    overlap: float = field(default=0.1)
+    reference_labeler: str | None = field(default="simulated")
+    stats: bool = field(default=False)
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"`port` is {self.port}; use 1 to 65535 (or 0 for any free port).")
+        if not 0.0 <= self.overlap <= 1.0:
+            raise ConfigError(f"`overlap` is {self.overlap}; use a fraction between 0 and 1.")

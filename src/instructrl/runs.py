@@ -103,7 +103,8 @@ def stage_state(output_dir: Path) -> tuple[str, float | None]:
     return "foreign", None
 
 
-def _overwrite_requested() -> bool:
+def overwrite_requested() -> bool:
+    """Whether the user passed `--overwrite` (or set `INSTRUCTRL_OVERWRITE=1`)."""
     return os.environ.get(OVERWRITE_ENV, "").lower() in ("1", "true", "yes")
 
 
@@ -121,7 +122,7 @@ def check_output_dir(output_dir: Path, stage: str, overwrite: bool | None = None
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputDirError(f"`output_dir` '{output_dir}' is a file, not a directory. Choose another `output_dir`.")
-    overwrite = _overwrite_requested() if overwrite is None else overwrite
+    overwrite = overwrite_requested() if overwrite is None else overwrite
     state, _ = stage_state(output_dir)
     if state == "missing":
         return

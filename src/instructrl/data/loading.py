@@ -44,7 +44,14 @@ def load_data(name_or_path: str | None, split: str = "train", config: str | None
     if path.is_file():
         return _load_local_file(path)
     if path.is_dir():
-        return _select_split(datasets.load_dataset(str(path), config), split, name_or_path)
+        try:
+            splits = datasets.load_dataset(str(path), config)
+        except Exception as err:  # no data files, mixed formats, a malformed file inside
+            raise DataError(
+                f"Could not read the data set in directory '{path}': {err}. It needs split files such as "
+                "train.jsonl (and test.jsonl), one JSON object per line."
+            ) from err
+        return _select_split(splits, split, name_or_path)
     if name_or_path.startswith((".", "/", "~")) or path.suffix in LOCAL_FORMATS or name_or_path.count("/") != 1:
         raise DataError(
             f"Dataset '{name_or_path}' is not a file or directory on this machine, nor a Hub id of the form "
