@@ -36,9 +36,9 @@ def run_layout(args: argparse.Namespace) -> dict:
     from trl.experimental.ppo import PPOTrainer
 
     from instructrl.data.loading import load_data
+    from instructrl.data.rows import encode_prompt
     from instructrl.modeling import load_base_model, load_tokenizer
     from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
-    from instructrl.reward import encode_prompt
     from instructrl.shared_base import SharedBase
 
     os.environ.setdefault("WANDB_MODE", "disabled")

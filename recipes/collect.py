@@ -21,17 +21,18 @@ from instructrl.cli import run_recipe
 from instructrl.comparisons import distinct, rank_responses, write_comparisons
 from instructrl.configs import CollectConfig, expand_path
 from instructrl.data.loading import load_data, take
+from instructrl.data.rows import validate_prompts
 from instructrl.errors import DataError, OutputDirError
-from instructrl.generation import load_policy, require_adapter, sample_responses
+from instructrl.generation import load_policy, sample_responses
 from instructrl.labeler import get_labeler
 from instructrl.labeling import HUMAN, LOG_FILE, TASKS_FILE, TaskStore, write_tasks
-from instructrl.reward import validate_prompts
 from instructrl.runs import (
     announce,
     check_output_dir,
     finish_stage,
     overwrite_requested,
     prepare_logging,
+    require_adapter,
     start_stage,
     write_json,
 )

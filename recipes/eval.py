@@ -22,15 +22,23 @@ from trl import ModelConfig
 from instructrl.cli import run_recipe
 from instructrl.configs import EvalConfig, expand_path
 from instructrl.data.loading import load_data, message_text, take
+from instructrl.data.rows import encode_prompt, encode_response, validate_prompts
 from instructrl.errors import ConfigError
-from instructrl.evaluation import EvalModels, add_comparisons, evaluate_policy, markdown_table, parse_policies
-from instructrl.generation import require_adapter, sample_responses
+from instructrl.evaluation import EvalModels, add_comparisons, evaluate_policy, parse_policies
+from instructrl.generation import sample_responses
 from instructrl.labeler import get_labeler
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ptx import PretrainingStream
-from instructrl.report import write_report
-from instructrl.reward import encode_prompt, encode_response, validate_prompts
-from instructrl.runs import announce, check_output_dir, finish_stage, prepare_logging, start_stage, write_json
+from instructrl.report import markdown_table, write_report
+from instructrl.runs import (
+    announce,
+    check_output_dir,
+    finish_stage,
+    prepare_logging,
+    require_adapter,
+    start_stage,
+    write_json,
+)
 
 # The command that trains each policy of the default `policies` list (others: the user's own stages).
 MAKE_TARGETS = {"sft": "make sft", "ppo": "make ppo PPO_VARIANT=ppo", "ppo_ptx": "make ppo"}

@@ -20,18 +20,25 @@ from trl import ModelConfig, get_peft_config
 from instructrl.cli import run_recipe
 from instructrl.configs import PPOScriptArguments, expand_path
 from instructrl.data.loading import load_data, load_train_eval
+from instructrl.data.rows import encode_prompt, validate_prompts
 from instructrl.errors import MissingStageError
-from instructrl.evaluation import linear_trend
-from instructrl.generation import require_adapter
 from instructrl.gold import GoldScorer
 from instructrl.labeler import get_labeler
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
 from instructrl.ptx import PretrainingStream
 from instructrl.report import describe_heldout
-from instructrl.reward import encode_prompt, validate_prompts
-from instructrl.runs import announce, finish_stage, prepare_run, resolve_resume, start_stage, write_json
+from instructrl.runs import (
+    announce,
+    finish_stage,
+    prepare_run,
+    require_adapter,
+    resolve_resume,
+    start_stage,
+    write_json,
+)
 from instructrl.shared_base import SharedBase
+from instructrl.stats import linear_trend
 
 logger = logging.getLogger("instructrl")
 

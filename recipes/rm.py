@@ -17,6 +17,7 @@ from trl import ModelConfig, RewardConfig
 from instructrl.cli import run_recipe
 from instructrl.configs import RewardScriptArguments
 from instructrl.data.loading import load_data, load_train_eval, require_columns, take
+from instructrl.data.rows import tokenize_comparisons, validate_comparisons
 from instructrl.divergence import DivergenceGuard
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.reward import (
@@ -26,8 +27,6 @@ from instructrl.reward import (
     pairwise_accuracy,
     reward_bias,
     reward_peft_config,
-    tokenize_comparisons,
-    validate_comparisons,
 )
 from instructrl.runs import announce, finish_stage, prepare_run, resolve_resume, start_stage, write_json
 from instructrl.sft import validate_sft_dataset

@@ -14,13 +14,12 @@ from instructrl.errors import ConfigError, MissingStageError
 from instructrl.evaluation import (
     distinct_n,
     heldout_nll,
-    mean_ci,
     parse_policies,
     perplexity,
     sequence_logprobs,
-    win_rate,
 )
 from instructrl.report import goal_rows, smooth
+from instructrl.stats import mean_ci, win_rate
 from ppo_fixtures import make_adapters
 
 eval_recipe = load_recipe("eval")

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from instructrl.evaluation import linear_trend
+from instructrl.data.rows import encode_prompt, encode_response
 from instructrl.gold import GoldScorer
 from instructrl.labeler import SimulatedLabeler
 from instructrl.report import gold_proxy_curves
-from instructrl.reward import encode_prompt, encode_response
+from instructrl.stats import linear_trend
 from test_ppo import adapters, ppo_config, run  # noqa: F401  (the `adapters` fixture)
 
 PROMPTS = ["Describe tea in fewer than ten words.", [{"role": "user", "content": "Explain rain in two sentences."}]]

@@ -16,6 +16,7 @@ import pytest
 
 from helpers import RECIPES, write_config
 from instructrl.data.loading import load_data
+from instructrl.data.rows import tokenize_comparisons, validate_comparisons
 from instructrl.errors import DataError
 from instructrl.labeler import SimulatedLabeler
 from instructrl.labeling import (
@@ -27,7 +28,6 @@ from instructrl.labeling import (
     scores_from_order,
     write_tasks,
 )
-from instructrl.reward import tokenize_comparisons, validate_comparisons
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCRIPT = "<script>window.pwned = true</script> is not run"

@@ -20,7 +20,7 @@ from instructrl.configs import PPOScriptArguments, parse_args
 from instructrl.errors import MissingStageError
 from instructrl.modeling import load_base_model
 from instructrl.ppo import InstructPPOConfig
-from instructrl.ptx import PretrainingStream, ptx_loss
+from instructrl.ptx import PretrainingStream, predicted_tokens, ptx_loss
 from instructrl.shared_base import SharedBase
 from ppo_fixtures import make_adapters
 
@@ -157,26 +157,24 @@ def test_one_copy_of_the_base_weights(tiny_model_dir, adapters, tokenizer):
     assert shared.reward_head.bias.item() == pytest.approx(0.25)
 
 
-def test_ptx_loss_gradient_is_coef_times_lm_gradient():
+def test_ptx_loss_is_the_mean_next_token_nll_over_real_tokens():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 5, requires_grad=True)
     ids = torch.tensor([[1, 2, 3, 4], [0, 4, 2, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
-    loss, tokens = ptx_loss(logits, ids, mask, coef=27.8)
-    assert tokens == 5
+    loss = ptx_loss(logits, ids, mask)
+    assert predicted_tokens(mask) == 5
     # Hand-computed mean next-token NLL over the 5 supervised positions.
     logp = torch.log_softmax(logits, -1)
     positions = [(0, 0, 2), (0, 1, 3), (0, 2, 4), (1, 0, 4), (1, 1, 2)]
     manual = -sum(logp[b, t, y] for b, t, y in positions) / 5
-    assert loss.item() == pytest.approx(27.8 * manual.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-6)
     (grad,) = torch.autograd.grad(loss, logits)
     (manual_grad,) = torch.autograd.grad(manual, logits)
-    torch.testing.assert_close(grad, 27.8 * manual_grad)
-    zero, _ = ptx_loss(logits, ids, mask, coef=0.0)
-    assert torch.autograd.grad(zero, logits)[0].abs().sum() == 0
+    torch.testing.assert_close(grad, manual_grad)
     # Chunks normalized by the whole batch's token count add up to the full loss.
-    first, _ = ptx_loss(logits[:1], ids[:1], mask[:1], 27.8, num_tokens=5)
-    second, _ = ptx_loss(logits[1:], ids[1:], mask[1:], 27.8, num_tokens=5)
+    first = ptx_loss(logits[:1], ids[:1], mask[:1], num_tokens=5)
+    second = ptx_loss(logits[1:], ids[1:], mask[1:], num_tokens=5)
     assert (first + second).item() == pytest.approx(loss.item(), rel=1e-6)
 
 
@@ -355,7 +353,7 @@ def test_ppo_ptx_gradient_adds_to_ppo_gradient(tmp_path, tiny_model_dir, adapter
     for p in params:
         p.grad = None
     logits = trainer.shared.policy()(input_ids=ids, attention_mask=mask).logits
-    loss, _ = ptx_loss(logits, ids, mask, 27.8)
+    loss = 27.8 * ptx_loss(logits, ids, mask)  # gamma x the LM loss is what the hook adds
     (loss / trainer.args.gradient_accumulation_steps).backward()
     for got, p in zip(hooked, params, strict=True):
         torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-7)

@@ -10,9 +10,10 @@ import torch
 from helpers import load_recipe, write_config, write_jsonl
 from instructrl.comparisons import rank_responses, ranking_to_pairs
 from instructrl.configs import RewardScriptArguments, parse_args
+from instructrl.data.rows import encode_prompt, encode_response, tokenize_comparisons
 from instructrl.errors import DataError
 from instructrl.labeler import SimulatedLabeler
-from instructrl.reward import RankingCollator, encode_prompt, encode_response, ranking_loss, tokenize_comparisons
+from instructrl.reward import RankingCollator, ranking_loss
 from instructrl.runs import finish_stage
 
 rm_recipe = load_recipe("rm")

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from instructrl.data.loading import json_problem, load_data, message_text, non_empty
+from instructrl.data.rows import ranking_problem, validate_comparisons, validate_prompts
 from instructrl.errors import DataError
-from instructrl.reward import ranking_problem, validate_comparisons, validate_prompts
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6)
 json_values = st.recursive(

@@ -30,58 +30,9 @@ from .batching import pad_right
 from .errors import ConfigError
 from .labeler import words
 from .shared_base import AdapterView, ScalarModel, add_adapter_from_dir, score_head_from_dir
+from .stats import mean_ci, win_rate
 
 REWARD_ADAPTER = "reward"
-Z95 = 1.96
-
-
-def mean_ci(values: Sequence[float]) -> dict:
-    """Mean and the half-width of its normal-approximation 95% confidence interval (sample standard deviation)."""
-    n = len(values)
-    if n == 0:
-        return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
-    mean = sum(values) / n
-    if n == 1:
-        return {"mean": mean, "ci95": float("nan"), "n": 1}
-    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return {"mean": mean, "ci95": Z95 * math.sqrt(variance / n), "n": n}
-
-
-def linear_trend(xs: Sequence[float], ys: Sequence[float]) -> dict:
-    """Least-squares slope of `ys` against `xs` and the half-width of its 95% interval (normal approximation).
-
-    A training curve "rises" when the interval lies above 0; the first and last quarter means alone cannot tell a
-    trend from which prompts happened to be drawn at either end.
-    """
-    n = len(xs)
-    if n != len(ys):
-        raise ValueError(f"linear_trend needs paired values; got {n} and {len(ys)}.")
-    if n < 3:
-        return {"slope": float("nan"), "ci95": float("nan"), "n": n}
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
-        return {"slope": float("nan"), "ci95": float("nan"), "n": n}
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-    residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True)) / (n - 2)
-    return {"slope": slope, "ci95": Z95 * math.sqrt(residual / sxx), "n": n}
-
-
-def win_rate(scores: Sequence[float], baseline: Sequence[float], tie_tolerance: float = 1e-9) -> dict:
-    """How often `scores[i]` beats `baseline[i]` (same prompt): win 1, tie 1/2, loss 0, averaged, with a 95% CI."""
-    if len(scores) != len(baseline):
-        raise ValueError(f"win_rate needs paired scores; got {len(scores)} and {len(baseline)}.")
-    outcomes = []
-    for a, b in zip(scores, baseline, strict=True):
-        outcomes.append(0.5 if abs(a - b) <= tie_tolerance else float(a > b))
-    summary = mean_ci(outcomes)
-    return {
-        "rate": summary["mean"],
-        "ci95": summary["ci95"],
-        "wins": sum(o == 1.0 for o in outcomes),
-        "ties": sum(o == 0.5 for o in outcomes),
-        "losses": sum(o == 0.0 for o in outcomes),
-    }
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -288,48 +239,3 @@ def add_comparisons(results: dict[str, dict], reference: str | None) -> None:
                 result[f"win_rate_{judge}"] = win_rate(result["per_response"][judge], ref["per_response"][judge])
         if "heldout_perplexity" in result and "heldout_perplexity" in ref:
             result["perplexity_increase"] = result["heldout_perplexity"] - ref["heldout_perplexity"]
-
-
-def _fmt(stat: dict | float | None, digits: int = 3) -> str:
-    if stat is None:
-        return "-"
-    if isinstance(stat, dict):
-        mean = stat.get("mean", stat.get("rate"))
-        ci = stat.get("ci95")
-        if ci is None or math.isnan(ci):
-            return f"{mean:.{digits}f}"
-        return f"{mean:.{digits}f} ± {ci:.{digits}f}"
-    return f"{stat:.{digits}f}"
-
-
-def markdown_table(results: dict[str, dict], reference: str | None) -> str:
-    """One row per policy; ± is the 95% confidence half-width."""
-    ref = reference or "reference"
-    header = [
-        "policy",
-        "labeler score",
-        f"win vs {ref} (labeler)",
-        f"win vs {ref} (RM)",
-        "RM score",
-        f"KL to {ref}",
-        "held-out ppl",
-        "ppl increase",
-        "words",
-        "distinct-2",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, r in results.items():
-        row = [
-            name,
-            _fmt(r.get("labeler_score")),
-            _fmt(r.get("win_rate_labeler")),
-            _fmt(r.get("win_rate_rm")),
-            _fmt(r.get("rm_score")),
-            _fmt(r.get("kl_to_reference"), 2),
-            _fmt(r.get("heldout_perplexity"), 2),
-            _fmt(r.get("perplexity_increase"), 2),
-            _fmt(r.get("response_words", {}).get("mean"), 1),
-            _fmt(r.get("distinct_2")),
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"

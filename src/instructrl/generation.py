@@ -1,35 +1,17 @@
 """Load a policy (base model plus an optional LoRA adapter) and sample responses from it in batches."""
 
 import logging
-from pathlib import Path
 
 import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig
 
-from .errors import MissingStageError
+from .data.rows import encode_prompt
 from .modeling import load_base_model, load_tokenizer
-from .reward import encode_prompt
+from .runs import require_adapter
 
 logger = logging.getLogger(__name__)
-
-
-def require_adapter(path: str | None, stage: str, make_target: str | None) -> Path | None:
-    """Check that an earlier stage's adapter exists; `None` means "use the base model".
-
-    `make_target` is the command that writes it (`make sft`); `None` when no default target does.
-    """
-    if path is None:
-        return None
-    adapter = Path(path).expanduser()
-    if not (adapter / "adapter_config.json").is_file():
-        how = f"Run `{make_target}` first" if make_target else "Train it first"
-        raise MissingStageError(
-            f"No {stage} adapter at '{adapter}' (no adapter_config.json). {how}, or point the setting at a directory "
-            "written by that stage."
-        )
-    return adapter
 
 
 def load_policy(

@@ -18,8 +18,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .data.loading import message_text
+from .data.rows import encode_prompt
 from .labeler import Labeler
-from .reward import encode_prompt
 
 
 class RecordingBackbone(nn.Module):

@@ -28,14 +28,15 @@ from transformers import TrainerCallback
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
+from .data.rows import encode_prompt, encode_response
 from .divergence import check_gradients, check_value
 from .errors import ConfigError, DivergenceError
-from .evaluation import mean_ci, reward_scores, win_rate
+from .evaluation import reward_scores
 from .generation import sample_responses
 from .gold import GoldScorer
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
-from .reward import encode_prompt, encode_response
 from .shared_base import VALUE, SharedBase
+from .stats import mean_ci, win_rate
 
 logger = logging.getLogger(__name__)
 
@@ -234,10 +235,10 @@ class InstructPPOTrainer(PPOTrainer):
             ids = input_ids[start : start + self.args.ptx_micro_batch_size].to(device)
             mask = attention_mask[start : start + self.args.ptx_micro_batch_size].to(device)
             logits = policy(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            loss, _ = ptx_loss(logits, ids, mask, self.args.ptx_coef, num_tokens=total_tokens)
-            total += loss.item()
+            lm_loss = ptx_loss(logits, ids, mask, num_tokens=total_tokens)
+            total += lm_loss.item()
             # `accelerator.backward` divides the PPO loss by the accumulation steps; the ptx term must match.
-            scaled = loss / self.accelerator.gradient_accumulation_steps
+            scaled = self.args.ptx_coef * lm_loss / self.accelerator.gradient_accumulation_steps
             if self.accelerator.scaler is not None:
                 scaled = self.accelerator.scaler.scale(scaled)
             # autograd.grad, not backward: the gradient stays out of DDP's reduction hooks and is averaged below.
@@ -251,10 +252,9 @@ class InstructPPOTrainer(PPOTrainer):
         for i, grad in grads.items():
             p = params[i]
             p.grad = grad.to(p.dtype) if p.grad is None else p.grad.add_(grad.to(p.grad.dtype))
-        lm_loss = total / self.args.ptx_coef
-        self._ptx_stats["ptx/lm_loss"].append(lm_loss)
+        self._ptx_stats["ptx/lm_loss"].append(total)
         self._ptx_stats["ptx/tokens"].append(float(total_tokens))
-        return lm_loss
+        return total
 
     def ptx_micro_batch_shape(self) -> tuple[int, int]:
         """(episodes in one PPO micro-batch, micro-batches per mini-batch), as TRL's loop slices them.

@@ -16,32 +16,26 @@ from .errors import DataError
 
 
 def ptx_loss(
-    logits: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    coef: float,
-    num_tokens: int | None = None,
-) -> tuple[torch.Tensor, int]:
-    """`coef` times the next-token negative log-likelihood of `input_ids`, averaged over real (unpadded) tokens.
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int | None = None
+) -> torch.Tensor:
+    """The pretraining LM loss: next-token negative log-likelihood of `input_ids`, averaged over real tokens.
+
+    PPO-ptx adds gamma (`ptx_coef`) times this to the PPO loss; the trainer applies gamma, so this value is also
+    what it logs as `ptx/lm_loss`.
 
     Args:
         logits (`torch.Tensor`): `[B, T, V]` policy logits for `input_ids`.
         input_ids (`torch.Tensor`): `[B, T]` pretraining tokens.
         attention_mask (`torch.Tensor`): `[B, T]`, 1 for real tokens.
-        coef (`float`): gamma; 0 gives a zero loss (and zero gradient).
         num_tokens (`int`, *optional*): divide by this many predicted tokens instead of this chunk's own count, so
             that chunks of one pretraining batch add up to the loss of the whole batch.
-
-    Returns:
-        `(loss, predicted_tokens)` where `predicted_tokens` counts this chunk's supervised positions.
     """
     targets = input_ids[:, 1:]
     mask = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
     nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none")
     nll = nll.view_as(targets) * mask
-    count = int(mask.sum())
-    denominator = num_tokens if num_tokens is not None else max(count, 1)
-    return coef * nll.sum() / denominator, count
+    denominator = num_tokens if num_tokens is not None else max(int(mask.sum()), 1)
+    return nll.sum() / denominator
 
 
 def predicted_tokens(attention_mask: torch.Tensor) -> int:

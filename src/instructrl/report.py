@@ -10,13 +10,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .evaluation import markdown_table  # noqa: E402
+from types import ModuleType
 
 CURVES = (
     ("objective/scores", "RM score"),
@@ -46,6 +40,61 @@ def load_ppo_logs(runs: list[str]) -> dict[str, list[dict]]:
     }
 
 
+def _fmt(stat: dict | float | None, digits: int = 3) -> str:
+    if stat is None:
+        return "-"
+    if isinstance(stat, dict):
+        mean = stat.get("mean", stat.get("rate"))
+        ci = stat.get("ci95")
+        if ci is None or math.isnan(ci):
+            return f"{mean:.{digits}f}"
+        return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+    return f"{stat:.{digits}f}"
+
+
+def markdown_table(results: dict[str, dict], reference: str | None) -> str:
+    """One row per policy; ± is the 95% confidence half-width."""
+    ref = reference or "reference"
+    header = [
+        "policy",
+        "labeler score",
+        f"win vs {ref} (labeler)",
+        f"win vs {ref} (RM)",
+        "RM score",
+        f"KL to {ref}",
+        "held-out ppl",
+        "ppl increase",
+        "words",
+        "distinct-2",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in results.items():
+        row = [
+            name,
+            _fmt(r.get("labeler_score")),
+            _fmt(r.get("win_rate_labeler")),
+            _fmt(r.get("win_rate_rm")),
+            _fmt(r.get("rm_score")),
+            _fmt(r.get("kl_to_reference"), 2),
+            _fmt(r.get("heldout_perplexity"), 2),
+            _fmt(r.get("perplexity_increase"), 2),
+            _fmt(r.get("response_words", {}).get("mean"), 1),
+            _fmt(r.get("distinct_2")),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot, imported on first use (files only, no display), so that formatting needs no plotting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def describe_heldout(change: dict) -> str:
     """One line for a PPO run's `heldout_rm_score` (see `recipes/ppo.py`)."""
     return (
@@ -65,6 +114,7 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot_ppo_curves(logs: dict[str, list[dict]], path: Path, window: int = 4) -> Path:
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
     for ax, (key, title) in zip(axes, CURVES, strict=True):
         for name, entries in logs.items():
@@ -119,6 +169,7 @@ def gold_proxy_curves(logs: dict[str, list[dict]], window: int = 4) -> dict[str,
 
 def plot_gold_vs_proxy(logs: dict[str, list[dict]], path: Path, window: int = 4) -> Path | None:
     """Proxy and gold score (standardized) against sqrt(KL), one panel per PPO run; `None` if nothing to plot."""
+    plt = pyplot()
     curves = gold_proxy_curves(logs, window)
     if not curves:
         return None
@@ -141,6 +192,7 @@ def plot_gold_vs_proxy(logs: dict[str, list[dict]], path: Path, window: int = 4)
 
 def plot_policy_bars(policies: dict[str, dict], key: str, ylabel: str, path: Path) -> Path:
     """One bar per policy of `policies[name][key]` (a `{mean, ci95}` dict or a number), with 95% error bars."""
+    plt = pyplot()
     names, means, errors = [], [], []
     for name, result in policies.items():
         value = result.get(key)

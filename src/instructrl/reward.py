@@ -10,7 +10,6 @@ classifier reads the right-most non-pad token, and PPO truncates generations aft
 RM evaluation and PPO all score the same token.
 """
 
-import math
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -23,101 +22,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, RewardTrainer, get_peft_config
 
 from .batching import pad_right
-from .data.loading import check_rows, message_text, non_empty, require_columns
-from .errors import DataError
+from .data.rows import encode_prompt, encode_response, tokenize_comparisons
+from .stats import proportion_ci
 
-RANKING_COLUMNS = ("prompt", "responses", "scores")
-PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 NORMALIZATION_FILE = "reward_normalization.json"
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) -> list[int]:
-    """Token ids of a prompt as the policy sees it: the chat template with the generation prompt, or raw text."""
-    if isinstance(prompt, list):
-        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    else:
-        text = prompt
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def encode_response(tokenizer: PreTrainedTokenizerBase, response: str | list[dict]) -> list[int]:
-    """Token ids of a response closed by the end-of-turn token, the token the reward is read at."""
-    ids = tokenizer(message_text(response).strip(), add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id]
-
-
-def validate_prompts(dataset: Dataset, what: str) -> Dataset:
-    """Raise `DataError` unless every row has a non-empty `prompt` (chat messages or text)."""
-    if len(dataset) == 0:
-        raise DataError(f"The {what} data is empty.")
-    require_columns(dataset, [("prompt",)], f"{what} data")
-    check_rows(dataset, "prompt", non_empty, f"{what} data")
-    return dataset
-
-
-def validate_comparisons(dataset: Dataset, what: str) -> Dataset:
-    """Raise `DataError` unless the rows are rankings (prompt/responses/scores) or pairs (prompt/chosen/rejected)."""
-    if len(dataset) == 0:
-        raise DataError(f"The {what} is empty.")
-    columns = require_columns(dataset, (RANKING_COLUMNS, PAIR_COLUMNS), what)
-    check_rows(dataset, "prompt", non_empty, what)
-    if columns == PAIR_COLUMNS:
-        check_rows(dataset, "chosen", non_empty, what)
-        check_rows(dataset, "rejected", non_empty, what)
-        rows = zip(dataset["chosen"], dataset["rejected"], strict=True)
-        problems = ("chosen and rejected are the same response" if same_text(c, r) else None for c, r in rows)
-    else:
-        problems = map(ranking_problem, dataset["responses"], dataset["scores"])
-    for index, problem in enumerate(problems):
-        if problem is not None:
-            raise DataError(f"Row {index} of the {what}: {problem}. Fix or drop that row.")
-    return dataset
-
-
-def same_text(a, b) -> bool:
-    return message_text(a).strip() == message_text(b).strip()
-
-
-def ranking_problem(responses, scores) -> str | None:
-    """What is wrong with one ranking row (`None` if nothing): K responses, one finite number each, no duplicates."""
-    if not isinstance(responses, list) or not 2 <= len(responses) <= 9:
-        return "'responses' must be a list of 2 to 9 responses"
-    if not isinstance(scores, list) or len(scores) != len(responses):
-        return "'scores' must hold one number per response"
-    for i, score in enumerate(scores):
-        if isinstance(score, bool) or not isinstance(score, int | float):
-            return f"score {i} is {score!r}, not a number"
-        if not math.isfinite(score):
-            return f"score {i} is {score}: scores must be finite numbers"
-    for i, response in enumerate(responses):
-        if non_empty(response) is not None:
-            return f"response {i} is empty or not text ({non_empty(response)})"
-    texts = [message_text(r).strip() for r in responses]
-    for i, text in enumerate(texts):
-        if text in texts[:i]:
-            return f"response {i} repeats response {texts.index(text)}: rank each distinct response once"
-    return None
-
-
-def tokenize_comparisons(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> Dataset:
-    """Turn ranking or pair rows into `sequences` (one token list per response) and `scores` (higher is better).
-
-    Groups whose sequences exceed `max_length` are dropped; groups left with fewer than two responses are dropped.
-    """
-    pairs = "chosen" in dataset.column_names
-
-    def tokenize(row: dict[str, Any]) -> dict[str, Any]:
-        responses = [row["chosen"], row["rejected"]] if pairs else row["responses"]
-        scores = [1.0, 0.0] if pairs else [float(s) for s in row["scores"]]
-        prompt_ids = encode_prompt(tokenizer, row["prompt"])
-        sequences = [prompt_ids + encode_response(tokenizer, r) for r in responses]
-        if max_length is not None:
-            kept = [(s, c) for s, c in zip(sequences, scores, strict=True) if len(s) <= max_length]
-            sequences, scores = [s for s, _ in kept], [c for _, c in kept]
-        return {"sequences": sequences, "scores": scores}
-
-    tokenized = dataset.map(tokenize, remove_columns=dataset.column_names, desc="Tokenizing comparisons")
-    return tokenized.filter(lambda row: len(row["sequences"]) >= 2 and len(set(row["scores"])) > 1)
 
 
 @dataclass
@@ -238,8 +146,7 @@ def pairwise_accuracy(model: PreTrainedModel, tokenized: Dataset, pad_token_id: 
         correct, total = correct + int(c), total + int(t)
     accuracy = correct / total if total else float("nan")
     # Normal-approximation 95% interval; pairs within a prompt are not independent, so this is optimistic.
-    half_width = 1.96 * math.sqrt(accuracy * (1 - accuracy) / total) if total else float("nan")
-    return {"pairwise_accuracy": accuracy, "pairs": total, "ci95_half_width": half_width}
+    return {"pairwise_accuracy": accuracy, "pairs": total, "ci95_half_width": proportion_ci(correct, total)}
 
 
 def reward_bias(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, demonstrations: Dataset) -> dict:

@@ -18,7 +18,7 @@ import transformers
 from transformers import TrainingArguments
 
 from .configs import expand_path
-from .errors import ConfigError, OutputDirError
+from .errors import ConfigError, MissingStageError, OutputDirError
 
 logger = logging.getLogger("instructrl")
 
@@ -177,6 +177,23 @@ def finish_stage(output_dir: Path, stage: str) -> None:
         return
     write_json(output_dir / COMPLETE, {"stage": stage, "finished": time.time()})
     (output_dir / RUNNING).unlink(missing_ok=True)
+
+
+def require_adapter(path: str | None, stage: str, make_target: str | None) -> Path | None:
+    """Check that an earlier stage's adapter exists; `None` means "use the base model".
+
+    `make_target` is the command that writes it (`make sft`); `None` when no default target does.
+    """
+    if path is None:
+        return None
+    adapter = Path(path).expanduser()
+    if not (adapter / "adapter_config.json").is_file():
+        how = f"Run `{make_target}` first" if make_target else "Train it first"
+        raise MissingStageError(
+            f"No {stage} adapter at '{adapter}' (no adapter_config.json). {how}, or point the setting at a directory "
+            "written by that stage."
+        )
+    return adapter
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------------------
