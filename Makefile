@@ -51,9 +51,10 @@ eval: setup
 	$(VENV)/bin/python recipes/eval.py --config $(MODEL_DIR)/eval/config_default.yaml
 
 # The whole recipe, restartable: finished stages are skipped, interrupted ones start over. FORCE=rm redoes the RM
-# and every stage after it; FORCE=all redoes everything.
+# and every stage after it; FORCE=all redoes everything. MODEL=<Hub id or directory> runs it on another model, with
+# its outputs under ~/.cache/instructrl/outputs/<model slug>.
 pipeline: setup
-	$(VENV)/bin/python recipes/pipeline.py --config $(MODEL_DIR)/pipeline.yaml $(if $(FORCE),--force $(FORCE))
+	$(VENV)/bin/python recipes/pipeline.py --config $(MODEL_DIR)/pipeline.yaml $(if $(FORCE),--force $(FORCE)) $(if $(MODEL),--model $(MODEL))
 
 test: setup
 	$(VENV)/bin/pytest -q tests

@@ -2,6 +2,7 @@
 
     make pipeline                                  # the embedded default, end to end
     make pipeline FORCE=rm                         # redo the reward model and everything after it
+    make pipeline MODEL=Qwen/Qwen2.5-0.5B-Instruct # the same recipe on another model, under outputs/qwen2.5-0.5b-instruct
     python recipes/pipeline.py --config recipes/smollm2-135m/pipeline.yaml [--force STAGE ...] [--dry-run]
 
 Re-running skips finished stages; an interrupted stage starts over from an empty output directory; a stage whose
@@ -22,10 +23,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--config", required=True, help="Pipeline YAML (a `stages:` list).")
     parser.add_argument("--force", nargs="*", default=[], help="Stages to redo (with what follows them), or 'all'.")
     parser.add_argument("--dry-run", action="store_true", help="Print what would run and stop.")
+    parser.add_argument("--model", default=None, help="Run the recipe on this model (Hub id or local directory).")
+    parser.add_argument(
+        "--output-root", default=None, help="Where the stages write (default with --model: outputs/<model slug>)."
+    )
     parser.add_argument("--accelerate-config", default=str(REPO / "recipes/accelerate_configs/single_gpu.yaml"))
     parser.add_argument("--log-file", default=None, help="Where to write stage timings (JSON).")
     args = parser.parse_args(argv)
-    stages = load_pipeline(args.config, root=REPO)
+    stages = load_pipeline(args.config, root=REPO, model=args.model, output_root=args.output_root)
     log_file = Path(args.log_file).expanduser() if args.log_file else stages[0].output_dir.parent / "pipeline.json"
     records = run_pipeline(
         stages,

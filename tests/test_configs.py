@@ -59,7 +59,7 @@ def test_pipeline_yaml_parses(path):
     text = path.read_text()
     assert "Command:" in text and "Tested on:" in text
     stages = load_pipeline(path, root=RECIPES.parent)
-    assert [s.name for s in stages] == ["sft", "collect", "rm", "ppo_ptx", "ppo", "eval"]
+    assert [s.name for s in stages] == ["sft", "comparisons", "rm", "ppo_ptx", "ppo", "eval"]
     for stage in stages:
         assert stage.output_dir.is_absolute()
     # Evaluation compares the policies the PPO stages write, and plots their logs.

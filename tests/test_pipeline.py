@@ -199,3 +199,145 @@ def test_a_killed_pipeline_reruns_only_the_stage_it_was_in(tmp_path, tiny_model_
     assert "first: done before, skipped" in rerun.stdout and "long: running (interrupted)" in rerun.stdout
     assert stage_state(long_dir)[0] == "complete"
     assert {p.relative_to(first_dir): p.read_bytes() for p in first_dir.rglob("*") if p.is_file()} == finished
+
+
+# -- one source of truth: model, output root and the stage graph ----------------------------------------------------
+DEFAULT_PIPELINE = REPO / "recipes/smollm2-135m/pipeline.yaml"
+
+
+def test_another_model_gets_its_own_root_and_every_input_from_the_stage_before(tmp_path, capsys):
+    stages = load_pipeline(DEFAULT_PIPELINE, root=REPO, model="Qwen/Qwen2.5-0.5B-Instruct")
+    root = Path("~/.cache/instructrl/outputs/qwen2.5-0.5b-instruct").expanduser()
+    by_name = {s.name: s for s in stages}
+    assert {s.name: s.output_dir for s in stages} == {s.name: root / s.name for s in stages}
+    assert all(s.settings()["model_name_or_path"] == "Qwen/Qwen2.5-0.5B-Instruct" for s in stages)
+    assert by_name["comparisons"].inputs() == {"sft_adapter_path": str(root / "sft")}
+    assert by_name["rm"].inputs() == {"dataset_name": str(root / "comparisons" / "rankings")}
+    assert by_name["ppo_ptx"].inputs() == {"sft_model_path": str(root / "sft"), "reward_model_path": str(root / "rm")}
+    evaluation = by_name["eval"].inputs()
+    assert evaluation["policies"] == ["base"] + [f"{n}={root / n}" for n in ("sft", "ppo", "ppo_ptx")]
+    assert evaluation["ppo_runs"] == [f"{n}={root / n}" for n in ("ppo", "ppo_ptx")]
+    # The default model keeps the paths its stage configs name: nothing is overridden, nothing reruns.
+    default = load_pipeline(DEFAULT_PIPELINE, root=REPO)
+    assert all(s.changed_overrides() == {} for s in default)
+    # A dry run prints each stage's command, inputs and output, and writes nothing.
+    records = run_pipeline(stages, dry_run=True, launcher=["python"])
+    out = capsys.readouterr().out
+    if not root.exists():  # nothing of this model here: every stage would run, and still nothing was created
+        assert all(r["action"] == "would run (missing)" for r in records) and not root.exists()
+    assert f"--model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --output_dir {root / 'rm'}" in out
+    assert f"rm:   input  dataset_name = {root / 'comparisons' / 'rankings'}" in out
+    assert f"eval:   output {root / 'eval'}" in out
+
+
+def test_a_configured_input_that_is_not_the_previous_output_is_an_error(tmp_path):
+    pipeline = yaml.safe_load(DEFAULT_PIPELINE.read_text())
+    pipeline["stages"][2]["settings"] = {"dataset_name": str(tmp_path / "other" / "rankings")}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    with pytest.raises(ConfigError, match=r"stage 'rm' sets `dataset_name` to '.*other/rankings', but it comes after"):
+        load_pipeline(path, root=REPO)
+    # A setting that is not an input is simply passed on.
+    pipeline["stages"][2]["settings"] = {"learning_rate": 5e-4}
+    path.write_text(yaml.safe_dump(pipeline))
+    rm = load_pipeline(path, root=REPO)[2]
+    assert "--learning_rate" in rm.command([]) and rm.settings()["learning_rate"] == 5e-4
+
+
+@pytest.fixture()
+def tiny_recipe(tmp_path):
+    """Stage configs for the whole recipe at toy size, written for the default model (the pipeline swaps it)."""
+    demos = write_jsonl(tmp_path / "demos.jsonl", demo_rows(8))
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": [{"role": "user", "content": f"Describe topic {i} in about 10 words."}]} for i in range(8)],
+    )
+    text = write_jsonl(
+        tmp_path / "text.jsonl", [{"text": f"Rivers {i} run to the sea, slowly and surely."} for i in range(8)]
+    )
+    common = {"model_name_or_path": "smollm2-135m-instruct", "output_dir": "~/never-used"}
+    lora = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj", "v_proj"]}
+    quiet = {"report_to": "none", "gradient_checkpointing": False}
+    ppo = {
+        **common,
+        **quiet,
+        "dataset_name": str(prompts),
+        "dataset_train_split": "train",
+        "total_episodes": 4,
+        "per_device_train_batch_size": 2,
+        "num_mini_batches": 1,
+        "local_rollout_forward_batch_size": 2,
+        "per_device_eval_batch_size": 2,
+        "response_length": 4,
+        "num_sample_generations": 0,
+        "save_strategy": "no",
+        "ptx_dataset_name": str(text),
+        "ptx_max_length": 16,
+        "max_eval_samples": 2,
+    }
+    configs = {
+        "sft": {**common, **lora, **quiet, "dataset_name": str(demos), "max_steps": 2, "save_strategy": "no"},
+        "collect": {
+            **common,
+            "prompts_dataset": str(prompts),
+            "prompts_split": "train",
+            "num_responses": 3,
+            "max_new_tokens": 6,
+            "test_fraction": 0.25,
+        },
+        "rm": {
+            **common,
+            **lora,
+            **quiet,
+            "max_steps": 2,
+            "save_strategy": "no",
+            "normalization_dataset_name": str(demos),
+        },
+        "ppo_ptx": {**ppo, "ptx_coef": 1.0},
+        "ppo": {**ppo, "ptx_coef": 0.0},
+        "eval": {
+            **common,
+            "policies": ["base"],
+            "prompts_dataset": str(prompts),
+            "prompts_split": "train",
+            "num_prompts": 2,
+            "max_new_tokens": 4,
+            "ptx_dataset_name": str(text),
+            "ptx_dataset_split": "train",
+            "num_ptx_texts": 2,
+            "batch_size": 2,
+        },
+    }
+    recipes = {"sft": "sft", "collect": "collect", "rm": "rm", "ppo_ptx": "ppo", "ppo": "ppo", "eval": "eval"}
+    after = {"collect": ["sft"], "rm": ["collect"], "ppo_ptx": ["sft", "rm"], "ppo": ["sft", "rm"]}
+    after["eval"] = ["sft", "rm", "ppo_ptx", "ppo"]
+    stages = []
+    for name, values in configs.items():
+        config = write_config(tmp_path / f"{name}.yaml", **values)
+        stages.append({"name": name, "recipe": f"recipes/{recipes[name]}.py", "config": str(config)})
+        if name in after:
+            stages[-1]["after"] = after[name]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"model": "smollm2-135m-instruct", "stages": stages}))
+    return path
+
+
+def test_the_whole_recipe_runs_on_another_model_in_one_command(tiny_recipe, tiny_model_dir, tmp_path):
+    """`make pipeline MODEL=<dir>`: six stages, every input taken from the stage before, under the model's own root."""
+    root = tmp_path / "outputs"
+    stages = load_pipeline(tiny_recipe, root=REPO, model=str(tiny_model_dir), output_root=str(root))
+    records = run_pipeline(stages, runner=in_process_runner, launcher=[])
+    assert [r["action"] for r in records] == ["ran (missing)"] * 6
+    assert all(stage_state(root / s.name)[0] == "complete" for s in stages)
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    assert set(metrics["policies"]) == {"base", "sft", "ppo_ptx", "ppo"}
+    assert (root / "eval" / "report.md").is_file()
+    ppo_adapter = json.loads((root / "ppo" / "adapter_config.json").read_text())
+    assert ppo_adapter["base_model_name_or_path"] == str(tiny_model_dir)
+    assert not Path("~/never-used").expanduser().exists()
+    again = run_pipeline(
+        load_pipeline(tiny_recipe, root=REPO, model=str(tiny_model_dir), output_root=str(root)),
+        runner=in_process_runner,
+        launcher=[],
+    )
+    assert [r["action"] for r in again] == ["skipped"] * 6

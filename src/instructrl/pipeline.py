@@ -31,6 +31,7 @@ stages:
 
 import hashlib
 import json
+import re
 import runpy
 import shutil
 import subprocess
@@ -38,7 +39,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -47,8 +47,27 @@ from .configs import expand_path
 from .errors import ConfigError, InstructRLError
 from .runs import COMPLETE, RUNNING, read_marker, stage_state, write_json
 
-STAGE_KEYS = {"name", "recipe", "config", "after"}
+PIPELINE_KEYS = {"model", "output_root", "stages"}
+STAGE_KEYS = {"name", "recipe", "config", "after", "settings"}
 CONFIG_RECORD = ".instructrl-config.json"
+OUTPUTS = Path("~/.cache/instructrl/outputs")
+
+# The settings of each kind of stage (its recipe's name) that are another stage's outputs: (setting, kind of the stage
+# it reads, path inside that stage's output directory). The pipeline fills them in from the stages a stage comes
+# `after:`; eval's `policies` and `ppo_runs` are filled in by `_eval_inputs`.
+INPUTS: dict[str, list[tuple[str, str, str]]] = {
+    "collect": [("sft_adapter_path", "sft", "")],
+    "rm": [("dataset_name", "collect", "rankings")],
+    "ppo": [("sft_model_path", "sft", ""), ("reward_model_path", "rm", "")],
+    "eval": [("reward_model_path", "rm", "")],
+}
+POLICY_KINDS = ("sft", "ppo")
+
+
+def model_slug(model: str) -> str:
+    """A directory name for a model id or path: `Qwen/Qwen2.5-0.5B-Instruct` -> `qwen2.5-0.5b-instruct`."""
+    name = str(model).rstrip("/").split("/")[-1].lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", name).strip("-") or "model"
 
 
 @dataclass
@@ -57,42 +76,87 @@ class Stage:
     recipe: Path
     config: Path
     after: list[str] = field(default_factory=list)
+    # Settings the pipeline gives this stage on the command line (model, output_dir, inputs from earlier stages, the
+    # pipeline file's `settings:`), over those of its config file.
+    overrides: dict = field(default_factory=dict)
 
-    def settings(self) -> dict:
-        """The config's settings as parsed now (the file may be edited between pipeline runs)."""
+    @property
+    def kind(self) -> str:
+        return self.recipe.stem
+
+    def file_settings(self) -> dict:
+        """The config file's settings as parsed now (the file may be edited between pipeline runs)."""
         return yaml.safe_load(self.config.read_text()) or {}
 
-    @cached_property
+    def changed_overrides(self) -> dict:
+        """The overrides whose value differs from the config file's (the others need not be passed)."""
+        values = self.file_settings()
+        return {k: v for k, v in self.overrides.items() if _normalized(values.get(k)) != _normalized(v)}
+
+    def settings(self) -> dict:
+        """The settings this stage runs with: its config file's, then the pipeline's overrides."""
+        return {**self.file_settings(), **self.overrides}
+
+    @property
     def output_dir(self) -> Path:
-        """The `output_dir` of the stage's config, where its markers live."""
+        """The stage's `output_dir`, where its markers live."""
         values = self.settings()
         if "output_dir" not in values:
             raise ConfigError(f"Stage '{self.name}': its config '{self.config}' sets no `output_dir`.")
         return Path(expand_path(str(values["output_dir"])))
 
     def settings_digest(self) -> str:
-        """SHA-256 of the config's parsed settings: a comment or layout edit leaves it unchanged."""
-        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True, default=str).encode()).hexdigest()
+        """SHA-256 of the settings (config file plus overrides that change it): comments and layout do not count."""
+        settings = {**self.file_settings(), **self.changed_overrides()}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
     def config_changed(self) -> bool:
-        """Whether the config differs from the one this stage was last run with by the pipeline (unknown: no)."""
+        """Whether the settings differ from those this stage was last run with by the pipeline (unknown: no)."""
         record = read_marker(self.output_dir / CONFIG_RECORD)
         return record is not None and record.get("sha256") != self.settings_digest()
 
     def command(self, launcher: list[str]) -> list[str]:
-        return [*launcher, str(self.recipe), "--config", str(self.config)]
+        command = [*launcher, str(self.recipe), "--config", str(self.config)]
+        for key, value in self.changed_overrides().items():
+            command += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+        return command
+
+    def inputs(self) -> dict:
+        """The settings that are earlier stages' outputs, as this stage will run with them."""
+        keys = [setting for setting, _, _ in INPUTS.get(self.kind, [])]
+        keys += ["policies", "ppo_runs"] if self.kind == "eval" else []
+        values = self.settings()
+        return {k: values[k] for k in keys if k in values}
+
+
+def _normalized(value):
+    if isinstance(value, str):
+        name, sep, path = value.partition("=")  # `name=path` entries of eval's policies and ppo_runs
+        return f"{name}={expand_path(path)}" if sep and path.startswith(("~", "$")) else expand_path(value)
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return value
 
 
 class PipelineError(InstructRLError):
     """A stage failed, or the pipeline cannot run as configured."""
 
 
-def load_pipeline(path: str | Path, root: Path | None = None) -> list[Stage]:
-    """Read a pipeline file; relative recipe and config paths are resolved against `root` (default: the cwd).
+def load_pipeline(
+    path: str | Path, root: Path | None = None, model: str | None = None, output_root: str | None = None
+) -> list[Stage]:
+    """Read a pipeline file and resolve every stage's settings; relative paths are resolved against `root` (cwd).
+
+    The file names things once: `model` (every stage's `model_name_or_path`) and `output_root` (stage `name` writes
+    to `output_root/name`); each stage's inputs are the outputs of the stages it comes `after:` (see `INPUTS`);
+    a stage's `settings:` override its config file. `model` given here (`--model`) replaces the file's, and then the
+    outputs go to `~/.cache/instructrl/outputs/<model slug>` unless `output_root` is given too, so that two models
+    never overwrite each other.
 
     Raises:
-        ConfigError: the file is missing or malformed, a key is unknown, a path does not exist, a name repeats, or a
-            stage depends on one that does not come before it.
+        ConfigError: the file is missing or malformed, a key is unknown, a path does not exist, a name repeats, a
+            stage depends on one that does not come before it, or a stage's configured input is not the output of
+            the stage it comes after.
     """
     path = Path(path)
     if not path.is_file():
@@ -100,6 +164,14 @@ def load_pipeline(path: str | Path, root: Path | None = None) -> list[Stage]:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
         raise ConfigError(f"'{path}' must be a mapping with a non-empty `stages:` list.")
+    unknown = set(data) - PIPELINE_KEYS
+    if unknown:
+        raise ConfigError(f"'{path}' has unknown key(s) {sorted(unknown)}; use {sorted(PIPELINE_KEYS)}.")
+    file_model = data.get("model")
+    if model is not None and model != file_model:
+        output_root = output_root or str(OUTPUTS / model_slug(model))
+    else:
+        model, output_root = file_model, output_root or data.get("output_root")
     root = root or Path.cwd()
     stages: list[Stage] = []
     for index, entry in enumerate(data["stages"]):
@@ -113,6 +185,8 @@ def load_pipeline(path: str | Path, root: Path | None = None) -> list[Stage]:
         missing = {"name", "recipe", "config"} - set(entry)
         if missing:
             raise ConfigError(f"'{path}': stage {index + 1} lacks {sorted(missing)}.")
+        if not isinstance(entry.get("settings", {}), dict):
+            raise ConfigError(f"'{path}': stage {index + 1}'s `settings` must be a mapping of `key: value`.")
         stage = Stage(
             name=str(entry["name"]),
             recipe=(root / entry["recipe"]).resolve(),
@@ -122,14 +196,65 @@ def load_pipeline(path: str | Path, root: Path | None = None) -> list[Stage]:
         for file in (stage.recipe, stage.config):
             if not file.is_file():
                 raise ConfigError(f"'{path}': stage '{stage.name}' refers to '{file}', which does not exist.")
-        known = {s.name for s in stages}
+        known = {s.name: s for s in stages}
         if stage.name in known:
             raise ConfigError(f"'{path}': stage name '{stage.name}' appears twice.")
         early = [a for a in stage.after if a not in known]
         if early:
             raise ConfigError(f"'{path}': stage '{stage.name}' comes after {early}, which are not earlier stages.")
+        if model is not None:
+            stage.overrides["model_name_or_path"] = model
+        if output_root is not None:
+            stage.overrides["output_dir"] = str(Path(expand_path(str(output_root))) / stage.name)
+        derived = _derived_inputs(stage, [known[a] for a in stage.after], path)
+        explicit = dict(entry.get("settings", {}))
+        for key, value in derived.items():
+            if key in explicit and _normalized(explicit[key]) != _normalized(value):
+                raise ConfigError(
+                    f"'{path}': stage '{stage.name}' sets `{key}` to '{explicit[key]}', but it comes after the stage "
+                    f"whose output is '{value}'. Remove the setting (the pipeline fills it in), or change `after:`."
+                )
+        stage.overrides.update(derived)
+        stage.overrides.update(explicit)
         stages.append(stage)
     return stages
+
+
+def _derived_inputs(stage: Stage, upstream: list[Stage], path: Path) -> dict:
+    """`stage`'s input settings filled in from the output directories of the stages it comes after."""
+    derived = {}
+    for setting, kind, inside in INPUTS.get(stage.kind, []):
+        sources = [s for s in upstream if s.kind == kind]
+        if len(sources) > 1:
+            names = [s.name for s in sources]
+            raise ConfigError(
+                f"'{path}': stage '{stage.name}' comes after several {kind} stages {names}; its `{setting}` "
+                "could be any of them. Keep one in `after:`."
+            )
+        if sources:
+            derived[setting] = str(sources[0].output_dir / inside) if inside else str(sources[0].output_dir)
+    if stage.kind == "eval":
+        derived.update(_eval_inputs(stage, upstream))
+    return derived
+
+
+def _eval_inputs(stage: Stage, upstream: list[Stage]) -> dict:
+    """Evaluation's `policies` (and `ppo_runs`): each policy stage it comes after, named as that stage, replacing the
+    config's path for that name; the config's other entries (such as `base`) stay."""
+    sources = {s.name: s for s in upstream if s.kind in POLICY_KINDS}
+    if not sources:
+        return {}
+    values = stage.file_settings()
+    result = {}
+    for key, kinds in (("policies", POLICY_KINDS), ("ppo_runs", ("ppo",))):
+        wanted = {name: s for name, s in sources.items() if s.kind in kinds}
+        entries = [str(e) for e in values.get(key, [])]
+        listed = [e.partition("=")[0].strip() for e in entries]
+        entries = [f"{n}={wanted[n].output_dir}" if n in wanted else e for n, e in zip(listed, entries, strict=True)]
+        entries += [f"{n}={s.output_dir}" for n, s in wanted.items() if n not in listed]
+        if entries:
+            result[key] = entries
+    return result
 
 
 def plan(stages: list[Stage], force: list[str] | None = None) -> list[tuple[Stage, str]]:
@@ -198,7 +323,7 @@ def subprocess_runner(stage: Stage, launcher: list[str]) -> int:
 def in_process_runner(stage: Stage, launcher: list[str]) -> int:
     """Run the recipe in this process, as `python recipe --config ...` would (tests; no launcher)."""
     argv = sys.argv
-    sys.argv = [str(stage.recipe), "--config", str(stage.config)]
+    sys.argv = stage.command([])
     try:
         runpy.run_path(str(stage.recipe), run_name="__main__")
     except SystemExit as exit_:  # the recipe's entry wrapper exits non-zero on an error, as the process would
@@ -234,6 +359,9 @@ def run_pipeline(
             continue
         print(f"{prefix}: running ({reason}). Outputs: {output_dir}", flush=True)
         print(f"{prefix}: $ {' '.join(stage.command(launcher))}", flush=True)
+        for key, value in stage.inputs().items():
+            print(f"{prefix}:   input  {key} = {' '.join(value) if isinstance(value, list) else value}", flush=True)
+        print(f"{prefix}:   output {output_dir}", flush=True)
         if dry_run:
             records.append({"stage": stage.name, "action": f"would run ({reason})", "output_dir": str(output_dir)})
             continue
