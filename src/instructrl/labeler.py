@@ -71,35 +71,34 @@ class Labeler(Protocol):
     def score(self, prompt: str, response: str) -> float: ...
 
 
-_NUMBER_WORDS = {
-    "a single": 1,
-    "a": 1,
-    "one": 1,
-    "single": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-    "eleven": 11,
-    "twelve": 12,
-    "thirteen": 13,
-    "fourteen": 14,
-    "fifteen": 15,
-    "sixteen": 16,
-    "seventeen": 17,
-    "eighteen": 18,
-    "nineteen": 19,
-    "twenty": 20,
-    "twenty-five": 25,
-    "thirty": 30,
-    "forty": 40,
-    "fifty": 50,
+# Numbers spelled out as instructions write them; `scripts/make_default_data.py` spells numbers with this table too.
+NUMBER_NAMES = {
+    1: "one",
+    2: "two",
+    3: "three",
+    4: "four",
+    5: "five",
+    6: "six",
+    7: "seven",
+    8: "eight",
+    9: "nine",
+    10: "ten",
+    11: "eleven",
+    12: "twelve",
+    13: "thirteen",
+    14: "fourteen",
+    15: "fifteen",
+    16: "sixteen",
+    17: "seventeen",
+    18: "eighteen",
+    19: "nineteen",
+    20: "twenty",
+    25: "twenty-five",
+    30: "thirty",
+    40: "forty",
+    50: "fifty",
 }
+_NUMBER_WORDS = {"a single": 1, "a": 1, "single": 1, **{word: n for n, word in NUMBER_NAMES.items()}}
 # Longest alternatives first so that "twenty-five" is not read as "twenty".
 _NUM = "(" + "|".join(sorted((re.escape(w) for w in _NUMBER_WORDS), key=len, reverse=True)) + r"|\d{1,3})"
 
