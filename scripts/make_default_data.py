@@ -15,8 +15,8 @@ Written files (JSON lines, UTF-8, one object per line):
 
 - `sft_train.jsonl`, `sft_eval.jsonl`: demonstrations in TRL's conversational prompt/completion format,
   `{"prompt": [{"role": "user", ...}], "completion": [{"role": "assistant", ...}]}`. Each prompt combines an
-  everyday topic from the `TOPICS` table below with a task template (`TASK_TEMPLATES`) and usually a length
-  instruction (`make_instruction`). The completion is assembled from the topic's hand-written sentences so that it
+  everyday topic from the topic table (`scripts/default_topics.txt`) with a task template (`TASK_TEMPLATES`) and
+  usually a length instruction (`make_instruction`). The completion is assembled from the topic's hand-written sentences so that it
   obeys the instruction; every demonstration is checked to score at least `MIN_DEMO_SCORE` with the
   `SimulatedLabeler`, and a prompt whose demonstration falls short is skipped.
 - `comparison_prompts.jsonl`, `ppo_prompts.jsonl`, `eval_prompts.jsonl`: prompt-only rows `{"prompt": [...]}`
