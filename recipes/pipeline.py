@@ -2,7 +2,7 @@
 
     make pipeline                                  # the embedded default, end to end
     make pipeline FORCE=rm                         # redo the reward model and everything after it
-    make pipeline MODEL=Qwen/Qwen2.5-0.5B-Instruct # the same recipe on another model, under outputs/qwen2.5-0.5b-instruct
+    make pipeline MODEL=Qwen/Qwen2.5-0.5B-Instruct # the same recipe on another model, in its own output root
     python recipes/pipeline.py --config recipes/smollm2-135m/pipeline.yaml [--force STAGE ...] [--dry-run]
 
 Re-running skips finished stages; an interrupted stage starts over from an empty output directory; a stage whose

@@ -16,9 +16,9 @@ Written files (JSON lines, UTF-8, one object per line):
 - `sft_train.jsonl`, `sft_eval.jsonl`: demonstrations in TRL's conversational prompt/completion format,
   `{"prompt": [{"role": "user", ...}], "completion": [{"role": "assistant", ...}]}`. Each prompt combines an
   everyday topic from the topic table (`scripts/default_topics.txt`) with a task template (`TASK_TEMPLATES`) and
-  usually a length instruction (`make_instruction`). The completion is assembled from the topic's hand-written sentences so that it
-  obeys the instruction; every demonstration is checked to score at least `MIN_DEMO_SCORE` with the
-  `SimulatedLabeler`, and a prompt whose demonstration falls short is skipped.
+  usually a length instruction (`make_instruction`). The completion is assembled from the topic's hand-written
+  sentences so that it obeys the instruction; every demonstration is checked to score at least `MIN_DEMO_SCORE`
+  with the `SimulatedLabeler`, and a prompt whose demonstration falls short is skipped.
 - `comparison_prompts.jsonl`, `ppo_prompts.jsonl`, `eval_prompts.jsonl`: prompt-only rows `{"prompt": [...]}`
   from the same templates. No prompt text occurs in more than one file (SFT files included), and the topics of
   `eval_prompts.jsonl` (`N_HELDOUT_TOPICS` of them, drawn with the seed) never occur in any other file.
