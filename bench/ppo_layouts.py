@@ -2,6 +2,7 @@
 
     python bench/ppo_layouts.py                # the embedded default, after `make sft` and `make rm`
     python bench/ppo_layouts.py --updates 3 --load-in-4bit
+    python bench/ppo_layouts.py --shape 360m --dtype bfloat16   # a larger shape, random weights (no download)
 
 Shared layout: one base (4-bit if asked) with policy/reference/reward/value LoRA adapters (`instructrl.shared_base`).
 TRL's default layout: the policy is the base with a LoRA adapter (`peft_config`, reference = adapters off), and the
@@ -9,7 +10,11 @@ reward and value models are separate full sequence classifiers (the RM adapter m
 
 Each layout runs in its own process on the same model, prompts, batch and seed; the script prints peak memory (GPU
 allocated memory on CUDA, peak resident set size on CPU, both minus the process's footprint before any model loads),
-seconds per PPO update (after one warm-up update) and the ratios.
+seconds per PPO update (after one warm-up update) and the ratios, and the memory model's prediction for the same
+workload (`instructrl.memory`) beside the measured peak.
+
+`--shape` builds a SmolLM2-family model of that size from its architecture alone, with random weights and random SFT
+and reward adapters (speed and memory do not depend on what the weights are), so larger shapes need no download.
 """
 
 import argparse
@@ -22,6 +27,67 @@ import time
 from pathlib import Path
 
 DEFAULT_OUTPUTS = Path("~/.cache/instructrl/outputs/smollm2-135m").expanduser()
+# SmolLM2 family architectures (the published configs; vocabulary 49152, tied embeddings, head_dim 64).
+SHAPES = {
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128
+    ),  # a smoke test of the benchmark itself
+    "135m": dict(
+        hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536
+    ),
+    "360m": dict(
+        hidden_size=960, num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5, intermediate_size=2560
+    ),
+    "1.7b": dict(
+        hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32, intermediate_size=8192
+    ),
+}
+
+
+def model_config(model: str):
+    from transformers import AutoConfig
+
+    from instructrl.modeling import resolve_model_path
+
+    return AutoConfig.from_pretrained(resolve_model_path(model))
+
+
+def build_random_model(shape: str, workdir: Path) -> tuple[Path, Path, Path]:
+    """A random-weight model of `shape` with random SFT and reward adapters; returns (model, sft, rm) directories."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
+
+    from instructrl.modeling import load_embedded_tokenizer
+    from instructrl.reward import NORMALIZATION_FILE
+
+    root = workdir / f"random-{shape}"
+    model_dir, sft_dir, rm_dir = root / "model", root / "sft", root / "rm"
+    if (rm_dir / NORMALIZATION_FILE).is_file():
+        return model_dir, sft_dir, rm_dir
+    tokenizer = load_embedded_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        head_dim=64,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **SHAPES[shape],
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    lora = dict(r=16, lora_alpha=32, target_modules="all-linear")
+    sft = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(task_type="CAUSAL_LM", **lora))
+    sft.save_pretrained(sft_dir)
+    classifier = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+    rm = get_peft_model(classifier, LoraConfig(task_type="SEQ_CLS", modules_to_save=["score"], **lora))
+    rm.save_pretrained(rm_dir)
+    (rm_dir / NORMALIZATION_FILE).write_text(json.dumps({"bias": 0.0, "scored_token": tokenizer.eos_token}))
+    return model_dir, sft_dir, rm_dir
 
 
 def peak_rss_mb() -> float:
@@ -46,7 +112,7 @@ def run_layout(args: argparse.Namespace) -> dict:
     before = torch.cuda.memory_allocated() / 2**20 if cuda else peak_rss_mb()
     model_args = ModelConfig(
         model_name_or_path=args.model,
-        dtype="float32" if not cuda else "bfloat16",
+        dtype=args.dtype if args.dtype != "auto" else ("bfloat16" if cuda else "float32"),
         load_in_4bit=args.load_in_4bit,
         bnb_4bit_quant_type="nf4",
         use_peft=True,
@@ -122,8 +188,16 @@ def run_layout(args: argparse.Namespace) -> dict:
     per_update = [b - a for a, b in zip(marks, marks[1:], strict=False)][1:]  # drop the warm-up update
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    from instructrl.memory import Shape, Workload, estimate
+
+    prompt_length = max(len(ids) for ids in dataset["input_ids"])
+    work = Workload(args.batch, args.batch, prompt_length, args.response_length, 16, args.batch)
+    dtype = str(model_args.dtype).replace("torch.", "")
+    predicted = estimate(Shape.from_config(model_config(args.model)), args.layout, dtype, args.load_in_4bit, work)
     return {
         "layout": args.layout,
+        "dtype": dtype,
+        "predicted_mb": predicted["peak"] / 2**20,
         "peak_mb": peak - before,
         "sec_per_update": sum(per_update) / len(per_update),
         "updates_timed": len(per_update),
@@ -141,15 +215,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--load-in-4bit", action="store_true")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="random-weight model of this size (no download)")
     parser.add_argument("--workdir", default="/tmp/instructrl-bench")
     parser.add_argument("--layout", choices=["shared", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.shape:
+        model, sft, rm = build_random_model(args.shape, Path(args.workdir))
+        args.model, args.sft, args.rm = str(model), str(sft), str(rm)
     if args.layout:
         print("RESULT " + json.dumps(run_layout(args)), flush=True)
         return
     results = {}
     for layout in ("shared", "trl"):
-        cmd = [sys.executable, __file__, "--layout", layout] + sys.argv[1:]
+        cmd = [sys.executable, __file__, "--layout", layout, "--model", args.model, "--sft", args.sft, "--rm", args.rm]
+        cmd += [a for a in sys.argv[1:] if a not in ("--shape", args.shape)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
@@ -160,10 +240,11 @@ def main() -> None:
         f"model={args.model} 4bit={args.load_in_4bit} batch={args.batch} response_length={args.response_length} "
         f"device={shared['device']}"
     )
-    print(f"{'layout':<8} {'peak MB':>10} {'s/update':>10} {'trainable':>12}")
+    print(f"{'layout':<8} {'dtype':<9} {'peak MB':>10} {'model MB':>9} {'s/update':>10} {'trainable':>12}")
     for row in (shared, trl):
         print(
-            f"{row['layout']:<8} {row['peak_mb']:>10.0f} {row['sec_per_update']:>10.2f} {row['trainable_params']:>12,}"
+            f"{row['layout']:<8} {row['dtype']:<9} {row['peak_mb']:>10.0f} {row['predicted_mb']:>9.0f} "
+            f"{row['sec_per_update']:>10.2f} {row['trainable_params']:>12,}"
         )
     print(
         f"ratio shared/trl: peak memory {shared['peak_mb'] / trl['peak_mb']:.2f}, "
