@@ -217,6 +217,7 @@ def main() -> None:
     parser.add_argument("--load-in-4bit", action="store_true")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--shape", choices=sorted(SHAPES), help="random-weight model of this size (no download)")
+    parser.add_argument("--layouts", nargs="+", default=["shared", "trl"], choices=["shared", "trl"])
     parser.add_argument("--workdir", default="/tmp/instructrl-bench")
     parser.add_argument("--layout", choices=["shared", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -227,29 +228,31 @@ def main() -> None:
         print("RESULT " + json.dumps(run_layout(args)), flush=True)
         return
     results = {}
-    for layout in ("shared", "trl"):
+    for layout in args.layouts:
         cmd = [sys.executable, __file__, "--layout", layout, "--model", args.model, "--sft", args.sft, "--rm", args.rm]
-        cmd += [a for a in sys.argv[1:] if a not in ("--shape", args.shape)]
+        cmd += [a for a in sys.argv[1:] if a not in ("--shape", args.shape, "--layouts", *args.layouts)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
             sys.exit(f"{layout} layout failed:\n{out.stderr[-3000:]}")
         results[layout] = json.loads(lines[-1][len("RESULT ") :])
-    shared, trl = results["shared"], results["trl"]
+    rows = list(results.values())
     print(
-        f"model={args.model} 4bit={args.load_in_4bit} batch={args.batch} response_length={args.response_length} "
-        f"device={shared['device']}"
+        f"model={args.shape or args.model} 4bit={args.load_in_4bit} batch={args.batch} "
+        f"response_length={args.response_length} device={rows[0]['device']}"
     )
     print(f"{'layout':<8} {'dtype':<9} {'peak MB':>10} {'model MB':>9} {'s/update':>10} {'trainable':>12}")
-    for row in (shared, trl):
+    for row in rows:
         print(
             f"{row['layout']:<8} {row['dtype']:<9} {row['peak_mb']:>10.0f} {row['predicted_mb']:>9.0f} "
             f"{row['sec_per_update']:>10.2f} {row['trainable_params']:>12,}"
         )
-    print(
-        f"ratio shared/trl: peak memory {shared['peak_mb'] / trl['peak_mb']:.2f}, "
-        f"time per update {shared['sec_per_update'] / trl['sec_per_update']:.2f}"
-    )
+    if len(rows) == 2:
+        shared, trl = results["shared"], results["trl"]
+        print(
+            f"ratio shared/trl: peak memory {shared['peak_mb'] / trl['peak_mb']:.2f}, "
+            f"time per update {shared['sec_per_update'] / trl['sec_per_update']:.2f}"
+        )
 
 
 if __name__ == "__main__":
