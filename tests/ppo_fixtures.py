@@ -1,4 +1,4 @@
-"""Tiny SFT and reward-model adapters for PPO tests, built directly with PEFT (no training needed)."""
+"""PPO test fixtures: tiny SFT and reward adapters built directly with PEFT, and a tiny PPO config and run."""
 
 import json
 from pathlib import Path
@@ -6,9 +6,14 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from trl import ModelConfig
 
+from helpers import load_recipe, write_config
+from instructrl.configs import PPOScriptArguments, parse_args
+from instructrl.ppo import InstructPPOConfig
 from instructrl.reward import NORMALIZATION_FILE
 
+ppo_recipe = load_recipe("ppo")
 LORA_TARGETS = ["q_proj", "v_proj", "up_proj"]
 
 
@@ -42,3 +47,43 @@ def make_adapters(model_dir: Path, out: Path, tokenizer) -> tuple[Path, Path]:
     rm.save_pretrained(rm_dir)
     (rm_dir / NORMALIZATION_FILE).write_text(json.dumps({"bias": 0.25, "scored_token": tokenizer.eos_token}))
     return sft_dir, rm_dir
+
+
+def ppo_config(tmp_path: Path, model_dir: Path, sft: Path | None, rm: Path, **overrides) -> Path:
+    """A toy PPO-ptx config (2 updates of 4 episodes, 8-token responses) written to `tmp_path/ppo.yaml`."""
+    values = dict(
+        model_name_or_path=str(model_dir),
+        sft_model_path=str(sft) if sft else None,
+        reward_model_path=str(rm),
+        output_dir=str(tmp_path / "ppo"),
+        total_episodes=8,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        num_mini_batches=1,
+        local_rollout_forward_batch_size=4,
+        response_length=8,
+        stop_token="eos",
+        learning_rate=1e-3,
+        kl_coef=0.02,
+        ptx_coef=27.8,
+        ptx_ratio=2,
+        ptx_micro_batch_size=3,
+        ptx_max_length=32,
+        max_grad_norm=1.0,
+        num_sample_generations=0,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=1,
+        logging_steps=1,
+        seed=0,
+        max_eval_samples=3,
+    )
+    values.update(overrides)
+    return write_config(tmp_path / "ppo.yaml", **values)
+
+
+def run(config: Path, *extra):
+    """`recipes/ppo.py --config config EXTRA`, in this process; returns the trainer."""
+    return ppo_recipe.main(
+        *parse_args((PPOScriptArguments, InstructPPOConfig, ModelConfig), ["--config", str(config), *extra])
+    )

@@ -15,16 +15,11 @@ from transformers import AutoModelForCausalLM
 from trl import ModelConfig
 from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper, forward
 
-from helpers import load_recipe, write_config
-from instructrl.configs import PPOScriptArguments, parse_args
 from instructrl.errors import MissingStageError
 from instructrl.modeling import load_base_model
-from instructrl.ppo import InstructPPOConfig
 from instructrl.ptx import PretrainingStream, predicted_tokens, ptx_loss
 from instructrl.shared_base import SharedBase
-from ppo_fixtures import make_adapters
-
-ppo_recipe = load_recipe("ppo")
+from ppo_fixtures import make_adapters, ppo_config, ppo_recipe, run
 
 
 @pytest.fixture(scope="module")
@@ -176,44 +171,6 @@ def test_ptx_loss_is_the_mean_next_token_nll_over_real_tokens():
     first = ptx_loss(logits[:1], ids[:1], mask[:1], num_tokens=5)
     second = ptx_loss(logits[1:], ids[1:], mask[1:], num_tokens=5)
     assert (first + second).item() == pytest.approx(loss.item(), rel=1e-6)
-
-
-def ppo_config(tmp_path, model_dir, sft, rm, **overrides):
-    values = dict(
-        model_name_or_path=str(model_dir),
-        sft_model_path=str(sft),
-        reward_model_path=str(rm),
-        output_dir=str(tmp_path / "ppo"),
-        total_episodes=8,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        num_mini_batches=1,
-        local_rollout_forward_batch_size=4,
-        response_length=8,
-        stop_token="eos",
-        learning_rate=1e-3,
-        kl_coef=0.02,
-        ptx_coef=27.8,
-        ptx_ratio=2,
-        ptx_micro_batch_size=3,
-        ptx_max_length=32,
-        max_grad_norm=1.0,
-        num_sample_generations=0,
-        report_to="none",
-        save_strategy="steps",
-        save_steps=1,
-        logging_steps=1,
-        seed=0,
-        max_eval_samples=3,
-    )
-    values.update(overrides)
-    return write_config(tmp_path / "ppo.yaml", **values)
-
-
-def run(config, *extra):
-    return ppo_recipe.main(
-        *parse_args((PPOScriptArguments, InstructPPOConfig, ModelConfig), ["--config", str(config), *extra])
-    )
 
 
 def test_ppo_ptx_end_to_end_saves_a_loadable_policy_and_resumes(tmp_path, tiny_model_dir, adapters, tokenizer):

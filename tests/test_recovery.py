@@ -12,18 +12,19 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Trainer
 from trl import ModelConfig, RewardConfig, SFTConfig, SFTTrainer
 
-from helpers import load_recipe, write_config, write_jsonl
-from instructrl.configs import PPOScriptArguments, RewardScriptArguments, ScriptArguments, parse_args
+from helpers import load_recipe, write_jsonl
+from instructrl.configs import RewardScriptArguments, ScriptArguments, parse_args
 from instructrl.errors import ConfigError, DivergenceError
-from instructrl.ppo import InstructPPOConfig
 from instructrl.ptx import PretrainingStream
 from instructrl.reward import RankingRewardTrainer
 from instructrl.runs import COMPLETE, RUNNING, latest_complete_checkpoint, resolve_resume, stage_state
 from instructrl.shared_base import POLICY, VALUE
-from ppo_fixtures import make_adapters
+from ppo_fixtures import make_adapters, ppo_config, ppo_recipe, run
+from test_reward import rm_config, synthetic_rankings, write_demos
+from test_sft import demo_rows, sft_config
 
 sft_recipe = load_recipe("sft")
-ppo_recipe = load_recipe("ppo")
+
 rm_recipe = load_recipe("rm")
 
 
@@ -33,70 +34,31 @@ def adapters(tmp_path_factory, tiny_model_dir, tokenizer):
 
 
 def sft_run(tmp_path, model_dir, *extra, **overrides):
-    rows = [
-        {
-            "prompt": [{"role": "user", "content": f"Describe topic {i}."}],
-            "completion": [{"role": "assistant", "content": f"Topic {i} is a fine topic."}],
-        }
-        for i in range(8)
-    ]
-    values = dict(
-        model_name_or_path=str(model_dir),
-        dataset_name=str(write_jsonl(tmp_path / "demos.jsonl", rows)),
-        output_dir=str(tmp_path / "sft"),
-        use_peft=True,
-        lora_r=4,
-        lora_alpha=8,
-        lora_target_modules=["q_proj", "v_proj"],
-        max_steps=3,
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        max_length=64,
-        gradient_checkpointing=False,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=1,
-        dataset_num_proc=None,
-        seed=0,
-    )
-    values.update(overrides)
-    config = write_config(tmp_path / "sft.yaml", **values)
+    """SFT on 8 demonstrations, 3 steps, a checkpoint after each, into `tmp_path/sft`."""
+    data = write_jsonl(tmp_path / "demos.jsonl", demo_rows(8))
+    values = dict(output_dir=str(tmp_path / "sft"), max_steps=3, per_device_train_batch_size=2, save_strategy="steps")
+    config = sft_config(tmp_path, model_dir, data, **{**values, "save_steps": 1, "seed": 0, **overrides})
     return sft_recipe.main(*parse_args((ScriptArguments, SFTConfig, ModelConfig), ["--config", str(config), *extra]))
 
 
+# Small PPO-ptx steps: 4 updates of 2 episodes, one PPO epoch, a checkpoint after each, no held-out scoring.
+PPO_SETTINGS = dict(
+    total_episodes=8,
+    gradient_accumulation_steps=1,
+    num_ppo_epochs=1,
+    local_rollout_forward_batch_size=2,
+    response_length=6,
+    learning_rate=1e-2,
+    ptx_coef=1.0,
+    ptx_ratio=1,
+    ptx_micro_batch_size=2,
+    ptx_max_length=16,
+    score_heldout=False,
+)
+
+
 def ppo_run(tmp_path, model_dir, sft, rm, *extra, **overrides):
-    values = dict(
-        model_name_or_path=str(model_dir),
-        sft_model_path=str(sft) if sft else None,
-        reward_model_path=str(rm),
-        output_dir=str(tmp_path / "ppo"),
-        total_episodes=8,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        num_mini_batches=1,
-        num_ppo_epochs=1,
-        local_rollout_forward_batch_size=2,
-        response_length=6,
-        stop_token="eos",
-        learning_rate=1e-2,
-        kl_coef=0.02,
-        ptx_coef=1.0,
-        ptx_ratio=1,
-        ptx_micro_batch_size=2,
-        ptx_max_length=16,
-        num_sample_generations=0,
-        report_to="none",
-        save_strategy="steps",
-        save_steps=1,
-        logging_steps=1,
-        seed=0,
-        score_heldout=False,
-    )
-    values.update(overrides)
-    config = write_config(tmp_path / f"ppo-{values['output_dir'].rsplit('/', 1)[-1]}.yaml", **values)
-    args = parse_args((PPOScriptArguments, InstructPPOConfig, ModelConfig), ["--config", str(config), *extra])
-    return ppo_recipe.main(*args)
+    return run(ppo_config(tmp_path, model_dir, sft, rm, **{**PPO_SETTINGS, **overrides}), *extra)
 
 
 def poison_after(step: int, compute_loss):
@@ -130,24 +92,9 @@ def test_sft_stops_at_a_nan_and_keeps_the_last_good_checkpoint(tmp_path, tiny_mo
 
 def test_rm_stops_at_a_nan(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(RankingRewardTrainer, "compute_loss", poison_after(1, RankingRewardTrainer.compute_loss))
-    rows = [
-        {"prompt": f"Topic {i}?", "responses": [f"Topic {i} is good.", "No."], "scores": [1.0, 0.0]} for i in range(8)
-    ]
-    config = write_config(
-        tmp_path / "rm.yaml",
-        model_name_or_path=str(tiny_model_dir),
-        dataset_name=str(write_jsonl(tmp_path / "rankings.jsonl", rows)),
-        output_dir=str(tmp_path / "rm"),
-        use_peft=True,
-        lora_r=4,
-        lora_alpha=8,
-        lora_target_modules=["q_proj", "v_proj"],
-        max_steps=3,
-        per_device_train_batch_size=2,
-        report_to="none",
-        save_strategy="no",
-        gradient_checkpointing=False,
-    )
+    write_demos(tmp_path)
+    data = write_jsonl(tmp_path / "rankings.jsonl", synthetic_rankings(8, seed=0))
+    config = rm_config(tmp_path, tiny_model_dir, data, max_steps=3, per_device_train_batch_size=2)
     with pytest.raises(DivergenceError, match="optimizer step 2"):
         rm_recipe.main(*parse_args((RewardScriptArguments, RewardConfig, ModelConfig), ["--config", str(config)]))
     assert not (tmp_path / "rm" / COMPLETE).exists()
