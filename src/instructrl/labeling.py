@@ -181,7 +181,7 @@ class TaskStore:
                 if not overlap and holder != labeler and until > now:
                     continue
                 self.holds[tid] = (labeler, now + self.hold_seconds)
-                return self.present(task, labeler) | {"progress": self.progress(events)}
+                return self.present(task, labeler)
         return None
 
     def present(self, task: dict, labeler: str) -> dict:
