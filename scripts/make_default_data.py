@@ -16,12 +16,15 @@ Written files (JSON lines, UTF-8, one object per line):
 - `sft_train.jsonl`, `sft_eval.jsonl`: demonstrations in TRL's conversational prompt/completion format,
   `{"prompt": [{"role": "user", ...}], "completion": [{"role": "assistant", ...}]}`. Each prompt combines an
   everyday topic from the topic table (`scripts/default_topics.txt`) with a task template (`TASK_TEMPLATES`) and
-  usually a length instruction (`make_instruction`). The completion is assembled from the topic's hand-written
-  sentences so that it obeys the instruction; every demonstration is checked to score at least `MIN_DEMO_SCORE`
-  with the `SimulatedLabeler`, and a prompt whose demonstration falls short is skipped.
+  usually one or two explicit constraints of the kinds the labeler checks (`make_constraints`: length, list or
+  paragraph format, a word to include or avoid, how to begin or end, lowercase, no commas). The completion is
+  rendered from the topic's hand-written sentences so that it obeys them (`make_demo`: one of the renderings the
+  labeler scores highest); a prompt whose best demonstration scores under `MIN_DEMO_SCORE` is skipped.
 - `comparison_prompts.jsonl`, `ppo_prompts.jsonl`, `eval_prompts.jsonl`: prompt-only rows `{"prompt": [...]}`
   from the same templates. No prompt text occurs in more than one file (SFT files included), and the topics of
-  `eval_prompts.jsonl` (`N_HELDOUT_TOPICS` of them, drawn with the seed) never occur in any other file.
+  `eval_prompts.jsonl` (`N_HELDOUT_TOPICS` of them, drawn with the seed) never occur in any other file; eval
+  prompts also draw from phrasings held out of every other file (`HELDOUT_TASK_TEMPLATES`, the second half of
+  each entry of `PHRASES`).
 - `ptx_train.jsonl`, `ptx_eval.jsonl`: `{"text": ...}` rows of English prose (200-1200 characters) taken from the
   docstrings of the standard-library modules in `PTX_MODULES` and from the `help()` topics in `pydoc_data.topics`,
   for the PPO-ptx pretraining mix. Whole sources (a top-level package or one help topic) are held out for the eval
@@ -51,7 +54,7 @@ if str(REPO_ROOT / "src") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "src"))
 
 from instructrl.data import DEFAULT_DATA_FILES  # noqa: E402
-from instructrl.labeler import NUMBER_NAMES, SimulatedLabeler, words  # noqa: E402
+from instructrl.labeler import NUMBER_NAMES, STOPWORDS, SimulatedLabeler, words  # noqa: E402
 
 SEED = 1234
 DEFAULT_OUT = REPO_ROOT / "src" / "instructrl" / "data" / "default"
@@ -69,7 +72,7 @@ PTX_EVAL_FRACTION = 0.1
 PTX_MIN_CHARS = 200
 PTX_MAX_CHARS = 1200
 
-# Imperative tasks can be preceded by the length instruction ("In two sentences, describe ..."); questions cannot.
+# Imperative tasks can be preceded by the size instruction ("In two sentences, describe ..."); questions cannot.
 TASK_TEMPLATES = (
     "Describe {topic}",
     "Explain {topic}",
@@ -84,18 +87,67 @@ TASK_TEMPLATES = (
     "What should a beginner know about {topic}?",
     "What is worth knowing about {topic}?",
 )
+# Phrasings held out of every training split: `eval_prompts` draws from these as well as the ones above, so the
+# evaluation also measures instructions worded in a way the models never saw.
+HELDOUT_TASK_TEMPLATES = ("Help me understand {topic}", "Teach me about {topic}", "What can you tell me about {topic}?")
 
 
-# (kind, weight): how often each kind of length instruction is drawn. "none" keeps some prompts without any
-# instruction so the model also sees the labeler's default length preference.
-INSTRUCTION_KINDS = (("about", 0.3), ("max", 0.2), ("sentences", 0.2), ("bullets", 0.15), ("none", 0.15))
+# (kind, weight): how often each kind of explicit constraint is drawn as a prompt's first one. "none" keeps some
+# prompts without any, so the model also sees the labeler's default length preference. The kinds follow the
+# labeler's criteria: size (length or format), words to include or avoid, how to begin or end, case or commas.
+INSTRUCTION_KINDS = (
+    ("about", 0.12),
+    ("max", 0.09),
+    ("sentences", 0.09),
+    ("bullets", 0.06),
+    ("numbered", 0.05),
+    ("paragraphs", 0.04),
+    ("include", 0.1),
+    ("avoid", 0.08),
+    ("start", 0.08),
+    ("end", 0.09),
+    ("lowercase", 0.06),
+    ("no_commas", 0.05),
+    ("none", 0.09),
+)
+# A second constraint of another group is added to this share of the prompts that have one.
+SECOND_CONSTRAINT_P = 0.35
+GROUPS = {
+    **dict.fromkeys(("about", "max", "sentences", "bullets", "numbered", "paragraphs"), "size"),
+    **dict.fromkeys(("include", "avoid"), "keywords"),
+    **dict.fromkeys(("start", "end"), "start_end"),
+    **dict.fromkeys(("lowercase", "no_commas"), "style"),
+}
+SIZE_KINDS = ("about", "max", "sentences", "bullets", "numbered", "paragraphs")
 ABOUT_WORDS = (15, 20, 25, 30, 40, 50)
-ABOUT_PHRASES = ("about {n} words", "around {n} words", "roughly {n} words", "approximately {n} words")
 MAX_WORDS = (12, 15, 20, 25, 30)
-MAX_PHRASES = ("at most {n} words", "no more than {n} words", "fewer than {n} words", "under {n} words")
 SENTENCE_COUNTS = (1, 2, 3)
 BULLET_COUNTS = (2, 3, 4)
+PARAGRAPH_COUNTS = (2, 3)
 ANSWER_LEADS = ("Answer", "Reply", "Respond", "Please answer")
+START_PHRASES = ("In short", "Overall", "Simply put", "Briefly", "To begin")
+END_PHRASES = ("That is the gist.", "That covers the basics.", "There is much more to learn.")
+END_QUESTIONS = ("Would you like to know more?", "What would you like to know next?", "Which part interests you most?")
+
+# Phrasings of each constraint kind: (used in training splits, held out for `eval_prompts`). Size phrasings are
+# embedded in the task sentence ("Describe tea in about 20 words."); the others are sentences of their own.
+PHRASES = {
+    "about": (("about {n} words", "around {n} words", "roughly {n} words"), ("approximately {n} words",)),
+    "max": (("at most {n} words", "no more than {n} words", "fewer than {n} words"), ("under {n} words",)),
+    "sentences": (("in {n} sentence{s}", "using {n} sentence{s}"), ("with {n} sentence{s}",)),
+    "bullets": (("in {n} bullet points", "as {n} bullet points"), ("using {n} bullets",)),
+    "numbered": (("as a numbered list of {n} items",), ("in {n} numbered points",)),
+    "paragraphs": (("in {n} paragraphs",), ("in {n} short paragraphs",)),
+    "include": (('Include the word "{w}".', 'Use the word "{w}" in your answer.'), ('Make sure to mention "{w}".',)),
+    "avoid": (('Do not use the word "{w}".', 'Avoid the word "{w}".'), ('Never mention "{w}".',)),
+    "start": (('Begin your answer with "{w}".', 'Start your reply with the words "{w}".'), ('Open with "{w}".',)),
+    "end": (
+        ('End your answer with the phrase "{w}"', "End your answer with a question."),
+        ('Finish your reply with the sentence "{w}"', "Finish with a question."),
+    ),
+    "lowercase": (("Write in all lowercase letters.", "Use lowercase only."), ("Use no capital letters.",)),
+    "no_commas": (("Do not use any commas.", "Write it without commas."), ("Avoid using commas.",)),
+}
 
 # Standard-library modules whose docstrings feed the pretraining mix: pure-Python, present in every CPython build,
 # importable without side effects, and not deprecated for removal, so that the list works on 3.10-3.13.
@@ -145,36 +197,74 @@ def _number(rng: random.Random, n: int) -> str:
     return NUMBER_NAMES[n] if n in NUMBER_NAMES and rng.random() < 0.5 else str(n)
 
 
-def make_instruction(rng: random.Random) -> tuple[str, int, str]:
-    """Draws a length instruction: `(kind, n, phrase)`, e.g. `("about", 20, "in about 20 words")`."""
-    kind = rng.choices([k for k, _ in INSTRUCTION_KINDS], weights=[w for _, w in INSTRUCTION_KINDS])[0]
-    if kind == "about":
-        n = rng.choice(ABOUT_WORDS)
-        return kind, n, "in " + rng.choice(ABOUT_PHRASES).format(n=_number(rng, n))
-    if kind == "max":
-        n = rng.choice(MAX_WORDS)
-        phrase = rng.choice(MAX_PHRASES)
+def _content_words(sentence: str) -> list[str]:
+    return [w for w in words(sentence) if len(w) >= 4 and w not in STOPWORDS and w.islower()]
+
+
+def make_constraint(rng: random.Random, kind: str, topic: str, sentences: list[str], heldout: bool) -> dict:
+    """Draws one constraint of `kind` for `topic`: `{"kind", "n" or "word", "phrase"}`.
+
+    With `heldout`, the phrasing is drawn from the training and held-out phrasings alike.
+    """
+    train, held = PHRASES[kind]
+    phrase = rng.choice(train + held if heldout else train)
+    spec: dict = {"kind": kind}
+    if kind in ("about", "max"):
+        n = rng.choice(ABOUT_WORDS if kind == "about" else MAX_WORDS)
         # "fewer than 20 words" allows at most 19, which is what the labeler enforces.
-        limit = n - 1 if phrase.startswith(("fewer", "under")) else n
-        return kind, limit, "in " + phrase.format(n=_number(rng, n))
-    if kind == "sentences":
-        n = rng.choice(SENTENCE_COUNTS)
+        spec["n"] = n - 1 if phrase.startswith(("fewer", "under")) else n
+        spec["phrase"] = phrase.format(n=_number(rng, n))
+        if not phrase.startswith(("in ", "with ", "as ", "using ")):
+            spec["phrase"] = "in " + spec["phrase"]
+    elif kind in ("sentences", "bullets", "numbered", "paragraphs"):
+        counts = {"sentences": SENTENCE_COUNTS, "bullets": BULLET_COUNTS, "numbered": BULLET_COUNTS}
+        n = rng.choice(counts.get(kind, PARAGRAPH_COUNTS))
         count = rng.choice(["one", "a single"]) if n == 1 else NUMBER_NAMES[n]
-        return kind, n, f"{rng.choice(['in', 'using'])} {count} sentence{'s' if n > 1 else ''}"
-    if kind == "bullets":
-        n = rng.choice(BULLET_COUNTS)
-        return kind, n, f"{rng.choice(['in', 'as', 'using'])} {NUMBER_NAMES[n]} bullet points"
-    return kind, 0, ""
+        spec["n"], spec["phrase"] = n, phrase.format(n=count, s="s" if n > 1 else "")
+    elif kind in ("include", "avoid"):
+        # A word from the topic's other sentences: demonstrations can then include or leave out its sentence.
+        first = {w.lower() for w in words(sentences[0])} | {w.lower() for w in words(topic)}
+        pool = sorted({w for s in sentences[1:] for w in _content_words(s) if w.lower() not in first})
+        spec["word"] = rng.choice(pool)
+        spec["phrase"] = phrase.format(w=spec["word"])
+    elif kind in ("start", "end"):
+        if kind == "end":
+            spec["word"] = None if "question" in phrase else rng.choice(END_PHRASES)
+        else:
+            spec["word"] = rng.choice(START_PHRASES)
+        spec["phrase"] = phrase.format(w=spec["word"])
+    else:
+        spec["phrase"] = phrase
+    return spec
 
 
-def make_prompt(rng: random.Random, topic: str) -> tuple[str, tuple[str, int]]:
-    """Builds a user prompt for `topic`; returns it with the `(kind, n)` of its length instruction."""
-    task = rng.choice(TASK_TEMPLATES).format(topic=topic)
-    kind, n, phrase = make_instruction(rng)
+def make_constraints(rng: random.Random, topic: str, sentences: list[str], heldout: bool) -> list[dict]:
+    """Draws a prompt's explicit constraints: none, one, or two of different groups (the size one first)."""
+    kind = rng.choices([k for k, _ in INSTRUCTION_KINDS], weights=[w for _, w in INSTRUCTION_KINDS])[0]
+    if kind == "none":
+        return []
+    kinds = [kind]
+    if rng.random() < SECOND_CONSTRAINT_P:
+        other = [k for k, _ in INSTRUCTION_KINDS if k != "none" and GROUPS[k] != GROUPS[kind]]
+        kinds.append(rng.choice(other))
+    kinds.sort(key=lambda k: GROUPS[k] != "size")
+    return [make_constraint(rng, k, topic, sentences, heldout) for k in kinds]
+
+
+def make_prompt(
+    rng: random.Random, topic: str, sentences: list[str], heldout: bool = False
+) -> tuple[str, list[dict]]:
+    """Builds a user prompt for `topic`; returns it with its constraints (see `make_constraints`)."""
+    templates = TASK_TEMPLATES + HELDOUT_TASK_TEMPLATES if heldout else TASK_TEMPLATES
+    task = rng.choice(templates).format(topic=topic)
+    constraints = make_constraints(rng, topic, sentences, heldout)
     is_question = task.endswith("?")
-    if not phrase:
+    size = [c for c in constraints if c["kind"] in SIZE_KINDS]
+    others = " ".join(c["phrase"] for c in constraints if c["kind"] not in SIZE_KINDS)
+    if not size:
         prompt = task if is_question else task + "."
     else:
+        phrase = size[0]["phrase"]
         placement = "separate" if is_question else rng.choice(["after", "after", "before", "separate"])
         if placement == "after":
             prompt = f"{task} {phrase}."
@@ -182,38 +272,61 @@ def make_prompt(rng: random.Random, topic: str) -> tuple[str, tuple[str, int]]:
             prompt = f"{phrase[0].upper()}{phrase[1:]}, {task[0].lower()}{task[1:]}."
         else:
             prompt = f"{task if is_question else task + '.'} {rng.choice(ANSWER_LEADS)} {phrase}."
-    return prompt, (kind, n)
+    return (f"{prompt} {others}" if others else prompt), constraints
 
 
-def _n_words(sentences: list[str]) -> int:
-    return sum(len(words(s)) for s in sentences)
+def _lower_first(sentence: str, sentences: list[str]) -> str:
+    """Lowercases the first letter unless the first word is a name (capitalised inside another sentence)."""
+    first = sentence.split()[0]
+    if any(re.search(rf"(?<!^)\b{re.escape(first)}\b", s) for s in sentences):
+        return sentence
+    return sentence[0].lower() + sentence[1:]
 
 
-def make_demo(rng: random.Random, spec: tuple[str, int], sentences: list[str]) -> str | None:
-    """Assembles a response from a topic's sentences that obeys the length instruction `spec`, or `None`.
+def render(chosen: list[str], constraints: list[dict], all_sentences: list[str]) -> str:
+    """Writes the chosen sentences as the constraints ask: opening and closing words, commas, case, format."""
+    chosen = list(chosen)
+    by_kind = {c["kind"]: c for c in constraints}
+    if "start" in by_kind:
+        chosen[0] = f"{by_kind['start']['word']}, {_lower_first(chosen[0], all_sentences)}"
+    if "end" in by_kind:
+        ending = by_kind["end"]["word"] or END_QUESTIONS[len(chosen[0]) % len(END_QUESTIONS)]
+        chosen[-1] = f"{chosen[-1]} {ending}"
+    if "no_commas" in by_kind:
+        chosen = [re.sub(r",\s*", " ", s) for s in chosen]
+    if "bullets" in by_kind:
+        text = "\n".join(f"- {s}" for s in chosen)
+    elif "numbered" in by_kind:
+        text = "\n".join(f"{i}. {s}" for i, s in enumerate(chosen, 1))
+    elif "paragraphs" in by_kind:
+        n = by_kind["paragraphs"]["n"]
+        bounds = [round(i * len(chosen) / n) for i in range(n + 1)]
+        text = "\n\n".join(" ".join(chosen[bounds[i] : bounds[i + 1]]) for i in range(n))
+    else:
+        text = " ".join(chosen)
+    return text.lower() if "lowercase" in by_kind else text
 
-    The first sentence names the topic, so it is always kept; the others are chosen to fit the instruction.
-    """
-    kind, n = spec
+
+def make_demo(
+    rng: random.Random, prompt: str, constraints: list[dict], sentences: list[str], labeler: SimulatedLabeler
+) -> str | None:
+    """The demonstration for `prompt`: of all renderings of the topic's sentences (the first, which names the
+    topic, always kept; the others in their written order), one of those the labeler scores highest, or `None`
+    when none reaches `MIN_DEMO_SCORE`."""
     first, rest = sentences[0], sentences[1:]
-    if kind in ("about", "max"):
-        subsets = [[first, *combo] for r in range(len(rest) + 1) for combo in itertools.combinations(rest, r)]
-        if kind == "about":
-            best = min(subsets, key=lambda s: (abs(_n_words(s) - n), len(s)))
-        else:
-            fitting = [s for s in subsets if _n_words(s) <= n]
-            if not fitting:
-                return None
-            best = max(fitting, key=lambda s: _n_words(s))
-        return " ".join(best)
-    count = {"sentences": n, "bullets": n, "none": 3}[kind]
-    if count > len(sentences):
+    by_kind = {c["kind"]: c for c in constraints}
+    sizes = [by_kind[k]["n"] for k in ("bullets", "numbered", "paragraphs", "sentences") if k in by_kind]
+    candidates = []
+    for r in range(len(rest) + 1):
+        if sizes and not (by_kind.get("paragraphs") or by_kind.get("sentences")) and r + 1 != sizes[0]:
+            continue
+        for combo in itertools.combinations(rest, r):
+            text = render([first, *combo], constraints, sentences)
+            candidates.append((labeler.score(prompt, text), text))
+    best = max(score for score, _ in candidates)
+    if best < MIN_DEMO_SCORE:
         return None
-    # Keep the original order of the sampled sentences: they were written to read in that order.
-    chosen = [first] + [rest[i] for i in sorted(rng.sample(range(len(rest)), count - 1))]
-    if kind == "bullets":
-        return "\n".join(f"- {s}" for s in chosen)
-    return " ".join(chosen)
+    return rng.choice([text for score, text in candidates if score >= best - 0.02])
 
 
 def _user(prompt: str) -> list[dict[str, str]]:
@@ -237,13 +350,13 @@ def make_prompt_splits(seed: int) -> tuple[dict[str, list[dict]], dict[str, int]
             if len(rows) == n_rows:
                 break
             topic = rng.choice(pool)
-            prompt, spec = make_prompt(rng, topic)
+            prompt, constraints = make_prompt(rng, topic, topics[topic], heldout=name == "eval_prompts")
             if prompt in seen:
                 continue
             row = {"prompt": _user(prompt)}
             if with_demo:
-                demo = make_demo(rng, spec, topics[topic])
-                if demo is None or labeler.score(prompt, demo) < MIN_DEMO_SCORE:
+                demo = make_demo(rng, prompt, constraints, topics[topic], labeler)
+                if demo is None:
                     stats["dropped_demos"] += 1
                     continue
                 row["completion"] = [{"role": "assistant", "content": demo}]
@@ -409,13 +522,18 @@ All files are JSON lines (UTF-8, one object per line).
 
 - **Demonstrations** (`sft_*`): TRL conversational prompt/completion rows. Prompts combine one of {n_topics}
   everyday topics with a task template ("Describe X", "What should a beginner know about X?", ...) and, for most
-  prompts, a length instruction ("in about 20 words", "in at most 15 words", "in two sentences", "as three bullet
-  points"). Completions are assembled from hand-written sentences about the topic so that they obey the
-  instruction; each scores at least {min_score} with `SimulatedLabeler` (mean {mean_score:.3f}). {dropped} candidate
-  prompts whose demonstration fell short were skipped during generation.
+  prompts, one or two explicit constraints of the kinds `SimulatedLabeler` checks: length ("in about 20 words",
+  "in at most 15 words", "in two sentences"), format ("as three bullet points", "as a numbered list of three
+  items", "in two paragraphs"), words ('Include the word "magma".', 'Avoid the word "lava".'), opening and ending
+  ('Begin your answer with "Overall".', "End your answer with a question."), case and punctuation ("Write in all
+  lowercase letters.", "Do not use any commas."). Completions are rendered from hand-written sentences about the
+  topic so that they obey the constraints; each scores at least {min_score} with `SimulatedLabeler` (mean
+  {mean_score:.3f}). {dropped} candidate prompts whose demonstration fell short were skipped during generation.
 - **Prompt splits** (`comparison_prompts`, `ppo_prompts`, `eval_prompts`): `{{"prompt": [{{"role": "user", ...}}]}}`
   rows from the same templates. No prompt text occurs in two files (SFT files included). `eval_prompts` uses only
-  these {n_heldout} held-out topics, which occur in no other file: {heldout}.
+  these {n_heldout} held-out topics, which occur in no other file: {heldout}; its prompts also draw from task
+  templates and constraint phrasings that no other file uses ("Help me understand X", 'Open with "Briefly".',
+  "Use no capital letters.", ...).
 - **Pretraining mix** (`ptx_*`): `{{"text": ...}}` rows of 200-1200 characters of prose from the docstrings of
   {n_modules} standard-library modules and from the `help()` topics in `pydoc_data.topics` (the language
   reference's text as shipped with Python), filtered to paragraphs that read as English prose (no code, doctests or

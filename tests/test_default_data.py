@@ -75,7 +75,8 @@ def test_eval_prompts_use_held_out_topics():
     topics = generator.parse_topics()
 
     def topic_of(prompt: str) -> str:
-        # The longest match, so that "rain forests" is not read as "forests".
+        # The longest match, so that "rain forests" is not read as "forests"; quoted words are constraints.
+        prompt = re.sub(r'"[^"]*"', " ", prompt)
         return max((t for t in topics if re.search(rf"\b{re.escape(t)}\b", prompt)), key=len)
 
     def topics_of(name: str) -> set[str]:

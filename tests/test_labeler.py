@@ -6,12 +6,18 @@ from instructrl.labeler import (
     LABELERS,
     Labeler,
     SimulatedLabeler,
+    decided_by,
     ends_cleanly_score,
+    format_score,
     get_labeler,
+    instruction_kinds,
+    keywords_score,
     length_score,
     no_artifacts_score,
     no_repetition_score,
     on_topic_score,
+    start_end_score,
+    style_score,
     topic_words,
 )
 
@@ -67,9 +73,104 @@ def test_bullet_points():
     prompt = "Describe owls in three bullet points."
     bullets = "- Owls hunt at night.\n- They fly silently.\n- They have large eyes."
     prose = "Owls hunt at night. They fly silently. They have large eyes."
-    assert length_score(prompt, bullets) == 1.0
-    assert length_score(prompt, prose) == 0.0
-    assert length_score(prompt, bullets + "\n- They eat mice.") < 0.5
+    assert format_score(prompt, bullets) == 1.0
+    assert format_score(prompt, prose) == 0.0
+    assert format_score(prompt, bullets + "\n- They eat mice.") < 0.5
+    # The bullet count is the length instruction: no word-count preference on top of it.
+    assert length_score(prompt, "- Owls.\n- Eyes.\n- Mice.") == 1.0
+
+
+def test_numbered_list_and_paragraphs():
+    numbered = "1. Owls hunt at night.\n2. They fly silently.\n3. They have large eyes."
+    bullets = numbered.replace("1.", "-").replace("2.", "-").replace("3.", "-")
+    for prompt in ("Describe owls as a numbered list of three items.", "Give three numbered points about owls."):
+        assert format_score(prompt, numbered) == 1.0
+        assert format_score(prompt, bullets) == 0.0
+        assert format_score(prompt, "1. Owls hunt at night.\n2. They fly silently.") < 0.5
+        assert instruction_kinds(prompt) == ["numbered"]
+    prompt = "Describe owls in two paragraphs."
+    assert format_score(prompt, "Owls hunt at night.\n\nThey have large eyes.") == 1.0
+    assert format_score(prompt, "Owls hunt at night. They have large eyes.") < 0.5
+    assert format_score("Describe owls.", "anything") == 1.0
+
+
+def test_words_to_include_and_avoid():
+    include = 'Describe volcanoes. Include the word "magma".'
+    avoid = 'Describe volcanoes without using the word "magma".'
+    with_word = "Volcanoes erupt when magma rises through the crust."
+    without = "Volcanoes erupt when molten rock rises through the crust."
+    assert keywords_score(include, with_word) == 1.0
+    assert keywords_score(include, without) == pytest.approx(0.1)
+    assert keywords_score(avoid, without) == 1.0
+    assert keywords_score(avoid, with_word) == pytest.approx(0.1)
+    # Two words asked: half credit for one; case and plural do not matter; "use" inside "do not use" is avoidance.
+    both = 'Explain tides. Mention "moon" and use the word "gravity".'
+    assert keywords_score(both, "The Moons pull the sea.") == pytest.approx(0.55)
+    assert keywords_score('Explain tides. Do not use the word "moon".', "The moon pulls the sea.") == pytest.approx(0.1)
+    assert instruction_kinds(include) == ["include"] and instruction_kinds(avoid) == ["avoid"]
+    # The quoted word is a constraint, not the topic.
+    assert topic_words(avoid) == ["volcano"]
+
+
+def test_how_to_begin_and_end():
+    start = 'Begin your answer with "In short" and describe tea.'
+    assert start_end_score(start, "In short, tea is a drink made from leaves.") == 1.0
+    assert start_end_score(start, "Tea is, in short, a drink.") == pytest.approx(0.1)
+    end = 'Describe tea. End your reply with the phrase "That is all."'
+    assert start_end_score(end, "Tea is a drink. That is all.") == 1.0
+    assert start_end_score(end, "That is all. Tea is a drink.") == pytest.approx(0.1)
+    question = "Describe tea and end with a question."
+    assert start_end_score(question, "Tea is a drink. Do you like it?") == 1.0
+    assert start_end_score(question, "Tea is a drink. Do you like it.") == pytest.approx(0.1)
+    assert start_end_score("Describe tea.", "Anything at all") == 1.0
+
+
+def test_letter_case_and_commas():
+    lower = "Describe tea in all lowercase letters."
+    assert style_score(lower, "tea is a drink made from leaves.") == 1.0
+    assert style_score(lower, "Tea is a drink made from leaves.") == 0.5
+    assert style_score(lower, "TEA IS A DRINK.") == pytest.approx(0.1)
+    commas = "Describe tea. Do not use any commas."
+    assert style_score(commas, "Tea is a drink made from leaves.") == 1.0
+    assert style_score(commas, "Tea, a drink, is made from leaves.") == pytest.approx(1 / 3)
+    assert style_score("Describe tea.", "TEA, TEA, TEA.") == 1.0
+    assert instruction_kinds(lower) == ["lowercase"] and instruction_kinds(commas) == ["no_commas"]
+
+
+def test_only_stated_constraints_take_part(labeler):
+    plain = "Describe tea in one sentence."
+    assert set(labeler.criteria(plain, "Tea is a drink.")) == {
+        "length",
+        "on_topic",
+        "ends_cleanly",
+        "no_repetition",
+        "no_artifacts",
+    }
+    lower = "Describe tea in one sentence, in lowercase."
+    assert "style" in labeler.criteria(lower, "Tea is a drink.")
+    # Breaking a stated constraint costs the score; the same text without the constraint is not penalised.
+    assert labeler.score(lower, "tea is a drink.") > labeler.score(lower, "Tea Is A Drink.") + 0.2
+    assert labeler.score(plain, "Tea Is A Drink.") == labeler.score(plain, "tea is a drink.")
+    assert sum(labeler.prompt_weights(lower).values()) == pytest.approx(1.0)
+
+
+def test_deciding_criterion_and_shares(labeler):
+    prompt = 'Describe volcanoes. Include the word "magma".'
+    with_word = "Volcanoes erupt when magma rises through the crust."
+    without = "Volcanoes erupt when molten rock rises through the crust."
+    assert labeler.deciding_criterion(prompt, with_word, without) == "keywords"
+    assert labeler.deciding_criterion(prompt, without, with_word) is None  # not the better one
+    cut = "Volcanoes erupt when magma rises through the"
+    assert labeler.deciding_criterion(prompt, with_word, cut) == "ends_cleanly"
+    rows = [
+        {"prompt": prompt, "responses": [with_word, without, cut], "scores": None},
+        {"prompt": "Describe tea.", "responses": ["Tea is a drink.", "Tea is a drink."], "scores": None},
+    ]
+    for row in rows:
+        row["scores"] = [labeler.score(row["prompt"], r) for r in row["responses"]]
+    # Pairs: with_word > without (keywords), with_word > cut (ends_cleanly), cut > without (keywords: the asked word
+    # weighs more than a clean ending); the tie counts for nothing.
+    assert decided_by(labeler, rows) == {"keywords": pytest.approx(2 / 3), "ends_cleanly": pytest.approx(1 / 3)}
 
 
 def test_default_length_without_instruction():
@@ -129,6 +230,7 @@ def test_empty_response_scores_zero(labeler):
 def test_score_range_and_criteria_keys(labeler):
     crit = labeler.criteria("Describe volcanoes in about 20 words.", GOOD_20)
     assert set(crit) == {"length", "on_topic", "ends_cleanly", "no_repetition", "no_artifacts"}
+    assert set(labeler.weights) == set(SimulatedLabeler.CRITERIA)
     assert all(0.0 <= v <= 1.0 for v in crit.values())
     assert labeler.score("Describe volcanoes in about 20 words.", GOOD_20) == pytest.approx(1.0)
     assert sum(labeler.weights.values()) == pytest.approx(1.0)

@@ -7,38 +7,55 @@ it ranks the responses used to train the reward model, and it scores the policie
 model only ever sees the labeler's *rankings*, the gap between reward-model score and labeler score measures
 over-optimisation exactly as in Gao et al.
 
-The labeler scores a `(prompt, response)` pair on five criteria, each a small pure function returning a value in
-`[0, 1]`:
+The labeler follows InstructGPT's rating criteria (Ouyang et al. 2022, Table 3): does the response attempt the
+intended task, does it satisfy the explicit constraints written in the instruction, is it appropriate for a customer
+assistant. (Whether it makes things up cannot be checked by a program and is not scored.) It scores a
+`(prompt, response)` pair on nine criteria, each a small pure function returning a value in `[0, 1]`. Five are
+*explicit constraints*: they score 1 unless the prompt states that kind of constraint, and only constraints the
+prompt states take part in its score. Quoted words use double quotes (`"` or `“ ”`).
 
 - **length** (`length_score`): does the response follow the prompt's length instruction? Recognised phrasings
   (case-insensitive, anywhere in the prompt; numbers as digits or words up to "fifty"):
 
-    - "in about / around / roughly / approximately N words": relative deviation within 10% scores 1, then the
+    - "about / around / roughly / approximately N words": relative deviation within 10% scores 1, then the
       score decays smoothly, `1 / (1 + ((|n - N| / N - 0.1) / 0.3) ** 2)`;
-    - "in at most / no more than / not more than / under / fewer than / less than N words": up to the limit
+    - "at most / no more than / not more than / under / fewer than / less than N words": up to the limit
       (exclusive for "under", "fewer", "less") scores 1, beyond it decays with `(n - limit) / limit` at scale 0.2;
       a response under a quarter of the limit is mildly penalised so that one word does not win;
     - "in / using / use / with one / a single / two / ... sentence(s)": `1 / (1 + 2 * d ** 2)` with `d` the
-      difference in sentence count;
-    - "in / as / using N bullet points" (or "N bullets"): same decay on the number of bullet lines (`-`, `*`, `•`
-      or `1.`), times the fraction of non-empty lines that are bullets.
+      difference in sentence count.
 
-  With no recognised instruction the labeler mildly prefers 10-60 words (scale 0.5 relative to the nearest bound).
-  Small instruct models do not follow these instructions reliably, which leaves the reward model something to learn.
-- **on_topic** (`on_topic_score`): fraction of the prompt's topic words (its content words minus stopwords, task
-  words such as "explain" and the length instruction) that occur in the response, after a light suffix stemmer.
-  A prompt without topic words scores 1.
+  With no length instruction the labeler mildly prefers 10-60 words (scale 0.5 relative to the nearest bound);
+  this default always applies, so `length` is the one constraint criterion present in every score.
+- **format** (`format_score`): "N bullet points" (lines starting `-`, `*`, `•` or `1.`), "a numbered list of N
+  items" / "N numbered points" (lines starting `1.` or `1)`), "N paragraphs" (blocks separated by a blank line):
+  `1 / (1 + 2 * d ** 2)` on the count, times the fraction of non-empty lines that are list items for the lists.
+- **keywords** (`keywords_score`): "include / use / mention (the word) "X"" scores `0.1 + 0.9 *` the fraction of
+  the asked words present (whole words, light stemming); "do not use / avoid / without (using) / never mention
+  (the word) "X"" scores 0.1 when the word occurs. Both multiply.
+- **start_end** (`start_end_score`): "begin / start (your answer) with (the word) "X"" -- the response's first
+  words are X; "end / finish (your answer) with (the phrase) "X"" -- its last words are X; "end with a question"
+  -- its last sentence ends with `?`. Each broken one scores 0.1; they multiply.
+- **style** (`style_score`): "in (all) lowercase" / "no capital letters": `1 / (1 + n)` for `n` capital letters;
+  "no / without (any) commas": `1 / (1 + n)` for `n` commas (each floored at 0.1; they multiply).
+- **on_topic** (`on_topic_score`, "attempts the intended task"): fraction of the prompt's topic words (its content
+  words minus stopwords, task words and the explicit constraints) that occur in the response, after a light suffix
+  stemmer. A prompt without topic words scores 1.
 - **ends_cleanly** (`ends_cleanly_score`): the text ends with terminal punctuation (`.`, `!`, `?`, optionally
   followed by a closing quote or bracket). A response cut off mid-word or mid-sentence scores 0.2, one ending on a
   comma, colon or similar scores 0; unbalanced brackets or quotes cost 0.3.
 - **no_repetition** (`no_repetition_score`): the fraction of distinct word 3-grams times the fraction of distinct
   sentences, so both looping phrases and copied sentences are penalised.
-- **no_artifacts** (`no_artifacts_score`): no chat-template leftovers (`<|im_start|>`, `<|endoftext|>`,
-  `assistant:`) and no assistant filler ("As an AI", "Sure!", "Here is", "I hope this helps", ...);
-  `max(0, 1 - 0.35 * hits)`.
+- **no_artifacts** (`no_artifacts_score`, "appropriate for a customer assistant"): no chat-template leftovers
+  (`<|im_start|>`, `<|endoftext|>`, `assistant:`) and no assistant filler ("As an AI", "Sure!", "Here is",
+  "I hope this helps", ...); `max(0, 1 - 0.35 * hits)`.
 
-The overall score is the weighted geometric mean of the criteria (each floored at 0.01), so a response must do well
-on every criterion: a fluent, well-sized answer about the wrong thing scores low. An empty or whitespace-only
+Small instruct models do not follow these instructions reliably, which leaves the reward model something to learn;
+`SimulatedLabeler.deciding_criterion` names the criterion that decides a comparison, so a data set can show that no
+single kind of constraint decides most of its pairs.
+
+The overall score is the weighted geometric mean of the criteria that apply to the prompt (each floored at 0.01), so
+a response must do well on every criterion: a fluent, well-sized answer about the wrong thing scores low. An empty or whitespace-only
 response scores exactly 0.
 
 Example:
@@ -109,13 +126,64 @@ _MAX_WORDS_RE = re.compile(
 )
 _SENTENCES_RE = re.compile(rf"\b(?:in|using|use|with)\s+{_NUM}\s+sentences?\b", re.IGNORECASE)
 _BULLETS_RE = re.compile(rf"\b{_NUM}\s+bullet(?:\s*points?|s)?\b", re.IGNORECASE)
+_NUMBERED_RE = re.compile(
+    rf"\bnumbered\s+list\s+of\s+{_NUM}\b(?:\s+(?:items|points|steps))?|\b{_NUM}\s+numbered\s+(?:items|points|steps)\b",
+    re.IGNORECASE,
+)
+_PARAGRAPHS_RE = re.compile(rf"\b{_NUM}\s+(?:short\s+)?paragraphs?\b", re.IGNORECASE)
+
+# A quoted word or phrase, the way instructions name the words they ask for ("magma", “magma”).
+_QUOTED = r"[\"“”]([^\"“”\n]{1,40})[\"“”]"
+_REPLY = r"(?:(?:your|the)\s+(?:answer|reply|response|text)\s+|it\s+)?"
+_AVOID_RE = re.compile(
+    r"\b(?:do\s+not|don't|never|without|avoid)\s+(?:using\s+|use\s+|mentioning\s+|mention\s+|saying\s+|say\s+"
+    rf"|writing\s+|write\s+)?(?:the\s+(?:words?|term|phrase)\s+)?{_QUOTED}",
+    re.IGNORECASE,
+)
+_INCLUDE_RE = re.compile(
+    rf"\b(?:include|including|use|using|mention|mentioning|contain|containing)\s+(?:the\s+(?:words?|term|phrase)\s+)?"
+    rf"{_QUOTED}",
+    re.IGNORECASE,
+)
+_START_RE = re.compile(
+    rf"\b(?:begin|start|open)\s+{_REPLY}with\s+(?:the\s+(?:words?|phrase)\s+)?{_QUOTED}", re.IGNORECASE
+)
+_END_RE = re.compile(
+    rf"\b(?:end|finish|close)\s+{_REPLY}with\s+(?:the\s+(?:words?|phrase|sentence)\s+)?{_QUOTED}", re.IGNORECASE
+)
+_END_QUESTION_RE = re.compile(rf"\b(?:end|finish|close)\s+{_REPLY}with\s+a\s+question\b", re.IGNORECASE)
+_LOWERCASE_RE = re.compile(
+    r"\b(?:all\s+)?lower[\s-]?case(?:\s+letters)?\b|\b(?:no|without(?:\s+any)?)\s+capital\s+letters\b", re.IGNORECASE
+)
+_NO_COMMAS_RE = re.compile(
+    r"\b(?:no|without(?:\s+using)?(?:\s+any)?|(?:do\s+not|don't|never)\s+use(?:\s+any)?|avoid(?:\s+using)?(?:\s+any)?)"
+    r"\s+commas?\b",
+    re.IGNORECASE,
+)
+# Every explicit-constraint phrasing, so that the words inside constraints are not taken for the prompt's topic.
+_CONSTRAINT_RES = (
+    _ABOUT_WORDS_RE,
+    _MAX_WORDS_RE,
+    _SENTENCES_RE,
+    _BULLETS_RE,
+    _NUMBERED_RE,
+    _PARAGRAPHS_RE,
+    _AVOID_RE,
+    _INCLUDE_RE,
+    _START_RE,
+    _END_RE,
+    _END_QUESTION_RE,
+    _LOWERCASE_RE,
+    _NO_COMMAS_RE,
+)
 
 _WORD_RE = re.compile(r"[A-Za-z0-9]+(?:['’\-][A-Za-z0-9]+)*")
 _BULLET_LINE_RE = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
+_NUMBERED_LINE_RE = re.compile(r"^\s*\d{1,2}[.)]\s+")
 _SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+|\n+")
 _CLEAN_END_RE = re.compile(r"[.!?][\"'”’)\]]*$")
 
-_STOPWORDS = frozenset(
+STOPWORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before being below
     between both but by can could did do does doing down during each even ever every few for from further had has
     have having he her here hers herself him himself his how i if in into is it its itself just let like make many
@@ -129,7 +197,8 @@ _TASK_WORDS = frozenset(
     """answer answering beginner brief briefly bullet child describe description detail explain explanation fact
     give important know learn list matter mention newcomer overview please point reply respond response sentence
     share short simple simply someone summarise summarize summary tell teach term use useful using word work worth
-    write""".split()
+    write begin start end finish keep letter lowercase capital comma paragraph numbered item include avoid question
+    phrase help understand""".split()
 )
 _ARTIFACT_PATTERNS = tuple(
     re.compile(p, re.IGNORECASE)
@@ -188,10 +257,8 @@ def length_score(prompt: str, response: str) -> float:
     """How well `response` follows the length instruction in `prompt` (see the module docstring), in `[0, 1]`."""
     if not response.strip():
         return 0.0
-    if m := _BULLETS_RE.search(prompt):
-        target = _parse_number(m.group(1))
-        n_bullets, n_lines = bullet_lines(response)
-        return _count_decay(n_bullets - target) * (n_bullets / n_lines if n_lines else 0.0)
+    if _BULLETS_RE.search(prompt) or _NUMBERED_RE.search(prompt) or _PARAGRAPHS_RE.search(prompt):
+        return 1.0  # the list or paragraph count is the length instruction: `format_score` scores it
     if m := _SENTENCES_RE.search(prompt):
         return _count_decay(len(sentences(response)) - _parse_number(m.group(1)))
     n_words = len(words(response))
@@ -211,6 +278,129 @@ def length_score(prompt: str, response: str) -> float:
     return _band_decay((n_words - 60) / 60, 0.5)
 
 
+def paragraphs(text: str) -> list[str]:
+    """Blocks of `text` separated by at least one blank line, those holding words only."""
+    return [block for block in re.split(r"\n\s*\n", text.strip()) if _WORD_RE.search(block)]
+
+
+def format_score(prompt: str, response: str) -> float:
+    """How well `response` follows the prompt's list or paragraph instruction, in `[0, 1]`; 1 without one."""
+    if not response.strip():
+        return 0.0
+    if m := _NUMBERED_RE.search(prompt):
+        target = _parse_number(m.group(1) or m.group(2))
+        lines = [line for line in response.splitlines() if line.strip()]
+        n_items = sum(1 for line in lines if _NUMBERED_LINE_RE.match(line))
+        return _count_decay(n_items - target) * (n_items / len(lines) if lines else 0.0)
+    if m := _BULLETS_RE.search(prompt):
+        target = _parse_number(m.group(1))
+        n_bullets, n_lines = bullet_lines(response)
+        return _count_decay(n_bullets - target) * (n_bullets / n_lines if n_lines else 0.0)
+    if m := _PARAGRAPHS_RE.search(prompt):
+        return _count_decay(len(paragraphs(response)) - _parse_number(m.group(1)))
+    return 1.0
+
+
+def _phrase_words(text: str) -> list[str]:
+    return [w.lower().replace("’", "'") for w in words(text)]
+
+
+def asked_words(prompt: str) -> tuple[list[str], list[str]]:
+    """The quoted words the prompt asks to include and those it asks to avoid: `(include, avoid)`."""
+    avoid = [m.group(1).strip() for m in _AVOID_RE.finditer(prompt)]
+    include = [m.group(1).strip() for m in _INCLUDE_RE.finditer(_AVOID_RE.sub(" ", prompt))]
+    return include, avoid
+
+
+def _contains(response_stems: list[str], phrase: str) -> int:
+    """Occurrences of `phrase` (as stemmed whole words) in the stemmed word list of a response."""
+    target = [_stem(w) for w in words(phrase)]
+    if not target:
+        return 0
+    n = len(target)
+    return sum(1 for i in range(len(response_stems) - n + 1) if response_stems[i : i + n] == target)
+
+
+def keywords_score(prompt: str, response: str) -> float:
+    """Words the prompt asks to include are present and words it asks to avoid are absent, in `[0, 1]`."""
+    if not response.strip():
+        return 0.0
+    include, avoid = asked_words(prompt)
+    stems = [_stem(w) for w in words(response)]
+    score = 1.0
+    if include:
+        score *= 0.1 + 0.9 * sum(1 for w in include if _contains(stems, w)) / len(include)
+    if any(_contains(stems, w) for w in avoid):
+        score *= 0.1
+    return score
+
+
+def start_end_score(prompt: str, response: str) -> float:
+    """The response begins and ends as the prompt asks, in `[0, 1]`; 1 without such an instruction."""
+    if not response.strip():
+        return 0.0
+    response_words = _phrase_words(response)
+    score = 1.0
+    if m := _START_RE.search(prompt):
+        start = _phrase_words(m.group(1))
+        score *= 1.0 if start and response_words[: len(start)] == start else 0.1
+    if m := _END_RE.search(prompt):
+        end = _phrase_words(m.group(1))
+        score *= 1.0 if end and response_words[-len(end) :] == end else 0.1
+    if _END_QUESTION_RE.search(prompt):
+        score *= 1.0 if response.strip().rstrip("\"'”’)]").endswith("?") else 0.1
+    return score
+
+
+def style_score(prompt: str, response: str) -> float:
+    """Letter case and punctuation as the prompt asks (all lowercase, no commas), in `[0, 1]`; 1 without."""
+    if not response.strip():
+        return 0.0
+    score = 1.0
+    if _LOWERCASE_RE.search(prompt):
+        score *= max(0.1, 1.0 / (1 + sum(1 for c in response if c.isupper())))
+    if _NO_COMMAS_RE.search(prompt):
+        score *= max(0.1, 1.0 / (1 + response.count(",")))
+    return score
+
+
+# Which explicit constraints a prompt states, by criterion: a criterion whose test is absent scores 1 and is left
+# out of that prompt's score. `length` always applies (its default preference).
+_STATED: dict[str, tuple[re.Pattern, ...]] = {
+    "format": (_BULLETS_RE, _NUMBERED_RE, _PARAGRAPHS_RE),
+    "keywords": (_INCLUDE_RE, _AVOID_RE),
+    "start_end": (_START_RE, _END_RE, _END_QUESTION_RE),
+    "style": (_LOWERCASE_RE, _NO_COMMAS_RE),
+}
+INSTRUCTION_KINDS = {
+    "words": (_ABOUT_WORDS_RE, _MAX_WORDS_RE),
+    "sentences": (_SENTENCES_RE,),
+    "bullets": (_BULLETS_RE,),
+    "numbered": (_NUMBERED_RE,),
+    "paragraphs": (_PARAGRAPHS_RE,),
+    "avoid": (_AVOID_RE,),
+    "start": (_START_RE,),
+    "end": (_END_RE, _END_QUESTION_RE),
+    "lowercase": (_LOWERCASE_RE,),
+    "no_commas": (_NO_COMMAS_RE,),
+}
+
+
+def instruction_kinds(prompt: str) -> list[str]:
+    """The kinds of explicit constraint `prompt` states (`INSTRUCTION_KINDS` keys, plus "include"), or `["none"]`."""
+    kinds = [k for k, patterns in INSTRUCTION_KINDS.items() if any(p.search(prompt) for p in patterns)]
+    if asked_words(prompt)[0]:
+        kinds.insert(kinds.index("avoid") if "avoid" in kinds else len(kinds), "include")
+    if "numbered" in kinds and "bullets" in kinds and not _BULLETS_RE.search(_NUMBERED_RE.sub(" ", prompt)):
+        kinds.remove("bullets")
+    return kinds or ["none"]
+
+
+def stated_criteria(prompt: str) -> set[str]:
+    """The constraint criteria (`format`, `keywords`, ...) that `prompt` states."""
+    return {name for name, patterns in _STATED.items() if any(p.search(prompt) for p in patterns)}
+
+
 def _stem(word: str) -> str:
     word = word.lower().replace("’", "'")
     if word.endswith("'s"):
@@ -222,17 +412,17 @@ def _stem(word: str) -> str:
 
 
 def _strip_instructions(prompt: str) -> str:
-    for pattern in (_ABOUT_WORDS_RE, _MAX_WORDS_RE, _SENTENCES_RE, _BULLETS_RE):
+    for pattern in _CONSTRAINT_RES:
         prompt = pattern.sub(" ", prompt)
     return prompt
 
 
 def topic_words(prompt: str) -> list[str]:
-    """Stemmed content words of `prompt` without stopwords, task words and the length instruction, in order."""
+    """Stemmed content words of `prompt` without stopwords, task words and explicit constraints, in order."""
     seen: dict[str, None] = {}
     for word in words(_strip_instructions(prompt)):
         lower, stem = word.lower(), _stem(word)
-        if lower in _STOPWORDS or lower in _NUMBER_WORDS or lower.isdigit() or len(lower) < 2:
+        if lower in STOPWORDS or lower in _NUMBER_WORDS or lower.isdigit() or len(lower) < 2:
             continue
         if lower in _TASK_WORDS or stem in _TASK_WORDS:
             continue
@@ -291,15 +481,17 @@ def no_artifacts_score(prompt: str, response: str) -> float:
 class SimulatedLabeler:
     """Deterministic programmatic labeler: the "gold reward" of the project.
 
-    The score is the weighted geometric mean of the criteria described in the module docstring, each floored at
-    `floor` so that one failed criterion lowers but does not erase the signal from the others.
+    The score is the weighted geometric mean of the criteria described in the module docstring that apply to the
+    prompt (`length`, `on_topic`, `ends_cleanly`, `no_repetition`, `no_artifacts` always; `format`, `keywords`,
+    `start_end`, `style` when the prompt states them), each floored at `floor` so that one failed criterion lowers
+    but does not erase the signal from the others.
 
     Args:
         weights (`dict[str, float]`, *optional*, defaults to `SimulatedLabeler.DEFAULT_WEIGHTS`):
-            Weight of each criterion; keys must be a subset of `CRITERIA` and the weights are normalised to sum
-            to 1. The defaults are `length: 0.35, on_topic: 0.25, ends_cleanly: 0.15, no_repetition: 0.15,
-            no_artifacts: 0.10`: length carries the most weight because following the length instruction is the
-            skill the base model lacks most.
+            Weight of each criterion; keys must be a subset of `CRITERIA`; the weights of the criteria that apply
+            to a prompt are normalised to sum to 1. By default every explicit constraint weighs 0.35, `on_topic`
+            0.25, `ends_cleanly` and `no_repetition` 0.15, `no_artifacts` 0.10: following what the instruction
+            explicitly asks is the skill a small instruct model lacks most.
         floor (`float`, *optional*, defaults to `0.01`):
             Lower bound applied to each criterion before the geometric mean.
     """
@@ -307,6 +499,10 @@ class SimulatedLabeler:
     name: ClassVar[str] = "simulated"
     CRITERIA: ClassVar[dict[str, Callable[[str, str], float]]] = {
         "length": length_score,
+        "format": format_score,
+        "keywords": keywords_score,
+        "start_end": start_end_score,
+        "style": style_score,
         "on_topic": on_topic_score,
         "ends_cleanly": ends_cleanly_score,
         "no_repetition": no_repetition_score,
@@ -314,6 +510,10 @@ class SimulatedLabeler:
     }
     DEFAULT_WEIGHTS: ClassVar[dict[str, float]] = {
         "length": 0.35,
+        "format": 0.35,
+        "keywords": 0.35,
+        "start_end": 0.35,
+        "style": 0.35,
         "on_topic": 0.25,
         "ends_cleanly": 0.15,
         "no_repetition": 0.15,
@@ -333,22 +533,63 @@ class SimulatedLabeler:
         self.weights = {k: w / total for k, w in weights.items()}
         self.floor = floor
 
+    def prompt_weights(self, prompt: str) -> dict[str, float]:
+        """Weights of the criteria that apply to `prompt`, normalised to sum to 1 (all zero if none applies)."""
+        stated = stated_criteria(prompt)
+        applying = {k: w for k, w in self.weights.items() if k not in _STATED or k in stated}
+        total = sum(applying.values())
+        return {k: (w / total if total > 0 else 0.0) for k, w in applying.items()}
+
     def criteria(self, prompt: str, response: str) -> dict[str, float]:
-        """Score of each weighted criterion, in `[0, 1]`, keyed by criterion name."""
-        return {name: float(self.CRITERIA[name](prompt, response)) for name in self.weights}
+        """Score of each criterion that applies to `prompt`, in `[0, 1]`, keyed by criterion name."""
+        return {name: float(self.CRITERIA[name](prompt, response)) for name in self.prompt_weights(prompt)}
+
+    def _log_terms(self, prompt: str, response: str) -> dict[str, float]:
+        crit = self.criteria(prompt, response)
+        return {name: w * math.log(max(self.floor, crit[name])) for name, w in self.prompt_weights(prompt).items()}
 
     def score(self, prompt: str, response: str) -> float:
         """Overall score in `[0, 1]`; 0 for an empty response."""
         if not response.strip():
             return 0.0
-        crit = self.criteria(prompt, response)
-        log_score = sum(w * math.log(max(self.floor, crit[name])) for name, w in self.weights.items())
-        return min(1.0, max(0.0, math.exp(log_score)))
+        return min(1.0, max(0.0, math.exp(sum(self._log_terms(prompt, response).values()))))
 
     def rank(self, prompt: str, responses: list[str]) -> list[int]:
         """Indices of `responses`, best first; equal scores keep their original order."""
         scores = [self.score(prompt, r) for r in responses]
         return sorted(range(len(responses)), key=lambda i: (-scores[i], i))
+
+    def deciding_criterion(self, prompt: str, better: str, worse: str) -> str | None:
+        """The criterion that contributes most to `better` outscoring `worse` under `prompt`; None for a tie.
+
+        A pair's score gap is a sum of one term per criterion (weighted log-score differences); the deciding
+        criterion is the one with the largest term in the winner's favour.
+        """
+        if not better.strip() or not worse.strip():
+            return "empty" if better.strip() != worse.strip() else None
+        a, b = self._log_terms(prompt, better), self._log_terms(prompt, worse)
+        gaps = {name: a[name] - b[name] for name in a}
+        if sum(gaps.values()) <= 0:
+            return None
+        return max(gaps, key=lambda name: (gaps[name], name))
+
+
+def decided_by(labeler: SimulatedLabeler, rankings: list[dict]) -> dict[str, float]:
+    """Share of the (non-tied) comparison pairs of `rankings` that each criterion decides, largest first.
+
+    `rankings` are rows as `instructrl.comparisons` writes them (`prompt` text, `responses`, `scores`).
+    """
+    counts: dict[str, int] = {}
+    for row in rankings:
+        prompt, responses, scores = row["prompt"], row["responses"], row["scores"]
+        for i in range(len(responses)):
+            for j in range(len(responses)):
+                if scores[i] > scores[j]:
+                    name = labeler.deciding_criterion(prompt, responses[i], responses[j])
+                    if name is not None:
+                        counts[name] = counts.get(name, 0) + 1
+    total = sum(counts.values())
+    return {k: v / total for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))} if total else {}
 
 
 LABELERS: dict[str, type] = {"simulated": SimulatedLabeler}
