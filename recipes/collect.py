@@ -5,10 +5,12 @@ Run on the embedded default (after `make sft`):
     make collect
     python recipes/collect.py --config recipes/smollm2-135m/collect/config_k4.yaml
 
-Writes `rankings/{train,test}.jsonl` (K-way rankings, what `recipes/rm.py` trains on) and `pairs/{train,test}.jsonl`
-(TRL's prompt/chosen/rejected format) under `output_dir`. The labeler is chosen by name (`--labeler simulated`);
-register another in `instructrl.labeler.LABELERS`. `--labeler human` (`make collect LABELER=human`) writes the
-responses as tasks for people to rank in `make label` instead (see `instructrl.labeling`).
+Writes `rankings/{train,test}.jsonl` (K-way rankings, what `recipes/rm.py` trains on), `pairs/{train,test}.jsonl`
+(TRL's prompt/chosen/rejected format) and the instruction-flip probe `probes/flip.jsonl` under `output_dir`; the
+summary gives the share of comparison pairs each labeler criterion decides. The labeler is chosen by name
+(`--labeler simulated`); register another in `instructrl.labeler.LABELERS`. `--labeler human`
+(`make collect LABELER=human`) writes the responses as tasks for people to rank in `make label` instead (see
+`instructrl.labeling`).
 """
 
 import time
@@ -18,13 +20,21 @@ from transformers import set_seed
 from trl import ModelConfig
 
 from instructrl.cli import run_recipe
-from instructrl.comparisons import distinct, rank_responses, write_comparisons
+from instructrl.comparisons import (
+    distinct,
+    flip_probe,
+    rank_responses,
+    sibling_rankings,
+    split_by_prompt,
+    write_comparisons,
+    write_jsonl,
+)
 from instructrl.configs import CollectConfig, expand_path
-from instructrl.data.loading import load_data, take
+from instructrl.data.loading import load_data, message_text, take
 from instructrl.data.rows import validate_prompts
 from instructrl.errors import DataError, OutputDirError
 from instructrl.generation import load_policy, sample_responses
-from instructrl.labeler import get_labeler
+from instructrl.labeler import SimulatedLabeler, decided_by, get_labeler
 from instructrl.labeling import HUMAN, LOG_FILE, TASKS_FILE, TaskStore, write_tasks
 from instructrl.runs import (
     announce,
@@ -47,23 +57,29 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
     labeler = None if human else get_labeler(args.labeler)
     what = f"comparison prompt ('{args.prompts_dataset}', split '{args.prompts_split}')"
     prompts = validate_prompts(take(load_data(args.prompts_dataset, args.prompts_split), args.num_prompts), what)
+    test_prompts = []
+    if args.test_prompts_split:
+        what = f"test prompt ('{args.prompts_dataset}', split '{args.test_prompts_split}')"
+        data = take(load_data(args.prompts_dataset, args.test_prompts_split), args.num_test_prompts)
+        test_prompts = list(validate_prompts(data, what)["prompt"])
     require_adapter(expand_path(args.sft_adapter_path), "SFT", "make sft")
 
     set_seed(args.seed)
     start = time.time()
     model, tokenizer = load_policy(model_args, expand_path(args.sft_adapter_path), args.trust_remote_code)
     start_stage(output_dir, "collect")
+    all_prompts = list(prompts["prompt"]) + test_prompts
     samples = sample_responses(
         model,
         tokenizer,
-        prompts["prompt"],
+        all_prompts,
         num_samples=args.num_responses,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
         batch_size=args.batch_size,
     )
-    groups = [(p, distinct(r)) for p, r in zip(prompts["prompt"], samples, strict=True)]
+    groups = [(p, distinct(r)) for p, r in zip(all_prompts, samples, strict=True)]
     if not any(len(r) >= 2 for _, r in groups):
         raise DataError(
             "Every prompt's sampled responses were identical, so there is nothing to compare. Raise `temperature` or "
@@ -74,13 +90,10 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
             output_dir, [p for p, _ in groups], [r for _, r in groups], args.test_fraction, args.seed
         )
         TaskStore(output_dir).write_rankings()  # empty until people rank: no stale rankings for `make rm` to read
+        write_jsonl(output_dir / "probes" / "flip.jsonl", [])  # the probe needs a programmatic labeler
     else:
         (output_dir / TASKS_FILE).unlink(missing_ok=True)  # tasks of an earlier human collection no longer apply
-        rankings = [rank_responses(labeler, p, r) for p, r in groups if len(r) >= 2]
-        summary = write_comparisons(output_dir, rankings, args.test_fraction, args.seed)
-        all_scores = [s for r in rankings for s in r["scores"]]
-        summary["mean_labeler_score"] = sum(all_scores) / len(all_scores)
-        summary["mean_best_of_k_score"] = sum(max(r["scores"]) for r in rankings) / len(rankings)
+        summary = rank_and_write(args, labeler, groups[: len(prompts)], groups[len(prompts) :], output_dir)
     summary.update(
         num_responses=args.num_responses,
         prompts_without_two_distinct_responses=sum(len(r) < 2 for _, r in groups),
@@ -92,6 +105,36 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
     announce("Comparison collection", output_dir, summary)
     if human:
         print(f"[instructrl] {summary['tasks']} tasks wait for people to rank them: run `make label`.", flush=True)
+    return summary
+
+
+def rank_and_write(args: CollectConfig, labeler, train_groups: list, test_groups: list, output_dir: Path) -> dict:
+    """Ranks the sampled responses, adds the sibling re-rankings and the flip probe, writes them; returns counts."""
+    rankings = [rank_responses(labeler, p, r) for p, r in train_groups if len(r) >= 2]
+    if test_groups:
+        train, test = rankings, [rank_responses(labeler, p, r) for p, r in test_groups if len(r) >= 2]
+    else:
+        train, test = split_by_prompt(rankings, args.test_fraction, args.seed)
+        test_groups = [(row["prompt"], row["responses"]) for row in test]
+    originals = train + test
+    reranked = []
+    if args.sibling_reranks:
+        train_prompts = {message_text(row["prompt"]) for row in train}
+        own = [(p, r) for p, r in train_groups if message_text(p) in train_prompts]
+        reranked = sibling_rankings(labeler, own, args.sibling_reranks, args.seed)
+    summary = write_comparisons(output_dir, train + reranked, test)
+    probe = flip_probe(labeler, test_groups, args.flip_probe_size, args.seed) if args.flip_probe_size else []
+    write_jsonl(output_dir / "probes" / "flip.jsonl", probe)
+    all_scores = [s for r in originals for s in r["scores"]]
+    summary.update(
+        sibling_rankings=len(reranked),
+        flip_probe_items=len(probe),
+        mean_labeler_score=sum(all_scores) / len(all_scores),
+        mean_best_of_k_score=sum(max(r["scores"]) for r in originals) / len(originals),
+    )
+    if isinstance(labeler, SimulatedLabeler):
+        texts = [{**row, "prompt": message_text(row["prompt"])} for row in originals]
+        summary["pairs_decided_by"] = {k: round(v, 4) for k, v in decided_by(labeler, texts).items()}
     return summary
 
 

@@ -26,7 +26,7 @@ from instructrl.data.rows import encode_prompt, encode_response, validate_prompt
 from instructrl.errors import ConfigError
 from instructrl.evaluation import EvalModels, add_comparisons, evaluate_policy, parse_policies
 from instructrl.generation import sample_responses
-from instructrl.labeler import get_labeler
+from instructrl.labeler import get_labeler, instruction_kinds
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ptx import PretrainingStream
 from instructrl.report import markdown_table, write_report
@@ -110,7 +110,7 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
         timing = ", ".join(f"{k} {v:.0f}s" for k, v in results[name]["seconds"].items())
         score = results[name]["labeler_score"]["mean"]
         print(f"[instructrl] eval: {name}: labeler score {score:.3f} ({timing})", flush=True)
-    add_comparisons(results, args.reference)
+    add_comparisons(results, args.reference, [instruction_kinds(message_text(p)) for p in prompts["prompt"]])
 
     metrics = {
         "config": asdict(args),
@@ -125,7 +125,8 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
     outputs = {"metrics": str(output_dir / "metrics.json")}
     if args.ppo_runs:
         rm_results = Path(str(reward_adapter)) / "eval_results.json" if reward_adapter else None
-        outputs["report"] = str(write_report(output_dir, metrics, args.ppo_runs, rm_results))
+        comparisons = Path(expand_path(args.comparisons_path)) / "summary.json" if args.comparisons_path else None
+        outputs["report"] = str(write_report(output_dir, metrics, args.ppo_runs, rm_results, comparisons))
     finish_stage(output_dir, "eval")
     print(markdown_table(metrics["policies"], args.reference), flush=True)
     announce("Evaluation", output_dir, outputs)

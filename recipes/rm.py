@@ -12,18 +12,22 @@ pairs are accepted as K=2. After training the script measures held-out pairwise 
 `reward_normalization.json`, the bias that makes the SFT demonstrations score mean 0.
 """
 
+from pathlib import Path
+
 from trl import ModelConfig, RewardConfig
 
 from instructrl.cli import run_recipe
-from instructrl.configs import RewardScriptArguments
+from instructrl.configs import RewardScriptArguments, expand_path
 from instructrl.data.loading import load_data, load_train_eval, require_columns, take
 from instructrl.data.rows import tokenize_comparisons, validate_comparisons
 from instructrl.divergence import DivergenceGuard
+from instructrl.errors import DataError
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.reward import (
     NORMALIZATION_FILE,
     RankingCollator,
     RankingRewardTrainer,
+    flip_probe_accuracy,
     pairwise_accuracy,
     reward_bias,
     reward_peft_config,
@@ -36,6 +40,7 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     output_dir = prepare_run(training_args, "rm")
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     train_dataset, eval_dataset = load_train_eval(script_args, validate_comparisons, "reward-model")
+    probe = load_flip_probe(script_args.flip_probe) if script_args.flip_probe else None
     demonstrations = None
     if script_args.normalization_dataset_name:
         demonstrations = take(load_data(script_args.normalization_dataset_name), script_args.normalization_samples)
@@ -72,6 +77,11 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
         trainer.log_metrics("eval", held_out)
         trainer.save_metrics("eval", held_out)
         metrics.update(held_out)
+    if probe:
+        flip = {f"eval_{k}": v for k, v in flip_probe_accuracy(trainer.model, tokenizer, probe, batch_size).items()}
+        trainer.log_metrics("eval", flip)
+        trainer.save_metrics("eval", {**held_out, **flip} if eval_tokens is not None else flip)
+        metrics.update(flip)
     trainer.save_model(training_args.output_dir)
     tokenizer.save_pretrained(training_args.output_dir)
     if demonstrations is not None:
@@ -81,6 +91,23 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     finish_stage(output_dir, "rm")
     announce("Reward model", output_dir, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
     return trainer
+
+
+def load_flip_probe(path: str) -> list[dict]:
+    """The flip-probe items at `path` (JSON lines of `{"prompts": [a, b], "responses": [x, y]}`)."""
+    what = f"flip probe '{path}'"
+    file = Path(expand_path(path))
+    if file.is_file() and file.stat().st_size == 0:
+        return []  # written empty when there was no programmatic labeler to decide the orders
+    rows = list(load_data(str(file)))
+    for index, row in enumerate(rows):
+        pair = all(isinstance(row.get(k), list) and len(row[k]) == 2 for k in ("prompts", "responses"))
+        if not pair:
+            raise DataError(
+                f"Row {index} of the {what} needs `prompts` and `responses`, two of each (as `recipes/collect.py` "
+                "writes them); fix the row or set `flip_probe` to null."
+            )
+    return rows
 
 
 if __name__ == "__main__":

@@ -89,7 +89,11 @@ TASK_TEMPLATES = (
 )
 # Phrasings held out of every training split: `eval_prompts` draws from these as well as the ones above, so the
 # evaluation also measures instructions worded in a way the models never saw.
-HELDOUT_TASK_TEMPLATES = ("Help me understand {topic}", "Teach me about {topic}", "What can you tell me about {topic}?")
+HELDOUT_TASK_TEMPLATES = (
+    "Help me understand {topic}",
+    "Teach me about {topic}",
+    "What can you tell me about {topic}?",
+)
 
 
 # (kind, weight): how often each kind of explicit constraint is drawn as a prompt's first one. "none" keeps some
@@ -251,9 +255,7 @@ def make_constraints(rng: random.Random, topic: str, sentences: list[str], heldo
     return [make_constraint(rng, k, topic, sentences, heldout) for k in kinds]
 
 
-def make_prompt(
-    rng: random.Random, topic: str, sentences: list[str], heldout: bool = False
-) -> tuple[str, list[dict]]:
+def make_prompt(rng: random.Random, topic: str, sentences: list[str], heldout: bool = False) -> tuple[str, list[dict]]:
     """Builds a user prompt for `topic`; returns it with its constraints (see `make_constraints`)."""
     templates = TASK_TEMPLATES + HELDOUT_TASK_TEMPLATES if heldout else TASK_TEMPLATES
     task = rng.choice(templates).format(topic=topic)

@@ -6,7 +6,15 @@ from math import comb
 import pytest
 
 from helpers import load_recipe, write_config, write_jsonl
-from instructrl.comparisons import rank_responses, ranking_to_pairs, split_by_prompt
+from instructrl.comparisons import (
+    FLIP_MARGIN,
+    flip_probe,
+    rank_responses,
+    ranking_to_pairs,
+    sibling_rankings,
+    split_by_prompt,
+    topic_groups,
+)
 from instructrl.configs import CollectConfig, parse_args
 from instructrl.errors import ConfigError, MissingStageError
 from instructrl.labeler import SimulatedLabeler, get_labeler
@@ -83,3 +91,121 @@ def test_collect_config_errors(tmp_path, tiny_model_dir):
         collect_recipe.main(*parse_args((CollectConfig, collect_recipe.ModelConfig), ["--config", str(config)]))
     with pytest.raises(ValueError, match="set `labeler` to one of"):
         get_labeler("humans")
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+# Three prompts on tea with different instructions, one on owls; the responses break or keep each instruction.
+SIBLING_GROUPS = [
+    (
+        _user("Describe tea in all lowercase letters."),
+        ["tea is a drink made from dried leaves.", "Tea is a drink made from dried leaves."],
+    ),
+    (
+        _user('Explain tea. Include the word "leaves".'),
+        ["Tea is a hot drink from China.", "Tea is a drink made from leaves."],
+    ),
+    (
+        _user("Tell me about tea in at most 8 words."),
+        ["Tea is a hot drink.", "Tea is a hot drink that people in many countries enjoy every single day."],
+    ),
+    (_user("Describe owls in one sentence."), ["Owls hunt at night.", "Owls hunt at night. They fly silently."]),
+]
+
+
+def test_topic_groups_join_prompts_on_the_same_topic():
+    assert topic_groups([p for p, _ in SIBLING_GROUPS]) == [[0, 1, 2]]
+
+
+def test_sibling_rankings_rank_responses_again_under_sibling_prompts():
+    labeler = SimulatedLabeler()
+    rows = sibling_rankings(labeler, SIBLING_GROUPS, per_prompt=2, seed=0)
+    # Every tea prompt's responses under both other tea prompts, unless they score alike there; none for owls.
+    expected = {
+        (j, i)
+        for i in range(3)
+        for j in range(3)
+        if i != j and len({labeler.score(SIBLING_GROUPS[j][0][0]["content"], r) for r in SIBLING_GROUPS[i][1]}) == 2
+    }
+    found = {
+        (
+            SIBLING_GROUPS.index(next(g for g in SIBLING_GROUPS if g[0] == r["prompt"])),
+            SIBLING_GROUPS.index(next(g for g in SIBLING_GROUPS if g[0] == r["sampled_for"])),
+        )
+        for r in rows
+    }
+    assert len(expected) >= 3 and found == expected and len(rows) == len(expected)
+    for row in rows:
+        source = next(g for g in SIBLING_GROUPS if g[0] == row["sampled_for"])
+        assert row["prompt"] != row["sampled_for"] and row["responses"] == source[1]
+        assert "tea" in row["prompt"][0]["content"] and "owls" not in row["prompt"][0]["content"]
+        assert row["scores"] == [labeler.score(row["prompt"][0]["content"], r) for r in row["responses"]]
+        assert len(set(row["scores"])) == 2
+    # The length prompt's responses: the 5-word one wins under "at most 8 words", the long one under the lowercase
+    # prompt (both capitalised once; the labeler's default length preference decides).
+    under_lower = [r for r in rows if r["sampled_for"] == SIBLING_GROUPS[2][0] and r["prompt"] == SIBLING_GROUPS[0][0]]
+    assert under_lower and under_lower[0]["ranking"][0] == 1
+    assert labeler.rank(SIBLING_GROUPS[2][0][0]["content"], SIBLING_GROUPS[2][1])[0] == 0
+    assert len(sibling_rankings(labeler, SIBLING_GROUPS, per_prompt=1, seed=0)) <= 3
+    assert sibling_rankings(labeler, SIBLING_GROUPS, per_prompt=2, seed=0) == rows
+
+
+def test_flip_probe_items_reverse_under_the_labeler():
+    labeler = SimulatedLabeler()
+    items = flip_probe(labeler, SIBLING_GROUPS, max_items=100, seed=0)
+    assert items
+    for item in items:
+        (a, b), (x, y) = item["prompts"], item["responses"]
+        a, b = a[0]["content"], b[0]["content"]
+        assert "tea" in a and "tea" in b and a != b
+        assert labeler.score(a, x) - labeler.score(a, y) >= FLIP_MARGIN
+        assert labeler.score(b, y) - labeler.score(b, x) >= FLIP_MARGIN
+    # At most two items per pair of prompts (three pairs of tea prompts), and the cap holds.
+    assert len(items) <= 6
+    assert len(flip_probe(labeler, SIBLING_GROUPS, max_items=1, seed=0)) == 1
+    # Without sibling prompts there is no probe.
+    assert flip_probe(labeler, SIBLING_GROUPS[2:], max_items=100, seed=0) == []
+
+
+def test_collect_with_held_out_test_prompts_siblings_and_probe(tmp_path, tiny_model_dir):
+    data = tmp_path / "prompts"
+    train = [
+        f"Describe {t} {how}"
+        for t in ("tea", "owls", "maps")
+        for how in ("in about 10 words.", 'and use the word "fact".')
+    ]
+    held_out = [f"Explain {t} {how}" for t in ("rain", "salt") for how in ("in lowercase.", "in one sentence.")]
+    write_jsonl(data / "train.jsonl", [{"prompt": _user(t)} for t in train])
+    write_jsonl(data / "test.jsonl", [{"prompt": _user(t)} for t in held_out])
+    config = write_config(
+        tmp_path / "collect.yaml",
+        model_name_or_path=str(tiny_model_dir),
+        prompts_dataset=str(data),
+        prompts_split="train",
+        test_prompts_split="test",
+        sibling_reranks=1,
+        num_responses=3,
+        max_new_tokens=10,
+        batch_size=5,
+        output_dir=str(tmp_path / "comparisons"),
+    )
+    summary = collect_recipe.main(*parse_args((CollectConfig, collect_recipe.ModelConfig), ["--config", str(config)]))
+    out = tmp_path / "comparisons"
+    rows = {
+        s: [json.loads(x) for x in (out / "rankings" / f"{s}.jsonl").read_text().splitlines()]
+        for s in ("train", "test")
+    }
+    # The test split is exactly the held-out prompts; every training prompt is trained on, plus sibling rows.
+    assert sorted(r["prompt"][0]["content"] for r in rows["test"]) == sorted(held_out)
+    originals = [r for r in rows["train"] if "sampled_for" not in r or r["sampled_for"] is None]
+    assert sorted(r["prompt"][0]["content"] for r in originals) == sorted(train)
+    siblings = [r for r in rows["train"] if r.get("sampled_for")]
+    assert len(siblings) == summary["sibling_rankings"] <= len(train)
+    for row in siblings:
+        assert row["sampled_for"] != row["prompt"] and row["sampled_for"][0]["content"] in train
+    assert (out / "probes" / "flip.jsonl").is_file()
+    assert summary["flip_probe_items"] == len((out / "probes" / "flip.jsonl").read_text().splitlines())
+    shares = summary["pairs_decided_by"]
+    assert shares and sum(shares.values()) == pytest.approx(1.0, abs=1e-3)

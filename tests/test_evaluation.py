@@ -17,8 +17,9 @@ from instructrl.evaluation import (
     parse_policies,
     perplexity,
     sequence_logprobs,
+    win_rates_by_kind,
 )
-from instructrl.report import goal_rows, smooth
+from instructrl.report import goal_rows, instruction_rows, smooth
 from instructrl.stats import mean_ci, win_rate
 from ppo_fixtures import make_adapters
 
@@ -107,11 +108,34 @@ def test_goals_compare_ppo_ptx_with_plain_ppo():
         "ppo": {"perplexity_increase": 2.0},
         "ppo_ptx": {"perplexity_increase": 0.8, "win_rate_labeler": {"rate": 0.65, "ci95": 0.1}},
     }
-    rows = goal_rows(policies, {"eval_pairwise_accuracy": 0.66, "eval_ci95_half_width": 0.05})
-    assert [row[3] for row in rows] == ["no", "yes", "yes"]
+    rm = {"eval_pairwise_accuracy": 0.76, "eval_ci95_half_width": 0.05, "eval_flip_probe_accuracy": 0.6}
+    rows = goal_rows(policies, rm)
+    assert [row[0].split()[1] for row in rows] == ["held-out", "instruction-flip", "win", "perplexity"]
+    assert [row[3] for row in rows] == ["yes", "no", "yes", "yes"]
+    rm["eval_pairwise_accuracy"], rm["eval_flip_probe_accuracy"] = 0.74, 0.71
+    assert [row[3] for row in goal_rows(policies, rm)][:2] == ["no", "yes"]
+    # A win rate of 0.65 whose interval reaches down to 0.5 is not a win.
+    policies["ppo_ptx"]["win_rate_labeler"]["ci95"] = 0.15
+    assert goal_rows(policies, None)[0][3] == "no"
     policies["ppo_ptx"]["perplexity_increase"] = 1.2
     assert goal_rows(policies, None)[-1][3] == "no"
     assert smooth([1.0, 3.0, 5.0], 2) == [1.0, 2.0, 4.0]
+
+
+def test_win_rates_by_kind_of_instruction():
+    kinds = [["words"], ["words", "lowercase"], ["none"], ["lowercase"]]
+    scores, baseline = [0.9, 0.2, 0.5, 0.7], [0.1, 0.8, 0.5, 0.3]
+    by_kind = win_rates_by_kind(kinds, scores, baseline)
+    assert list(by_kind) == ["words", "lowercase", "none"]
+    assert (by_kind["words"]["prompts"], by_kind["words"]["rate"]) == (2, 0.5)
+    assert (by_kind["lowercase"]["wins"], by_kind["lowercase"]["losses"]) == (1, 1)
+    assert by_kind["none"]["rate"] == 0.5 and by_kind["none"]["ties"] == 1
+    policies = {"sft": {}, "ppo": {"win_rate_labeler_by_instruction": by_kind}}
+    rows = instruction_rows(policies)
+    assert rows[0] == ["instruction", "prompts", "ppo"]
+    assert [r[:2] for r in rows[1:]] == [["words", "2"], ["lowercase", "2"], ["none", "1"]]
+    assert rows[1][2].startswith("0.50 ±")
+    assert instruction_rows({"sft": {}}) == []
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,8 @@ def test_words_to_include_and_avoid():
     # Two words asked: half credit for one; case and plural do not matter; "use" inside "do not use" is avoidance.
     both = 'Explain tides. Mention "moon" and use the word "gravity".'
     assert keywords_score(both, "The Moons pull the sea.") == pytest.approx(0.55)
-    assert keywords_score('Explain tides. Do not use the word "moon".', "The moon pulls the sea.") == pytest.approx(0.1)
+    dont = 'Explain tides. Do not use the word "moon".'
+    assert keywords_score(dont, "The moon pulls the sea.") == pytest.approx(0.1)
     assert instruction_kinds(include) == ["include"] and instruction_kinds(avoid) == ["avoid"]
     # The quoted word is a constraint, not the topic.
     assert topic_words(avoid) == ["volcano"]

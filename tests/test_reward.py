@@ -13,7 +13,7 @@ from instructrl.configs import RewardScriptArguments, parse_args
 from instructrl.data.rows import encode_prompt, encode_response, tokenize_comparisons
 from instructrl.errors import DataError
 from instructrl.labeler import SimulatedLabeler
-from instructrl.reward import RankingCollator, ranking_loss
+from instructrl.reward import RankingCollator, flip_probe_accuracy, ranking_loss
 from instructrl.runs import finish_stage
 
 rm_recipe = load_recipe("rm")
@@ -197,3 +197,48 @@ def test_rm_bad_rows_fail_before_anything_is_written(tmp_path, tiny_model_dir, r
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run(rm_config(tmp_path, tiny_model_dir, data))
     assert (out / "adapter_model.safetensors").read_text() == "an earlier adapter"
+
+
+class LookupRewardModel(torch.nn.Module):
+    """A stand-in reward model whose reward for a sequence is looked up by its tokens (padding removed)."""
+
+    def __init__(self, rewards: dict[tuple[int, ...], float], pad_token_id: int):
+        super().__init__()
+        self.rewards, self.pad = rewards, pad_token_id
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+
+    def forward(self, input_ids, attention_mask, use_cache=False):
+        rows = [
+            tuple(t for t, m in zip(ids.tolist(), mask.tolist(), strict=True) if m)
+            for ids, mask in zip(input_ids, attention_mask, strict=True)
+        ]
+        return type("Out", (), {"logits": torch.tensor([[self.rewards[r]] for r in rows])})()
+
+
+def test_flip_probe_accuracy_counts_each_order(tokenizer):
+    prompts = [_user("Describe tea in lowercase."), _user("Describe tea in one sentence.")]
+    x, y = "tea is a drink.", "Tea is a drink. It is hot."
+    items = [{"prompts": prompts, "responses": [x, y]}, {"prompts": prompts[::-1], "responses": [y, x]}]
+
+    def seq(prompt, response):
+        return tuple(encode_prompt(tokenizer, prompt) + encode_response(tokenizer, response))
+
+    # The model flips with the instruction on item 1 only if x > y under the lowercase prompt and y > x under the
+    # other; a model that ignores the prompt (same rewards under both) gets exactly one order of each item right.
+    follows = {seq(prompts[0], x): 1.0, seq(prompts[0], y): 0.0, seq(prompts[1], x): 0.0, seq(prompts[1], y): 1.0}
+    ignores = {seq(p, x): 1.0 for p in prompts} | {seq(p, y): 0.0 for p in prompts}
+    pad = tokenizer.pad_token_id
+    result = flip_probe_accuracy(LookupRewardModel(follows, pad), tokenizer, items, batch_size=3)
+    assert (result["flip_probe_accuracy"], result["flip_probe_both_right"], result["flip_probe_items"]) == (
+        1.0,
+        1.0,
+        2,
+    )
+    result = flip_probe_accuracy(LookupRewardModel(ignores, pad), tokenizer, items, batch_size=3)
+    assert (result["flip_probe_accuracy"], result["flip_probe_both_right"]) == (0.5, 0.0)
+    reversed_ = {k: 1.0 - v for k, v in follows.items()}
+    assert flip_probe_accuracy(LookupRewardModel(reversed_, pad), tokenizer, items)["flip_probe_accuracy"] == 0.0
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]

@@ -5,17 +5,29 @@ Outputs (JSON lines, one directory per format, each with `train.jsonl` and `test
 - `rankings/`: `{"prompt", "responses" (K), "scores" (K, higher is better), "ranking" (indices, best first),
   "labeler"}`, what the reward model trains on (all C(K,2) pairs of a prompt in one batch element);
 - `pairs/`: TRL's standard preference format `{"prompt", "chosen", "rejected"}`, the C(K,2) pairs of each ranking
-  (tied pairs left out), for tools that take pairs.
+  (tied pairs left out), for tools that take pairs;
+- `probes/flip.jsonl`: the instruction-flip probe (`flip_probe`), two prompts on one topic and two responses such
+  that the labeler prefers the first response under the first prompt and the second under the second.
+
+Two ways to teach a reward model that what is better depends on the instruction (RRM, Liu et al. 2024; LIFT, Yuan
+et al. 2024) reuse responses already sampled: `sibling_rankings` ranks one prompt's responses again under other
+prompts about the same topic with other instructions, and the probe measures whether the model learned it. Prompts
+are siblings when they share their topic words (`instructrl.labeler.topic_words`: content words without the task
+words and explicit constraints); the labeler decides every order, no label is made by hand.
 """
 
 import json
 import os
 import random
-from itertools import combinations
+from collections import defaultdict
+from itertools import combinations, permutations
 from pathlib import Path
 
 from .data.loading import message_text
-from .labeler import Labeler
+from .labeler import Labeler, topic_words
+
+# A flip-probe pair needs the labeler to prefer each response under its prompt by at least this much.
+FLIP_MARGIN = 0.05
 
 
 def distinct(responses: list[str]) -> list[str]:
@@ -51,6 +63,67 @@ def ranking_to_pairs(row: dict) -> list[dict]:
     return pairs
 
 
+def topic_groups(prompts: list) -> list[list[int]]:
+    """Indices of `prompts` grouped by topic (same topic words), groups of two or more distinct prompts only."""
+    by_topic: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    seen: set[str] = set()
+    for index, prompt in enumerate(prompts):
+        text = message_text(prompt)
+        key = tuple(sorted(topic_words(text)))
+        if key and text not in seen:
+            seen.add(text)
+            by_topic[key].append(index)
+    return [indices for _, indices in sorted(by_topic.items()) if len(indices) >= 2]
+
+
+def sibling_rankings(labeler: Labeler, groups: list[tuple], per_prompt: int, seed: int) -> list[dict]:
+    """Ranks each prompt's responses again under up to `per_prompt` sibling prompts (same topic, other instruction).
+
+    `groups` are `(prompt, responses)`; rows whose responses all score alike are left out. Each row records the prompt
+    its responses were sampled for as `sampled_for`.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for indices in topic_groups([prompt for prompt, _ in groups]):
+        for i in indices:
+            prompt, responses = groups[i]
+            if len(responses) < 2:
+                continue
+            siblings = [j for j in indices if j != i]
+            for j in sorted(rng.sample(siblings, min(per_prompt, len(siblings)))):
+                row = rank_responses(labeler, groups[j][0], responses)
+                if len(set(row["scores"])) > 1:
+                    rows.append({**row, "sampled_for": prompt})
+    return rows
+
+
+def flip_probe(labeler: Labeler, groups: list[tuple], max_items: int, seed: int, per_pair: int = 2) -> list[dict]:
+    """The instruction-flip probe: `{"prompts": [a, b], "responses": [x, y]}` rows where the labeler prefers x to y
+    under prompt a and y to x under prompt b, both by at least `FLIP_MARGIN`.
+
+    Prompts a and b are siblings in `groups` (`(prompt, responses)`); x and y come from either prompt's responses.
+    At most `per_pair` rows per pair of prompts and `max_items` in all, drawn with `seed`.
+    """
+    rng = random.Random(seed)
+    items = []
+    for indices in topic_groups([prompt for prompt, _ in groups]):
+        for i, j in combinations(indices, 2):
+            (prompt_a, responses_a), (prompt_b, responses_b) = groups[i], groups[j]
+            pool = distinct(list(responses_a) + list(responses_b))
+            text_a, text_b = message_text(prompt_a), message_text(prompt_b)
+            under_a = [labeler.score(text_a, r) for r in pool]
+            under_b = [labeler.score(text_b, r) for r in pool]
+            found = [
+                (x, y)
+                for x, y in permutations(range(len(pool)), 2)
+                if under_a[x] - under_a[y] >= FLIP_MARGIN and under_b[y] - under_b[x] >= FLIP_MARGIN
+            ]
+            for x, y in rng.sample(found, min(per_pair, len(found))):
+                items.append({"prompts": [prompt_a, prompt_b], "responses": [pool[x], pool[y]]})
+    rng.shuffle(items)
+    return items[:max_items]
+
+
 def split_by_prompt(rows: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
@@ -68,9 +141,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def write_comparisons(output_dir: Path, rankings: list[dict], test_fraction: float, seed: int) -> dict:
-    """Write rankings and pairs, split by prompt, and return counts."""
-    train, test = split_by_prompt(rankings, test_fraction, seed)
+def write_comparisons(output_dir: Path, train: list[dict], test: list[dict]) -> dict:
+    """Write the train and test rankings and their pairs; return counts."""
     counts = {}
     for split, rows in (("train", train), ("test", test)):
         pairs = [p for row in rows for p in ranking_to_pairs(row)]

@@ -109,9 +109,13 @@ class RewardScriptArguments(ScriptArguments):
             SFT demonstrations (prompt/completion) whose mean reward the saved bias sets to 0.
         normalization_samples (`int`, *optional*, defaults to `256`):
             How many demonstrations to score for the bias.
+        flip_probe (`str`, *optional*):
+            The instruction-flip probe written by `recipes/collect.py` (`probes/flip.jsonl`): after training, the
+            share of its orders the model gets right is reported as `eval_flip_probe_accuracy`.
     """
 
     dataset_name: str | None = field(default=None, metadata={"help": "Comparisons (rankings or pairs)."})
+    flip_probe: str | None = field(default=None, metadata={"help": "Instruction-flip probe (probes/flip.jsonl)."})
     normalization_dataset_name: str | None = field(default="builtin:demonstrations")
     normalization_samples: int = field(default=256)
 
@@ -147,7 +151,19 @@ class CollectConfig:
         max_new_tokens, temperature, top_p, batch_size:
             Sampling settings; `batch_size` counts prompts (each yields K sequences).
         test_fraction (`float`, *optional*, defaults to `0.1`):
-            Fraction of prompts whose rankings are held out for reward-model evaluation.
+            Fraction of prompts whose rankings are held out for reward-model evaluation (when
+            `test_prompts_split` is not set).
+        test_prompts_split (`str`, *optional*):
+            A split of `prompts_dataset` (e.g. `"eval"`, the built-in prompts on held-out topics) whose rankings
+            form the test split instead; every `prompts_split` prompt is then trained on.
+        num_test_prompts (`int`, *optional*):
+            Use only the first N prompts of `test_prompts_split`.
+        sibling_reranks (`int`, *optional*, defaults to `0`):
+            Also rank each training prompt's responses under up to N sibling prompts (same topic words, another
+            instruction; `instructrl.comparisons.sibling_rankings`), so the same responses win under one instruction
+            and lose under another. Needs a programmatic labeler.
+        flip_probe_size (`int`, *optional*, defaults to `200`):
+            Most items of the instruction-flip probe built from the test prompts (`probes/flip.jsonl`); 0 for none.
         seed (`int`, *optional*, defaults to `42`):
             Seeds sampling and the split.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
@@ -166,10 +182,16 @@ class CollectConfig:
     top_p: float = field(default=1.0)
     batch_size: int = field(default=8)
     test_fraction: float = field(default=0.1)
+    test_prompts_split: str | None = field(default=None)
+    num_test_prompts: int | None = field(default=None)
+    sibling_reranks: int = field(default=0)
+    flip_probe_size: int = field(default=200)
     seed: int = field(default=42)
     trust_remote_code: bool = field(default=False)
 
     def __post_init__(self):
+        if self.sibling_reranks < 0 or self.flip_probe_size < 0:
+            raise ConfigError("`sibling_reranks` and `flip_probe_size` count rows: use 0 or more.")
         if not 2 <= self.num_responses <= 9:
             raise ConfigError(f"`num_responses` (K) is {self.num_responses}; use 2 to 9 (InstructGPT used 4 to 9).")
         if not 0.0 <= self.test_fraction < 1.0:
@@ -199,6 +221,8 @@ class EvalConfig:
             Sampling settings; every policy samples from the same seed.
         ppo_runs (`list[str]`):
             `name=ppo_output_dir` entries whose `log_history.json` is plotted in `report.md`; empty skips the report.
+        comparisons_path (`str`, *optional*):
+            The collection stage's output: the report then shows which labeler criterion decided its pairs.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Run code shipped with the model.
     """
@@ -222,6 +246,7 @@ class EvalConfig:
     batch_size: int = field(default=16)
     seed: int = field(default=42)
     ppo_runs: list[str] = field(default_factory=list)
+    comparisons_path: str | None = field(default=None)
     trust_remote_code: bool = field(default=False)
 
 

@@ -226,8 +226,28 @@ def evaluate_policy(
     return result
 
 
-def add_comparisons(results: dict[str, dict], reference: str | None) -> None:
-    """Win rates against the reference (labeler and RM) and the alignment tax (perplexity increase), in place."""
+def win_rates_by_kind(kinds: Sequence[Sequence[str]], scores: Sequence[float], baseline: Sequence[float]) -> dict:
+    """`win_rate` over the prompts of each kind (a prompt of several kinds counts in each), kinds in first-seen order.
+
+    `kinds[i]` are the kinds of prompt `i` (e.g. its explicit constraints, `instructrl.labeler.instruction_kinds`).
+    """
+    members: dict[str, list[int]] = {}
+    for index, prompt_kinds in enumerate(kinds):
+        for kind in prompt_kinds:
+            members.setdefault(kind, []).append(index)
+    return {
+        kind: {"prompts": len(idx), **win_rate([scores[i] for i in idx], [baseline[i] for i in idx])}
+        for kind, idx in members.items()
+    }
+
+
+def add_comparisons(
+    results: dict[str, dict], reference: str | None, kinds: Sequence[Sequence[str]] | None = None
+) -> None:
+    """Win rates against the reference (labeler and RM) and the alignment tax (perplexity increase), in place.
+
+    With `kinds` (one list per prompt), the labeler win rate is also broken down by kind of instruction.
+    """
     if reference is None or reference not in results:
         return
     ref = results[reference]
@@ -237,5 +257,9 @@ def add_comparisons(results: dict[str, dict], reference: str | None) -> None:
         for judge in ("labeler", "rm"):
             if judge in result["per_response"] and judge in ref["per_response"]:
                 result[f"win_rate_{judge}"] = win_rate(result["per_response"][judge], ref["per_response"][judge])
+        if kinds is not None:
+            result["win_rate_labeler_by_instruction"] = win_rates_by_kind(
+                kinds, result["per_response"]["labeler"], ref["per_response"]["labeler"]
+            )
         if "heldout_perplexity" in result and "heldout_perplexity" in ref:
             result["perplexity_increase"] = result["heldout_perplexity"] - ref["heldout_perplexity"]

@@ -55,8 +55,8 @@ Small instruct models do not follow these instructions reliably, which leaves th
 single kind of constraint decides most of its pairs.
 
 The overall score is the weighted geometric mean of the criteria that apply to the prompt (each floored at 0.01), so
-a response must do well on every criterion: a fluent, well-sized answer about the wrong thing scores low. An empty or whitespace-only
-response scores exactly 0.
+a response must do well on every criterion: a fluent, well-sized answer about the wrong thing scores low. An empty
+or whitespace-only response scores exactly 0.
 
 Example:
 

@@ -18,7 +18,7 @@ CURVES = (
     ("objective/kl", "KL to SFT"),
     ("ptx/lm_loss", "ptx LM loss"),
 )
-GOALS = {"rm_accuracy": 0.70, "ppo_ptx_win_rate": 0.60, "tax_ratio": 0.5}
+GOALS = {"rm_accuracy": 0.75, "flip_probe": 0.70, "ppo_ptx_win_rate": 0.60, "tax_ratio": 0.5}
 
 
 def read_run_files(runs: list[str], filename: str) -> dict[str, object]:
@@ -223,14 +223,22 @@ def goal_rows(policies: dict[str, dict], rm_results: dict | None) -> list[tuple[
         rows.append(
             ("RM held-out pairwise accuracy", f">= {GOALS['rm_accuracy']:.2f}", f"{accuracy:.3f} ± {ci:.3f}", met)
         )
+    if rm_results and "eval_flip_probe_accuracy" in rm_results:
+        accuracy = rm_results["eval_flip_probe_accuracy"]
+        ci = rm_results.get("eval_flip_probe_ci95_half_width", float("nan"))
+        met = "yes" if accuracy >= GOALS["flip_probe"] else "no"
+        rows.append(
+            ("RM instruction-flip probe accuracy", f">= {GOALS['flip_probe']:.2f}", f"{accuracy:.3f} ± {ci:.3f}", met)
+        )
     ptx = policies.get("ppo_ptx", {})
     if "win_rate_labeler" in ptx:
         rate = ptx["win_rate_labeler"]
-        met = "yes" if rate["rate"] >= GOALS["ppo_ptx_win_rate"] else "no"
+        low = rate["rate"] - rate["ci95"]
+        met = "yes" if rate["rate"] >= GOALS["ppo_ptx_win_rate"] and low > 0.5 else "no"
         rows.append(
             (
                 "PPO-ptx win rate vs SFT (labeler)",
-                f">= {GOALS['ppo_ptx_win_rate']:.2f}",
+                f">= {GOALS['ppo_ptx_win_rate']:.2f}, 95% low end > 0.50",
                 f"{rate['rate']:.3f} ± {rate['ci95']:.3f}",
                 met,
             )
@@ -251,7 +259,32 @@ def goal_rows(policies: dict[str, dict], rm_results: dict | None) -> list[tuple[
     return rows
 
 
-def write_report(output_dir: Path, metrics: dict, ppo_runs: list[str], rm_results_path: Path | None) -> Path:
+def instruction_rows(policies: dict[str, dict]) -> list[list[str]]:
+    """Rows `[kind, prompts, win rate of each policy]` of the labeler win rates by kind of instruction."""
+    compared = [name for name, r in policies.items() if "win_rate_labeler_by_instruction" in r]
+    if not compared:
+        return []
+    kinds = list(dict.fromkeys(k for name in compared for k in policies[name]["win_rate_labeler_by_instruction"]))
+    rows = [["instruction", "prompts", *compared]]
+    for kind in kinds:
+        cells = [policies[name]["win_rate_labeler_by_instruction"].get(kind) for name in compared]
+        prompts = next(c["prompts"] for c in cells if c)
+        rows.append([kind, str(prompts), *(f"{c['rate']:.2f} ± {c['ci95']:.2f}" if c else "" for c in cells)])
+    return rows
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows[1:]]
+
+
+def write_report(
+    output_dir: Path,
+    metrics: dict,
+    ppo_runs: list[str],
+    rm_results_path: Path | None,
+    comparisons_summary: Path | None = None,
+) -> Path:
     """Draw the plots next to `report.md` and write it; returns the report's path."""
     output_dir = Path(output_dir)
     policies = metrics["policies"]
@@ -271,6 +304,28 @@ def write_report(output_dir: Path, metrics: dict, ppo_runs: list[str], rm_result
         lines += ["## Goals of the default run", "", "| goal | target | measured | met |", "|---|---|---|---|"]
         lines += [f"| {g} | {t} | {m} | {ok} |" for g, t, m, ok in goals]
         lines.append("")
+    by_instruction = instruction_rows(policies)
+    if by_instruction:
+        lines += [
+            "## Labeler win rate against the reference by kind of instruction",
+            "",
+            "A prompt with two explicit constraints counts under both; `none` states no constraint.",
+            "",
+            *_table(by_instruction),
+            "",
+        ]
+    if comparisons_summary is not None and Path(comparisons_summary).is_file():
+        shares = json.loads(Path(comparisons_summary).read_text()).get("pairs_decided_by")
+        if shares:
+            lines += [
+                "## What decided the reward model's comparisons",
+                "",
+                "Share of the collected comparison pairs (sibling re-rankings aside) whose labeler order each "
+                "criterion decided: the criterion contributing most to the winner's score.",
+                "",
+                *_table([["criterion", "share of pairs"], *([k, f"{v:.3f}"] for k, v in shares.items())]),
+                "",
+            ]
     if logs:
         plot_ppo_curves(logs, output_dir / "ppo_curves.png")
         lines += ["## PPO training", "", "![PPO training curves](ppo_curves.png)", ""]

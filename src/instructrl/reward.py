@@ -149,6 +149,34 @@ def pairwise_accuracy(model: PreTrainedModel, tokenized: Dataset, pad_token_id: 
     return {"pairwise_accuracy": accuracy, "pairs": total, "ci95_half_width": proportion_ci(correct, total)}
 
 
+def flip_probe_accuracy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: list[dict], batch_size: int = 16
+) -> dict:
+    """How often the model orders an instruction-flip probe's responses as the labeler does under each prompt.
+
+    Each item (`instructrl.comparisons.flip_probe`) holds two orders: response 0 better under prompt 0, response 1
+    better under prompt 1. A model that ignores the instruction gets at most one of them right, so `accuracy` near
+    0.5 and `both_right` near 0 mean the preference does not follow the instruction.
+    """
+    correct, both = 0, 0
+    for item in items:
+        sequences = [
+            encode_prompt(tokenizer, prompt) + encode_response(tokenizer, response)
+            for prompt in item["prompts"]
+            for response in item["responses"]
+        ]
+        r = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
+        right = int(r[0] > r[1]) + int(r[3] > r[2])
+        correct, both = correct + right, both + int(right == 2)
+    orders = 2 * len(items)
+    return {
+        "flip_probe_accuracy": correct / orders if orders else float("nan"),
+        "flip_probe_ci95_half_width": proportion_ci(correct, orders),
+        "flip_probe_both_right": both / len(items) if items else float("nan"),
+        "flip_probe_items": len(items),
+    }
+
+
 def reward_bias(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, demonstrations: Dataset) -> dict:
     """The bias that makes the RM score the SFT demonstrations at mean 0 (InstructGPT's normalization)."""
     sequences = [
