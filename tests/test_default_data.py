@@ -119,3 +119,34 @@ def test_regeneration_is_byte_identical(tmp_path):
     _load_generator().main(["--out", str(tmp_path)])
     for path in sorted(DEFAULT_DATA_DIR.glob("*.jsonl")) + [DEFAULT_DATA_DIR / "README.md"]:
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_every_kind_of_constraint_is_taught_and_eval_adds_held_out_phrasings():
+    from instructrl.labeler import INSTRUCTION_KINDS, instruction_kinds
+
+    generator = _load_generator()
+    counts: dict[str, int] = {}
+    for row in _rows("sft_train"):
+        for kind in instruction_kinds(_prompt_text(row)):
+            counts[kind] = counts.get(kind, 0) + 1
+    assert set(counts) == {*INSTRUCTION_KINDS, "include", "none"}
+    assert min(counts.values()) >= 20, counts
+    # No kind of constraint dominates the demonstrations (the old data asked for a length in 85% of prompts).
+    assert max(counts.values()) <= 0.3 * len(_rows("sft_train")), counts
+    templates = [h for _, held in generator.PHRASES.values() for h in held] + list(generator.HELDOUT_TASK_TEMPLATES)
+    slots = {"{n}": r"[\w-]+", "{s}": "s?", "{w}": '[^"]+', "{topic}": ".+"}
+
+    def pattern(template: str) -> re.Pattern:
+        text = re.escape(template)
+        for slot, regex in slots.items():
+            text = text.replace(re.escape(slot), regex)
+        return re.compile(rf"\b{text}", re.IGNORECASE)
+
+    held_out = [pattern(t) for t in templates]
+
+    def uses_held_out(text: str) -> bool:
+        return any(p.search(text) for p in held_out)
+
+    for name in PROMPT_SPLITS[:-1]:
+        assert not any(uses_held_out(_prompt_text(r)) for r in _rows(name)), name
+    assert sum(uses_held_out(_prompt_text(r)) for r in _rows("eval_prompts")) >= 20
