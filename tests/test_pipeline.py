@@ -212,9 +212,13 @@ def test_another_model_gets_its_own_root_and_every_input_from_the_stage_before(t
     assert {s.name: s.output_dir for s in stages} == {s.name: root / s.name for s in stages}
     assert all(s.settings()["model_name_or_path"] == "Qwen/Qwen2.5-0.5B-Instruct" for s in stages)
     assert by_name["comparisons"].inputs() == {"sft_adapter_path": str(root / "sft")}
-    assert by_name["rm"].inputs() == {"dataset_name": str(root / "comparisons" / "rankings")}
+    assert by_name["rm"].inputs() == {
+        "dataset_name": str(root / "comparisons" / "rankings"),
+        "flip_probe": str(root / "comparisons" / "probes" / "flip.jsonl"),
+    }
     assert by_name["ppo_ptx"].inputs() == {"sft_model_path": str(root / "sft"), "reward_model_path": str(root / "rm")}
     evaluation = by_name["eval"].inputs()
+    assert evaluation["comparisons_path"] == str(root / "comparisons")
     assert evaluation["policies"] == ["base"] + [f"{n}={root / n}" for n in ("sft", "ppo", "ppo_ptx")]
     assert evaluation["ppo_runs"] == [f"{n}={root / n}" for n in ("ppo", "ppo_ptx")]
     # The default model keeps the paths its stage configs name: nothing is overridden, nothing reruns.
