@@ -66,6 +66,9 @@ N_PPO = 400
 N_EVAL = 100
 N_HELDOUT_TOPICS = 12
 MIN_DEMO_SCORE = 0.85
+# Without a length or format instruction a demonstration is a short answer: the first sentence and at most two more
+# (about 30 words), well inside the 48-64 new tokens that collection, PPO and evaluation sample.
+MAX_EXTRA_SENTENCES = 2
 
 PTX_TRAIN_CHARS = 1_500_000
 PTX_EVAL_FRACTION = 0.1
@@ -313,13 +316,16 @@ def make_demo(
     rng: random.Random, prompt: str, constraints: list[dict], sentences: list[str], labeler: SimulatedLabeler
 ) -> str | None:
     """The demonstration for `prompt`: of all renderings of the topic's sentences (the first, which names the
-    topic, always kept; the others in their written order), one of those the labeler scores highest, or `None`
-    when none reaches `MIN_DEMO_SCORE`."""
+    topic, always kept; the others in their written order; at most `MAX_EXTRA_SENTENCES` more when the prompt sets
+    no size), one of those the labeler scores highest, or `None` when none reaches `MIN_DEMO_SCORE`."""
     first, rest = sentences[0], sentences[1:]
     by_kind = {c["kind"]: c for c in constraints}
     sizes = [by_kind[k]["n"] for k in ("bullets", "numbered", "paragraphs", "sentences") if k in by_kind]
+    sized = any(k in by_kind for k in SIZE_KINDS)
     candidates = []
     for r in range(len(rest) + 1):
+        if not sized and r > MAX_EXTRA_SENTENCES:
+            continue
         if sizes and not (by_kind.get("paragraphs") or by_kind.get("sentences")) and r + 1 != sizes[0]:
             continue
         for combo in itertools.combinations(rest, r):
