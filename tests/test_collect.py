@@ -47,24 +47,35 @@ def test_split_by_prompt_is_disjoint_and_seeded():
     assert split_by_prompt(rows, 0.25, seed=3) == (train, test)
 
 
+def run_collect(tmp_path, model_dir, **settings) -> tuple[dict, dict[str, list[dict]]]:
+    """Runs the collect recipe on `model_dir` with `settings`; returns its summary and its train/test rankings."""
+    config = write_config(
+        tmp_path / "collect.yaml",
+        model_name_or_path=str(model_dir),
+        output_dir=str(tmp_path / "comparisons"),
+        **settings,
+    )
+    summary = collect_recipe.main(*parse_args((CollectConfig, collect_recipe.ModelConfig), ["--config", str(config)]))
+    rankings = tmp_path / "comparisons" / "rankings"
+    rows = {s: [json.loads(x) for x in (rankings / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "test")}
+    return summary, rows
+
+
 def test_collect_end_to_end_on_tiny_policy(tmp_path, tiny_model_dir):
     prompts = [{"prompt": [{"role": "user", "content": f"Describe topic {i} in about 10 words."}]} for i in range(6)]
     data = write_jsonl(tmp_path / "prompts.jsonl", prompts)
-    config = write_config(
-        tmp_path / "collect.yaml",
-        model_name_or_path=str(tiny_model_dir),
+    summary, rows = run_collect(
+        tmp_path,
+        tiny_model_dir,
         prompts_dataset=str(data),
         prompts_split="train",
         num_responses=4,
         max_new_tokens=12,
         batch_size=4,
         test_fraction=0.34,
-        output_dir=str(tmp_path / "comparisons"),
     )
-    summary = collect_recipe.main(*parse_args((CollectConfig, collect_recipe.ModelConfig), ["--config", str(config)]))
     out = tmp_path / "comparisons"
-    train = [json.loads(line) for line in (out / "rankings" / "train.jsonl").read_text().splitlines()]
-    test = [json.loads(line) for line in (out / "rankings" / "test.jsonl").read_text().splitlines()]
+    train, test = rows["train"], rows["test"]
     assert (len(train), len(test)) == (4, 2)
     labeler = get_labeler("simulated")
     for row in train + test:
@@ -179,9 +190,9 @@ def test_collect_with_held_out_test_prompts_siblings_and_probe(tmp_path, tiny_mo
     held_out = [f"Explain {t} {how}" for t in ("rain", "salt") for how in ("in lowercase.", "in one sentence.")]
     write_jsonl(data / "train.jsonl", [{"prompt": _user(t)} for t in train])
     write_jsonl(data / "test.jsonl", [{"prompt": _user(t)} for t in held_out])
-    config = write_config(
-        tmp_path / "collect.yaml",
-        model_name_or_path=str(tiny_model_dir),
+    summary, rows = run_collect(
+        tmp_path,
+        tiny_model_dir,
         prompts_dataset=str(data),
         prompts_split="train",
         test_prompts_split="test",
@@ -189,14 +200,8 @@ def test_collect_with_held_out_test_prompts_siblings_and_probe(tmp_path, tiny_mo
         num_responses=3,
         max_new_tokens=10,
         batch_size=5,
-        output_dir=str(tmp_path / "comparisons"),
     )
-    summary = collect_recipe.main(*parse_args((CollectConfig, collect_recipe.ModelConfig), ["--config", str(config)]))
     out = tmp_path / "comparisons"
-    rows = {
-        s: [json.loads(x) for x in (out / "rankings" / f"{s}.jsonl").read_text().splitlines()]
-        for s in ("train", "test")
-    }
     # The test split is exactly the held-out prompts; every training prompt is trained on, plus sibling rows.
     assert sorted(r["prompt"][0]["content"] for r in rows["test"]) == sorted(held_out)
     originals = [r for r in rows["train"] if "sampled_for" not in r or r["sampled_for"] is None]

@@ -238,10 +238,10 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_SPLIT_RE.split(_strip_bullets(text).strip()) if _WORD_RE.search(s)]
 
 
-def bullet_lines(text: str) -> tuple[int, int]:
-    """Returns `(number of bullet lines, number of non-empty lines)` of `text`."""
+def bullet_lines(text: str, marker: re.Pattern = _BULLET_LINE_RE) -> tuple[int, int]:
+    """Returns `(number of lines starting with a list marker, number of non-empty lines)` of `text`."""
     lines = [line for line in text.splitlines() if line.strip()]
-    return sum(1 for line in lines if _BULLET_LINE_RE.match(line)), len(lines)
+    return sum(1 for line in lines if marker.match(line)), len(lines)
 
 
 def _band_decay(value: float, scale: float) -> float:
@@ -287,15 +287,11 @@ def format_score(prompt: str, response: str) -> float:
     """How well `response` follows the prompt's list or paragraph instruction, in `[0, 1]`; 1 without one."""
     if not response.strip():
         return 0.0
-    if m := _NUMBERED_RE.search(prompt):
+    numbered = _NUMBERED_RE.search(prompt)
+    if m := numbered or _BULLETS_RE.search(prompt):
         target = _parse_number(m.group(1) or m.group(2))
-        lines = [line for line in response.splitlines() if line.strip()]
-        n_items = sum(1 for line in lines if _NUMBERED_LINE_RE.match(line))
-        return _count_decay(n_items - target) * (n_items / len(lines) if lines else 0.0)
-    if m := _BULLETS_RE.search(prompt):
-        target = _parse_number(m.group(1))
-        n_bullets, n_lines = bullet_lines(response)
-        return _count_decay(n_bullets - target) * (n_bullets / n_lines if n_lines else 0.0)
+        n_items, n_lines = bullet_lines(response, _NUMBERED_LINE_RE if numbered else _BULLET_LINE_RE)
+        return _count_decay(n_items - target) * (n_items / n_lines if n_lines else 0.0)
     if m := _PARAGRAPHS_RE.search(prompt):
         return _count_decay(len(paragraphs(response)) - _parse_number(m.group(1)))
     return 1.0
@@ -391,8 +387,6 @@ def instruction_kinds(prompt: str) -> list[str]:
     kinds = [k for k, patterns in INSTRUCTION_KINDS.items() if any(p.search(prompt) for p in patterns)]
     if asked_words(prompt)[0]:
         kinds.insert(kinds.index("avoid") if "avoid" in kinds else len(kinds), "include")
-    if "numbered" in kinds and "bullets" in kinds and not _BULLETS_RE.search(_NUMBERED_RE.sub(" ", prompt)):
-        kinds.remove("bullets")
     return kinds or ["none"]
 
 

@@ -216,20 +216,20 @@ def plot_policy_bars(policies: dict[str, dict], key: str, ylabel: str, path: Pat
 def goal_rows(policies: dict[str, dict], rm_results: dict | None) -> list[tuple[str, str, str, str]]:
     """(goal, target, measured, met?) for the three goals of the default run, where they can be measured."""
     rows = []
-    if rm_results and "eval_pairwise_accuracy" in rm_results:
-        accuracy = rm_results["eval_pairwise_accuracy"]
-        ci = rm_results.get("eval_ci95_half_width", float("nan"))
-        met = "yes" if accuracy >= GOALS["rm_accuracy"] else "no"
-        rows.append(
-            ("RM held-out pairwise accuracy", f">= {GOALS['rm_accuracy']:.2f}", f"{accuracy:.3f} ± {ci:.3f}", met)
-        )
-    if rm_results and "eval_flip_probe_accuracy" in rm_results:
-        accuracy = rm_results["eval_flip_probe_accuracy"]
-        ci = rm_results.get("eval_flip_probe_ci95_half_width", float("nan"))
-        met = "yes" if accuracy >= GOALS["flip_probe"] else "no"
-        rows.append(
-            ("RM instruction-flip probe accuracy", f">= {GOALS['flip_probe']:.2f}", f"{accuracy:.3f} ± {ci:.3f}", met)
-        )
+    for goal, key, ci_key, label in (
+        ("rm_accuracy", "eval_pairwise_accuracy", "eval_ci95_half_width", "RM held-out pairwise accuracy"),
+        (
+            "flip_probe",
+            "eval_flip_probe_accuracy",
+            "eval_flip_probe_ci95_half_width",
+            "RM instruction-flip probe accuracy",
+        ),
+    ):
+        if rm_results and key in rm_results:
+            accuracy = rm_results[key]
+            ci = rm_results.get(ci_key, float("nan"))
+            met = "yes" if accuracy >= GOALS[goal] else "no"
+            rows.append((label, f">= {GOALS[goal]:.2f}", f"{accuracy:.3f} ± {ci:.3f}", met))
     ptx = policies.get("ppo_ptx", {})
     if "win_rate_labeler" in ptx:
         rate = ptx["win_rate_labeler"]
@@ -301,9 +301,7 @@ def write_report(
         rm_results = json.loads(Path(rm_results_path).read_text())
     goals = goal_rows(policies, rm_results)
     if goals:
-        lines += ["## Goals of the default run", "", "| goal | target | measured | met |", "|---|---|---|---|"]
-        lines += [f"| {g} | {t} | {m} | {ok} |" for g, t, m, ok in goals]
-        lines.append("")
+        lines += ["## Goals of the default run", "", *_table([["goal", "target", "measured", "met"], *goals]), ""]
     by_instruction = instruction_rows(policies)
     if by_instruction:
         lines += [

@@ -158,16 +158,15 @@ def flip_probe_accuracy(
     better under prompt 1. A model that ignores the instruction gets at most one of them right, so `accuracy` near
     0.5 and `both_right` near 0 mean the preference does not follow the instruction.
     """
-    correct, both = 0, 0
-    for item in items:
-        sequences = [
-            encode_prompt(tokenizer, prompt) + encode_response(tokenizer, response)
-            for prompt in item["prompts"]
-            for response in item["responses"]
-        ]
-        r = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
-        right = int(r[0] > r[1]) + int(r[3] > r[2])
-        correct, both = correct + right, both + int(right == 2)
+    sequences = [
+        encode_prompt(tokenizer, prompt) + encode_response(tokenizer, response)
+        for item in items
+        for prompt in item["prompts"]
+        for response in item["responses"]
+    ]
+    rewards = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size).view(-1, 4)
+    right = (rewards[:, 0] > rewards[:, 1]).int() + (rewards[:, 3] > rewards[:, 2]).int()
+    correct, both = int(right.sum()), int((right == 2).sum())
     orders = 2 * len(items)
     return {
         "flip_probe_accuracy": correct / orders if orders else float("nan"),
