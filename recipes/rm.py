@@ -8,8 +8,10 @@ Run on the embedded default (after `make sft` and `make collect`; `make rm` runs
 
 The adapter sits on the same base model as the policy, so PPO can attach it to the one shared base. The K responses
 of a prompt form one batch element and the loss averages its C(K,2) pairs (InstructGPT); TRL's prompt/chosen/rejected
-pairs are accepted as K=2. After training the script measures held-out pairwise accuracy against the labeler and saves
-`reward_normalization.json`, the bias that makes the SFT demonstrations score mean 0.
+pairs are accepted as K=2. With `init_adapter` (the SFT output) the reward adapter starts from the SFT adapter's
+LoRA weights, as InstructGPT starts its reward model from the SFT model. After training the script measures held-out
+pairwise accuracy against the labeler and saves `reward_normalization.json`, the bias that makes the SFT
+demonstrations score mean 0.
 """
 
 from pathlib import Path
@@ -21,13 +23,14 @@ from instructrl.configs import RewardScriptArguments, expand_path
 from instructrl.data.loading import load_data, load_train_eval, require_columns, take
 from instructrl.data.rows import tokenize_comparisons, validate_comparisons
 from instructrl.divergence import DivergenceGuard
-from instructrl.errors import DataError
+from instructrl.errors import ConfigError, DataError
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.reward import (
     NORMALIZATION_FILE,
     RankingCollator,
     RankingRewardTrainer,
     flip_probe_accuracy,
+    load_init_adapter,
     pairwise_accuracy,
     reward_bias,
     reward_peft_config,
@@ -52,6 +55,9 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     )
     train_tokens = tokenize_comparisons(train_dataset, tokenizer, training_args.max_length)
     eval_tokens = None if eval_dataset is None else tokenize_comparisons(eval_dataset, tokenizer, None)
+    peft_config = reward_peft_config(model_args, script_args.init_adapter)
+    if script_args.init_adapter and peft_config is None:
+        raise ConfigError("`init_adapter` starts the reward adapter from the SFT one: set `use_peft: true`.")
     model = load_base_model(model_args, tokenizer, task="reward", trust_remote_code=training_args.trust_remote_code)
 
     start_stage(output_dir, "rm")
@@ -62,9 +68,11 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
         train_dataset=train_tokens,
         eval_dataset=eval_tokens,
         processing_class=tokenizer,
-        peft_config=reward_peft_config(model_args),
+        peft_config=peft_config,
         callbacks=[DivergenceGuard()],
     )
+    if script_args.init_adapter and resume is None:
+        load_init_adapter(trainer.model, script_args.init_adapter)
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_result.metrics)
     trainer.log_metrics("train", metrics)

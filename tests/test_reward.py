@@ -199,6 +199,67 @@ def test_rm_bad_rows_fail_before_anything_is_written(tmp_path, tiny_model_dir, r
     assert (out / "adapter_model.safetensors").read_text() == "an earlier adapter"
 
 
+def save_sft_adapter(path, model_dir, tokenizer, hidden_size=32):
+    """A LoRA adapter on the tiny causal LM with non-zero B matrices (a fresh one would be the identity)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from conftest import build_tiny_model
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir) if hidden_size == 32 else build_tiny_model(tokenizer, 0, 48)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def test_rm_starts_from_the_sft_adapter(tmp_path, tiny_model_dir, tokenizer):
+    from safetensors.torch import load_file
+
+    sft = save_sft_adapter(tmp_path / "sft", tiny_model_dir, tokenizer)
+    data = write_jsonl(tmp_path / "rankings.jsonl", synthetic_rankings(8, seed=4))
+    write_demos(tmp_path)
+    # Learning rate 0: the saved reward adapter is exactly its starting point.
+    trainer = run(
+        rm_config(tmp_path, tiny_model_dir, data, num_train_epochs=1, learning_rate=0.0, init_adapter=str(sft))
+    )
+    saved = json.loads((tmp_path / "rm" / "adapter_config.json").read_text())
+    assert saved["r"] == 4 and sorted(saved["target_modules"]) == ["q_proj", "up_proj", "v_proj"]
+    assert saved["task_type"] == "SEQ_CLS" and "score" in saved["modules_to_save"]
+    start, reward = (
+        load_file(sft / "adapter_model.safetensors"),
+        load_file(tmp_path / "rm" / "adapter_model.safetensors"),
+    )
+    assert set(start) <= set(reward) and any("score" in k for k in reward)
+    for key, value in start.items():
+        torch.testing.assert_close(reward[key], value, msg=key)
+    # A separate adapter on the one base: the base weights are the tiny model's own.
+    base = load_file(tiny_model_dir / "model.safetensors")
+    layer = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(
+        trainer.model.get_base_model().state_dict()[layer.replace(".weight", ".base_layer.weight")], base[layer]
+    )
+
+
+@pytest.mark.parametrize("case", ["missing", "other_base"])
+def test_rm_init_adapter_that_does_not_fit_is_refused(tmp_path, tiny_model_dir, tokenizer, case):
+    from instructrl.errors import ConfigError
+
+    sft = tmp_path / "sft"
+    if case == "other_base":
+        save_sft_adapter(sft, tiny_model_dir, tokenizer, hidden_size=48)
+    data = write_jsonl(tmp_path / "rankings.jsonl", synthetic_rankings(8, seed=4))
+    write_demos(tmp_path)
+    message = "holds no LoRA adapter" if case == "missing" else "does not fit this model"
+    with pytest.raises(ConfigError, match=message):
+        run(rm_config(tmp_path, tiny_model_dir, data, num_train_epochs=1, init_adapter=str(sft)))
+    assert not (tmp_path / "rm" / "adapter_model.safetensors").exists()
+
+
 class LookupRewardModel(torch.nn.Module):
     """A stand-in reward model whose reward for a sequence is looked up by its tokens (padding removed)."""
 

@@ -112,10 +112,15 @@ class RewardScriptArguments(ScriptArguments):
         flip_probe (`str`, *optional*):
             The instruction-flip probe written by `recipes/collect.py` (`probes/flip.jsonl`): after training, the
             share of its orders the model gets right is reported as `eval_flip_probe_accuracy`.
+        init_adapter (`str`, *optional*):
+            A LoRA adapter (the SFT stage's output) whose weights the reward model's adapter starts from, as
+            InstructGPT starts its reward model from the SFT model; its rank, alpha and target modules replace the
+            `lora_*` settings. `None` starts from the base model (a fresh adapter).
     """
 
     dataset_name: str | None = field(default=None, metadata={"help": "Comparisons (rankings or pairs)."})
     flip_probe: str | None = field(default=None, metadata={"help": "Instruction-flip probe (probes/flip.jsonl)."})
+    init_adapter: str | None = field(default=None, metadata={"help": "Adapter to start from (the SFT output)."})
     normalization_dataset_name: str | None = field(default="builtin:demonstrations")
     normalization_samples: int = field(default=256)
 

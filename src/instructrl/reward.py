@@ -10,19 +10,25 @@ classifier reads the right-most non-pad token, and PPO truncates generations aft
 RM evaluation and PPO all score the same token.
 """
 
+import re
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, RewardTrainer, get_peft_config
 
 from .batching import pad_right
+from .configs import expand_path
 from .data.rows import encode_prompt, encode_response, tokenize_comparisons
+from .errors import ConfigError
 from .stats import proportion_ci
 
 NORMALIZATION_FILE = "reward_normalization.json"
@@ -82,13 +88,66 @@ def ranking_loss(
     return torch.stack(losses).mean(), correct, total
 
 
-def reward_peft_config(model_args: ModelConfig) -> LoraConfig | None:
-    """LoRA for a sequence classifier: the score head is trained in full and saved with the adapter."""
+def reward_peft_config(model_args: ModelConfig, init_adapter: str | None = None) -> LoraConfig | None:
+    """LoRA for a sequence classifier: the score head is trained in full and saved with the adapter.
+
+    Args:
+        model_args (`ModelConfig`):
+            `use_peft` and the `lora_*` settings.
+        init_adapter (`str`, *optional*):
+            An adapter (the SFT stage's output) the reward model will start from: its rank, alpha and target modules
+            replace `lora_r`, `lora_alpha` and `lora_target_modules`, so that its weights fit (`load_init_adapter`).
+    """
     model_args.lora_task_type = "SEQ_CLS"
     config = get_peft_config(model_args)
     if config is not None:
         config.modules_to_save = sorted(set(config.modules_to_save or []) | {"score"})
+        if init_adapter:
+            source = read_init_adapter_config(init_adapter)
+            config.r, config.lora_alpha, config.target_modules = source.r, source.lora_alpha, source.target_modules
+            config.use_rslora = source.use_rslora
     return config
+
+
+def read_init_adapter_config(path: str) -> LoraConfig:
+    """The LoRA config of the adapter at `path`, checked to be one the reward model can start from."""
+    directory = Path(expand_path(path))
+    if not (directory / "adapter_config.json").is_file() or not (directory / SAFETENSORS_WEIGHTS_NAME).is_file():
+        raise ConfigError(
+            f"`init_adapter`: '{path}' holds no LoRA adapter (adapter_config.json and {SAFETENSORS_WEIGHTS_NAME}); "
+            "point it at the SFT stage's output directory (run `make sft` first), or set it to null to start the "
+            "reward model from the base model."
+        )
+    config = LoraConfig.from_pretrained(str(directory))
+    if not isinstance(config, LoraConfig) or config.use_dora:
+        raise ConfigError(f"`init_adapter`: '{path}' is not a plain LoRA adapter, the kind the reward model takes.")
+    return config
+
+
+def load_init_adapter(model: PeftModel, path: str) -> int:
+    """Copy the LoRA weights of the adapter at `path` into `model`'s adapter (InstructGPT starts its reward model
+    from the SFT model). The score head keeps its fresh initialization. Returns how many tensors were copied.
+
+    The reward adapter stays a separate adapter on the one shared base: only its starting values come from `path`.
+    """
+    weights = load_file(str(Path(expand_path(path)) / SAFETENSORS_WEIGHTS_NAME))
+    # Saved adapters name their tensors without the adapter's name (`...q_proj.lora_A.weight`).
+    name = model.active_adapter
+    lora = {
+        re.sub(r"\.(lora_[AB])\.", rf".\1.{name}.", key): value for key, value in weights.items() if ".lora_" in key
+    }
+    try:
+        result = model.load_state_dict(lora, strict=False)
+    except RuntimeError as error:  # shapes differ: an adapter trained on another base model
+        raise ConfigError(
+            f"`init_adapter`: '{path}' does not fit this model ({error}); use the SFT adapter of the same base model."
+        ) from error
+    if result.unexpected_keys or not lora:
+        raise ConfigError(
+            f"`init_adapter`: '{path}' has {len(lora)} LoRA tensors, of which {len(result.unexpected_keys)} match no "
+            "module of this model; use the SFT adapter of the same base model."
+        )
+    return len(lora)
 
 
 class RankingRewardTrainer(RewardTrainer):
