@@ -215,6 +215,7 @@ def test_another_model_gets_its_own_root_and_every_input_from_the_stage_before(t
     assert by_name["rm"].inputs() == {
         "dataset_name": str(root / "comparisons" / "rankings"),
         "flip_probe": str(root / "comparisons" / "probes" / "flip.jsonl"),
+        "init_adapter": str(root / "sft"),
     }
     assert by_name["ppo_ptx"].inputs() == {"sft_model_path": str(root / "sft"), "reward_model_path": str(root / "rm")}
     evaluation = by_name["eval"].inputs()
@@ -313,7 +314,7 @@ def tiny_recipe(tmp_path):
         },
     }
     recipes = {"sft": "sft", "collect": "collect", "rm": "rm", "ppo_ptx": "ppo", "ppo": "ppo", "eval": "eval"}
-    after = {"collect": ["sft"], "rm": ["collect"], "ppo_ptx": ["sft", "rm"], "ppo": ["sft", "rm"]}
+    after = {"collect": ["sft"], "rm": ["sft", "collect"], "ppo_ptx": ["sft", "rm"], "ppo": ["sft", "rm"]}
     after["eval"] = ["sft", "rm", "ppo_ptx", "ppo"]
     stages = []
     for name, values in configs.items():

@@ -57,7 +57,11 @@ OUTPUTS = Path("~/.cache/instructrl/outputs")
 # `after:`; eval's `policies` and `ppo_runs` are filled in by `_eval_inputs`.
 INPUTS: dict[str, list[tuple[str, str, str]]] = {
     "collect": [("sft_adapter_path", "sft", "")],
-    "rm": [("dataset_name", "collect", "rankings"), ("flip_probe", "collect", "probes/flip.jsonl")],
+    "rm": [
+        ("dataset_name", "collect", "rankings"),
+        ("flip_probe", "collect", "probes/flip.jsonl"),
+        ("init_adapter", "sft", ""),
+    ],
     "ppo": [("sft_model_path", "sft", ""), ("reward_model_path", "rm", "")],
     "eval": [("reward_model_path", "rm", ""), ("comparisons_path", "collect", "")],
 }
