@@ -9,7 +9,8 @@ Run on the embedded default (after `make sft` and `make rm`):
 
 Policy, reference, reward and value are LoRA adapters of one base model (4-bit with `load_in_4bit: true`): the
 policy starts from the SFT adapter, the reference is the frozen SFT adapter (KL penalty `kl_coef`), the reward is the
-RM adapter with its score head and normalization bias, and the value function starts from the reward model.
+RM adapter with its score head and normalization bias, and the value function starts from the reward model. With
+`reward_adapters` the reward is a conservative ensemble of several reward models, each one more adapter of the base.
 """
 
 import json
@@ -79,6 +80,9 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
     if not training_args.reward_model_path:
         raise MissingStageError("`reward_model_path` is not set: point it at the output of `make rm`.")
     reward_adapter = require_adapter(expand_path(training_args.reward_model_path), "reward-model", "make rm")
+    more_rewards = [
+        require_adapter(expand_path(p), "reward-model", "make rm") for p in training_args.reward_adapters or []
+    ]
     prompts, eval_prompts = load_train_eval(script_args, validate_prompts, "PPO prompt")
     labeler = get_labeler(training_args.gold_labeler) if training_args.gold_labeler else None
     ptx_data = None
@@ -101,7 +105,15 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
     train_dataset = tokenize(prompts)
     eval_dataset = tokenize(eval_prompts if eval_prompts is not None else prompts.select(range(min(8, len(prompts)))))
     base = load_base_model(model_args, tokenizer, trust_remote_code=training_args.trust_remote_code)
-    shared = SharedBase(base, reward_adapter, sft_adapter, policy_lora=get_peft_config(model_args))
+    shared = SharedBase(
+        base,
+        reward_adapter,
+        sft_adapter,
+        policy_lora=get_peft_config(model_args),
+        more_reward_adapters=more_rewards,
+        ensemble_method=training_args.reward_ensemble,
+        ensemble_coef=training_args.reward_ensemble_coef,
+    )
 
     gold_scorer = None if labeler is None else GoldScorer(labeler, tokenizer, prompts["prompt"])
 

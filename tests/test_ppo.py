@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 from trl import ModelConfig
@@ -123,6 +123,43 @@ def test_shared_layout_gradients_equal_separate_models(tiny_model_dir, adapters,
         torch.testing.assert_close(got[shared_key], expected[key].reshape(got[shared_key].shape), rtol=1e-4, atol=1e-6)
     # Frozen adapters received nothing.
     assert not any(".reference." in k or ".reward." in k for k in got)
+
+
+def test_reward_ensemble_on_one_base_combines_each_members_reward(tiny_model_dir, adapters, tokenizer, tmp_path):
+    from trl.experimental.utils import get_reward
+
+    from instructrl.reward import ensemble_reward
+    from instructrl.shared_base import ScalarModel
+
+    sft, rm = adapters
+    # A second reward model: the first one's weights moved, so the members disagree.
+    rm2 = tmp_path / "rm2"
+    rm2.mkdir()
+    for name in ("adapter_config.json", "reward_normalization.json"):
+        (rm2 / name).write_bytes((rm / name).read_bytes())
+    generator = torch.Generator().manual_seed(5)
+    tensors = {
+        k: v + 0.5 * torch.randn(v.shape, generator=generator)
+        for k, v in load_file(rm / "adapter_model.safetensors").items()
+    }
+    save_file(tensors, str(rm2 / "adapter_model.safetensors"))
+    base = load_base_model(model_args(tiny_model_dir, False), tokenizer)
+    base_numel = sum(p.numel() for p in base.parameters())
+    shared = SharedBase(base, rm, sft, more_reward_adapters=[rm2], ensemble_method="mean_minus_std", ensemble_coef=0.5)
+    # Still one copy of the base: only adapters were added.
+    assert sum(p.numel() for n, p in shared.shared.named_parameters() if "lora_" not in n) == base_numel
+    assert not any(p.requires_grad for n, p in shared.shared.named_parameters() if ".reward" in n)
+    ids, context = query_responses(tokenizer)
+    pad = tokenizer.pad_token_id
+    members = [
+        get_reward(ScalarModel(shared.shared, name, head), ids, pad, context)[1]
+        for name, head in zip(shared.reward_adapters, shared.reward_heads, strict=True)
+    ]
+    assert not torch.allclose(members[0], members[1], atol=1e-3)
+    ensemble = get_reward(shared.reward_model(), ids, pad, context)[1]
+    expected = torch.stack(members, dim=-1).mean(-1) - 0.5 * torch.stack(members, dim=-1).std(-1, correction=0)
+    torch.testing.assert_close(ensemble, expected)
+    torch.testing.assert_close(ensemble, ensemble_reward(torch.stack(members, dim=-1), "mean_minus_std", 0.5))
 
 
 def test_one_copy_of_the_base_weights(tiny_model_dir, adapters, tokenizer):

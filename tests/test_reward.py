@@ -75,6 +75,21 @@ def test_scored_token_is_the_end_of_turn_token(tokenizer):
 TOPICS = ["tea", "rain", "bread", "rivers", "owls", "maps", "glass", "bees", "salt", "kites", "ice", "wool"]
 
 
+def test_ensemble_reward_on_hand_made_tensors():
+    from instructrl.reward import ensemble_reward
+
+    scores = torch.tensor([[1.0, 3.0], [2.0, 2.0]])  # two responses, two members each
+    # mean - coef x population std: (2 - 1, 2 - 0) with coef 1; (2 - 0.5, 2) with coef 0.5.
+    torch.testing.assert_close(ensemble_reward(scores, "mean_minus_std", 1.0), torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(ensemble_reward(scores, "mean_minus_std", 0.5), torch.tensor([1.5, 2.0]))
+    torch.testing.assert_close(ensemble_reward(scores, "min"), torch.tensor([1.0, 2.0]))
+    three = torch.tensor([0.0, 3.0, 6.0])  # mean 3, population std sqrt(6)
+    torch.testing.assert_close(ensemble_reward(three, "mean_minus_std", 1.0), torch.tensor(3.0 - math.sqrt(6.0)))
+    torch.testing.assert_close(ensemble_reward(three, "min"), torch.tensor(0.0))
+    # One member: its own score.
+    torch.testing.assert_close(ensemble_reward(torch.tensor([[0.7]]), "mean_minus_std", 2.0), torch.tensor([0.7]))
+
+
 def synthetic_rankings(n: int, seed: int) -> list[dict]:
     """Rankings by the simulated labeler over responses that differ in cues a tiny model can see."""
     rng = random.Random(seed)

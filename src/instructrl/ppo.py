@@ -35,6 +35,7 @@ from .evaluation import reward_scores
 from .generation import sample_responses
 from .gold import GoldScorer
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
+from .reward import ENSEMBLE_REWARDS
 from .shared_base import VALUE, SharedBase
 from .stats import mean_ci, win_rate
 
@@ -51,6 +52,14 @@ class InstructPPOConfig(PPOConfig):
             LoRA policy, reference = base model.
         reward_model_path (`str`):
             Reward-model adapter directory (`make rm`): the frozen reward and the value function's initialization.
+        reward_adapters (`list[str]`, *optional*):
+            More reward-model outputs (`make rm` with another seed or data) for a conservative ensemble (Coste et al.
+            2023): each is attached as one more frozen adapter of the same base, and PPO's reward combines all of them
+            with `reward_model_path` by `reward_ensemble`. Unset: the one reward model.
+        reward_ensemble (`str`, *optional*, defaults to `"mean_minus_std"`):
+            `mean_minus_std` (mean - `reward_ensemble_coef` x standard deviation across members) or `min`.
+        reward_ensemble_coef (`float`, *optional*, defaults to `1.0`):
+            The standard deviations `mean_minus_std` subtracts.
         ptx_coef (`float`, *optional*, defaults to `0.0`):
             InstructGPT's gamma (27.8 in the paper's PPO-ptx). 0 is plain PPO.
         ptx_ratio (`int`, *optional*, defaults to `8`):
@@ -82,6 +91,11 @@ class InstructPPOConfig(PPOConfig):
 
     sft_model_path: str | None = field(default=None, metadata={"help": "SFT adapter directory (make sft)."})
     reward_model_path: str | None = field(default=None, metadata={"help": "Reward adapter directory (make rm)."})
+    reward_adapters: list[str] | None = field(
+        default=None, metadata={"help": "More reward-model outputs: PPO's reward is their conservative ensemble."}
+    )
+    reward_ensemble: str = field(default="mean_minus_std", metadata={"help": "mean_minus_std or min."})
+    reward_ensemble_coef: float = field(default=1.0, metadata={"help": "Std. deviations mean_minus_std subtracts."})
     ptx_coef: float = field(default=0.0, metadata={"help": "InstructGPT's gamma; 0 is plain PPO."})
     ptx_ratio: int = field(default=8, metadata={"help": "Pretraining sequences per RL episode."})
     ptx_dataset_name: str | None = field(default="builtin:pretraining", metadata={"help": "Pretraining text."})
@@ -102,7 +116,12 @@ class InstructPPOConfig(PPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name, low in (("ptx_coef", 0), ("ptx_ratio", 0), ("ptx_micro_batch_size", 1)):
+        if self.reward_ensemble not in ENSEMBLE_REWARDS:
+            raise ConfigError(
+                f"`reward_ensemble` is '{self.reward_ensemble}'; choose one of {', '.join(ENSEMBLE_REWARDS)}."
+            )
+        checks = (("ptx_coef", 0), ("ptx_ratio", 0), ("ptx_micro_batch_size", 1), ("reward_ensemble_coef", 0))
+        for name, low in checks:
             value = getattr(self, name)
             if not value >= low:  # also refuses NaN
                 raise ConfigError(f"`{name}` is {value} but must be >= {low}. Fix it in the config or command line.")

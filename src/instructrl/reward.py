@@ -88,6 +88,34 @@ def ranking_loss(
     return torch.stack(losses).mean(), correct, total
 
 
+def _mean_minus_std(scores: torch.Tensor, coef: float) -> torch.Tensor:
+    # Population std (the members are the whole ensemble, not a sample): two members a, b give mean - coef*|a-b|/2.
+    return scores.mean(dim=-1) - coef * scores.std(dim=-1, correction=0)
+
+
+def _minimum(scores: torch.Tensor, coef: float) -> torch.Tensor:
+    return scores.min(dim=-1).values
+
+
+# Conservative combinations of a reward-model ensemble's scores (Coste et al. 2023, "Reward Model Ensembles Help
+# Mitigate Overoptimization"): uncertainty-weighted (mean - coef x std across members) and worst-case (minimum).
+ENSEMBLE_REWARDS = {"mean_minus_std": _mean_minus_std, "min": _minimum}
+
+
+def ensemble_reward(scores: torch.Tensor, method: str = "mean_minus_std", coef: float = 1.0) -> torch.Tensor:
+    """One conservative reward from the members' scores on the last axis (`[..., members]` -> `[...]`).
+
+    Args:
+        scores (`torch.Tensor`):
+            Each member's reward, members on the last axis.
+        method (`str`, *optional*, defaults to `"mean_minus_std"`):
+            A key of `ENSEMBLE_REWARDS`.
+        coef (`float`, *optional*, defaults to `1.0`):
+            How many standard deviations `mean_minus_std` subtracts (unused by `min`).
+    """
+    return ENSEMBLE_REWARDS[method](scores, coef)
+
+
 def reward_peft_config(model_args: ModelConfig, init_adapter: str | None = None) -> LoraConfig | None:
     """LoRA for a sequence classifier: the score head is trained in full and saved with the adapter.
 

@@ -5,7 +5,9 @@ One base model (4-bit when asked) carries up to four adapters:
 - `policy`: trainable, initialized from the SFT adapter (or fresh LoRA when there is none);
 - `reference`: the SFT adapter, frozen (when there is no SFT adapter the reference is the base with adapters off);
 - `reward`: the reward model's LoRA, frozen; its score head and normalization bias live in a separate `ScalarHead`;
-- `value`: trainable, initialized from the reward adapter and head, as InstructGPT initializes its value function.
+- `value`: trainable, initialized from the reward adapter and head, as InstructGPT initializes its value function;
+- `reward_1`, `reward_2`, ...: with a reward ensemble, further frozen reward adapters and heads; the reward is then a
+  conservative combination of all members' scores (`instructrl.reward.ENSEMBLE_REWARDS`, Coste et al. 2023).
 
 The adapter used by a forward pass is chosen by `use_adapter`, which flips PEFT's active-adapter flags *without*
 touching `requires_grad`. PEFT's own `set_adapter` freezes every other adapter, which would silently drop the
@@ -24,9 +26,10 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from .errors import ConfigError, MissingStageError, ModelLoadError
-from .reward import NORMALIZATION_FILE
+from .reward import NORMALIZATION_FILE, ensemble_reward
 
 POLICY, REFERENCE, REWARD, VALUE = "policy", "reference", "reward", "value"
 
@@ -166,6 +169,45 @@ def score_head_from_dir(adapter_dir: Path, hidden_size: int) -> ScalarHead:
     return head
 
 
+class EnsembleBackboneView(nn.Module):
+    """The shared body run under each reward adapter in turn, last hidden states concatenated on the feature axis, so
+    that TRL's `get_reward` (`backbone(...)`, then `score(hidden_states[-1])`) reads an ensemble unchanged."""
+
+    def __init__(self, shared: PeftModel, adapters: list[str]):
+        super().__init__()
+        self.members = nn.ModuleList(BackboneView(shared, adapter) for adapter in adapters)
+
+    def forward(self, **kwargs):
+        kwargs["output_hidden_states"] = True
+        hidden = [member(**kwargs).hidden_states[-1] for member in self.members]
+        return BaseModelOutputWithPast(hidden_states=(torch.cat(hidden, dim=-1),))
+
+
+class EnsembleHead(nn.Module):
+    """Each member's `ScalarHead` on its slice of the concatenated hidden states, combined by `combine`."""
+
+    def __init__(self, heads: list[ScalarHead], method: str, coef: float):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.method, self.coef = method, coef
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        parts = hidden.chunk(len(self.heads), dim=-1)
+        scores = torch.cat([head(part) for head, part in zip(self.heads, parts, strict=True)], dim=-1)
+        return ensemble_reward(scores, self.method, self.coef).unsqueeze(-1)
+
+
+class EnsembleRewardModel(nn.Module):
+    """A reward ensemble as TRL's PPO reads a reward model: `backbone` and `score`."""
+
+    base_model_prefix = "backbone"
+
+    def __init__(self, shared: PeftModel, adapters: list[str], heads: list[ScalarHead], method: str, coef: float):
+        super().__init__()
+        self.backbone = EnsembleBackboneView(shared, adapters)
+        self.score = EnsembleHead(heads, method, coef)
+
+
 class SharedBase:
     """Builds the four adapters on one base and hands out the objects TRL's `PPOTrainer` takes.
 
@@ -178,6 +220,10 @@ class SharedBase:
             Reward-model output (LoRA + score head + `reward_normalization.json`).
         policy_lora (`LoraConfig`, *optional*):
             LoRA for the policy when there is no SFT adapter.
+        more_reward_adapters (`list[Path]`, *optional*):
+            Further reward-model outputs: with any, the reward is an ensemble of `reward_adapter` and these, each a
+            frozen adapter (+ head) on the same base, combined by `ensemble_method` (`ENSEMBLE_REWARDS`) with
+            `ensemble_coef`. The value function starts from `reward_adapter` alone.
     """
 
     def __init__(
@@ -186,6 +232,9 @@ class SharedBase:
         reward_adapter: Path,
         sft_adapter: Path | None = None,
         policy_lora: LoraConfig | None = None,
+        more_reward_adapters: list[Path] | None = None,
+        ensemble_method: str = "mean_minus_std",
+        ensemble_coef: float = 1.0,
     ):
         hidden_size = base.config.hidden_size
         if sft_adapter is not None:
@@ -199,13 +248,18 @@ class SharedBase:
             self.reference_adapter = None
         shared = add_adapter_from_dir(shared, REWARD, reward_adapter)
         shared = add_adapter_from_dir(shared, VALUE, reward_adapter)
+        self.reward_adapters = [REWARD]
+        for index, adapter_dir in enumerate(more_reward_adapters or [], start=1):
+            self.reward_adapters.append(f"{REWARD}_{index}")
+            shared = add_adapter_from_dir(shared, self.reward_adapters[-1], adapter_dir)
         self.shared: PeftModel = shared
-        self.reward_head = score_head_from_dir(reward_adapter, hidden_size)
-        self.value_head = score_head_from_dir(reward_adapter, hidden_size)
         device = next(base.parameters()).device
-        self.reward_head.to(device), self.value_head.to(device)
+        reward_dirs = [reward_adapter, *(more_reward_adapters or [])]
+        self.reward_heads = [score_head_from_dir(d, hidden_size).to(device).requires_grad_(False) for d in reward_dirs]
+        self.reward_head = self.reward_heads[0]
+        self.value_head = score_head_from_dir(reward_adapter, hidden_size).to(device)
+        self.ensemble_method, self.ensemble_coef = ensemble_method, ensemble_coef
         self.freeze_all_but((POLICY, VALUE))
-        self.reward_head.requires_grad_(False)
 
     def freeze_all_but(self, trainable: tuple[str, ...]) -> None:
         for name, param in self.shared.named_parameters():
@@ -217,8 +271,12 @@ class SharedBase:
     def reference(self) -> AdapterView:
         return AdapterView(self.shared, self.reference_adapter)
 
-    def reward_model(self) -> ScalarModel:
-        return ScalarModel(self.shared, REWARD, self.reward_head)
+    def reward_model(self) -> ScalarModel | EnsembleRewardModel:
+        if len(self.reward_adapters) == 1:
+            return ScalarModel(self.shared, REWARD, self.reward_head)
+        return EnsembleRewardModel(
+            self.shared, self.reward_adapters, self.reward_heads, self.ensemble_method, self.ensemble_coef
+        )
 
     def value_model(self) -> ScalarModel:
         return ScalarModel(self.shared, VALUE, self.value_head)
