@@ -178,6 +178,14 @@ CASES = [
         "text",
     ),
     ("negative coefficient", "ppo", lambda c: {"ptx_coef": -1}, "`ptx_coef` is -1 but must be >= 0"),
+    ("unknown ensemble", "ppo", lambda c: {"reward_ensemble": "max"}, "`reward_ensemble` is 'max'; choose one of"),
+    (
+        "missing ensemble member",
+        "ppo",
+        lambda c: {"reward_adapters": [str(c.tmp / "rm2")]},
+        "No reward-model adapter at",
+    ),
+    ("RM init from nothing", "rm", lambda c: {"init_adapter": str(c.tmp / "none")}, "holds no LoRA adapter"),
     ("missing SFT adapter", "collect", lambda c: {"sft_adapter_path": str(c.tmp / "none")}, "Run `make sft` first"),
     (
         "missing policy adapter",
