@@ -173,7 +173,8 @@ def plot_gold_vs_proxy(logs: dict[str, list[dict]], path: Path, window: int = 4)
     curves = gold_proxy_curves(logs, window)
     if not curves:
         return None
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.6), squeeze=False)
+    # At least two panels wide, so that the title fits when there is one PPO run.
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * max(len(curves), 2), 3.6), squeeze=False)
     for ax, (run, c) in zip(axes[0], curves.items(), strict=True):
         ax.plot(c["sqrt_kl_proxy"], c["proxy"], label="proxy (RM score)", color="tab:orange")
         if "gold" in c:
