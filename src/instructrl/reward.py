@@ -10,7 +10,6 @@ classifier reads the right-most non-pad token, and PPO truncates generations aft
 RM evaluation and PPO all score the same token.
 """
 
-import re
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -21,10 +20,10 @@ import torch.nn.functional as F
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
-from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, RewardTrainer, get_peft_config
 
+from .adapters import has_adapter, load_lora_weights
 from .batching import pad_right
 from .configs import expand_path
 from .data.rows import encode_prompt, encode_response, tokenize_comparisons
@@ -140,7 +139,7 @@ def reward_peft_config(model_args: ModelConfig, init_adapter: str | None = None)
 def read_init_adapter_config(path: str) -> LoraConfig:
     """The LoRA config of the adapter at `path`, checked to be one the reward model can start from."""
     directory = Path(expand_path(path))
-    if not (directory / "adapter_config.json").is_file() or not (directory / SAFETENSORS_WEIGHTS_NAME).is_file():
+    if not has_adapter(directory):
         raise ConfigError(
             f"`init_adapter`: '{path}' holds no LoRA adapter (adapter_config.json and {SAFETENSORS_WEIGHTS_NAME}); "
             "point it at the SFT stage's output directory (run `make sft` first), or set it to null to start the "
@@ -158,24 +157,8 @@ def load_init_adapter(model: PeftModel, path: str) -> int:
 
     The reward adapter stays a separate adapter on the one shared base: only its starting values come from `path`.
     """
-    weights = load_file(str(Path(expand_path(path)) / SAFETENSORS_WEIGHTS_NAME))
-    # Saved adapters name their tensors without the adapter's name (`...q_proj.lora_A.weight`).
-    name = model.active_adapter
-    lora = {
-        re.sub(r"\.(lora_[AB])\.", rf".\1.{name}.", key): value for key, value in weights.items() if ".lora_" in key
-    }
-    try:
-        result = model.load_state_dict(lora, strict=False)
-    except RuntimeError as error:  # shapes differ: an adapter trained on another base model
-        raise ConfigError(
-            f"`init_adapter`: '{path}' does not fit this model ({error}); use the SFT adapter of the same base model."
-        ) from error
-    if result.unexpected_keys or not lora:
-        raise ConfigError(
-            f"`init_adapter`: '{path}' has {len(lora)} LoRA tensors, of which {len(result.unexpected_keys)} match no "
-            "module of this model; use the SFT adapter of the same base model."
-        )
-    return len(lora)
+    fix = "`init_adapter` must be the SFT adapter of the same base model."
+    return load_lora_weights(model, Path(expand_path(path)), model.active_adapter, ConfigError, fix)
 
 
 class RankingRewardTrainer(RewardTrainer):

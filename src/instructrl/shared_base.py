@@ -21,13 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from .adapters import adapter_tensors, load_lora_weights
 from .errors import ConfigError, MissingStageError, ModelLoadError
 from .reward import NORMALIZATION_FILE, ensemble_reward
 
@@ -132,10 +133,6 @@ def _lora_config(adapter_dir: Path) -> LoraConfig:
     return config
 
 
-def _adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(adapter_dir / "adapter_model.safetensors"))
-
-
 def add_adapter_from_dir(shared: PeftModel | PreTrainedModel, name: str, adapter_dir: Path) -> PeftModel:
     """Attach the LoRA weights found in `adapter_dir` as adapter `name` (score-head weights are left out)."""
     config = _lora_config(adapter_dir)
@@ -143,20 +140,14 @@ def add_adapter_from_dir(shared: PeftModel | PreTrainedModel, name: str, adapter
         shared.add_adapter(name, config)
     else:
         shared = get_peft_model(shared, config, adapter_name=name)
-    lora = {k: v for k, v in _adapter_tensors(adapter_dir).items() if "lora_" in k}
-    result = set_peft_model_state_dict(shared, lora, adapter_name=name)
-    missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
-    if missing:
-        raise ModelLoadError(
-            f"Adapter '{adapter_dir}' does not fit this base model: {len(missing)} LoRA weights missing. Use the "
-            "`model_name_or_path` the adapter was trained on."
-        )
+    fix = "use the `model_name_or_path` the adapter was trained on."
+    load_lora_weights(shared, adapter_dir, name, ModelLoadError, fix)
     return shared
 
 
 def score_head_from_dir(adapter_dir: Path, hidden_size: int) -> ScalarHead:
     head = ScalarHead(hidden_size)
-    weights = [v for k, v in _adapter_tensors(adapter_dir).items() if k.endswith("score.weight") or "score." in k]
+    weights = [v for k, v in adapter_tensors(adapter_dir).items() if k.endswith("score.weight") or "score." in k]
     if not weights:
         raise MissingStageError(
             f"'{adapter_dir}' holds no score head: it is not a reward-model adapter from `make rm`."
@@ -303,8 +294,8 @@ class SharedBase:
     def load_trainable(self, checkpoint_dir: Path) -> None:
         """Restore policy and value adapters and the value head from a checkpoint written by `InstructPPOTrainer`."""
         for name, sub in ((POLICY, "."), (VALUE, "value")):
-            tensors = _adapter_tensors(checkpoint_dir / sub)
-            set_peft_model_state_dict(self.shared, tensors, adapter_name=name)
+            fix = "resume from a checkpoint this PPO run wrote, or start it again with `--overwrite`."
+            load_lora_weights(self.shared, checkpoint_dir / sub, name, ModelLoadError, fix)
         head = load_file(str(checkpoint_dir / "value" / "value_head.safetensors"))
         with torch.no_grad():
             self.value_head.weight.copy_(head["weight"]), self.value_head.bias.copy_(head["bias"])
