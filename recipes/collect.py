@@ -23,6 +23,7 @@ from instructrl.cli import run_recipe
 from instructrl.comparisons import (
     distinct,
     flip_probe,
+    flip_rankings,
     rank_responses,
     sibling_rankings,
     split_by_prompt,
@@ -117,17 +118,17 @@ def rank_and_write(args: CollectConfig, labeler, train_groups: list, test_groups
         train, test = split_by_prompt(rankings, args.test_fraction, args.seed)
         test_groups = [(row["prompt"], row["responses"]) for row in test]
     originals = train + test
-    reranked = []
-    if args.sibling_reranks:
-        train_prompts = {message_text(row["prompt"]) for row in train}
-        own = [(p, r) for p, r in train_groups if message_text(p) in train_prompts]
-        reranked = sibling_rankings(labeler, own, args.sibling_reranks, args.seed)
-    summary = write_comparisons(output_dir, train + reranked, test)
+    train_prompts = {message_text(row["prompt"]) for row in train}
+    own = [(p, r) for p, r in train_groups if message_text(p) in train_prompts]
+    reranked = sibling_rankings(labeler, own, args.sibling_reranks, args.seed) if args.sibling_reranks else []
+    flipped = flip_rankings(labeler, own, args.flip_pairs, args.seed) if args.flip_pairs else []
+    summary = write_comparisons(output_dir, train + reranked + flipped, test)
     probe = flip_probe(labeler, test_groups, args.flip_probe_size, args.seed) if args.flip_probe_size else []
     write_jsonl(output_dir / "probes" / "flip.jsonl", probe)
     all_scores = [s for r in originals for s in r["scores"]]
     summary.update(
         sibling_rankings=len(reranked),
+        flip_training_items=len(flipped) // 2,
         flip_probe_items=len(probe),
         mean_labeler_score=sum(all_scores) / len(all_scores),
         mean_best_of_k_score=sum(max(r["scores"]) for r in originals) / len(originals),

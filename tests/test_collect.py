@@ -9,6 +9,7 @@ from helpers import load_recipe, write_config, write_jsonl
 from instructrl.comparisons import (
     FLIP_MARGIN,
     flip_probe,
+    flip_rankings,
     rank_responses,
     ranking_to_pairs,
     sibling_rankings,
@@ -180,6 +181,44 @@ def test_flip_probe_items_reverse_under_the_labeler():
     assert flip_probe(labeler, SIBLING_GROUPS[2:], max_items=100, seed=0) == []
 
 
+def test_flip_rankings_train_on_both_orders_of_each_flip_item():
+    labeler = SimulatedLabeler()
+    rows = flip_rankings(labeler, SIBLING_GROUPS, max_items=100, seed=0)
+    items = flip_probe(labeler, SIBLING_GROUPS, max_items=100, seed=0)
+    assert items and len(rows) == 2 * len(items)
+    for first, second in zip(rows[::2], rows[1::2], strict=True):
+        # The same two responses under two sibling prompts, each prompt naming the other as its flipped twin.
+        assert first["responses"] == second["responses"] and len(first["responses"]) == 2
+        assert first["flipped_with"] == second["prompt"] and second["flipped_with"] == first["prompt"]
+        # The labeler decides both orders, and they are opposite: no response-only trait gets both right.
+        for row in (first, second):
+            assert row["scores"] == [labeler.score(row["prompt"][0]["content"], r) for r in row["responses"]]
+        assert first["ranking"] == [0, 1] and second["ranking"] == [1, 0]
+        assert min(first["scores"][0] - first["scores"][1], second["scores"][1] - second["scores"][0]) >= FLIP_MARGIN
+    assert len(flip_rankings(labeler, SIBLING_GROUPS, max_items=1, seed=0)) == 2
+    assert flip_rankings(labeler, SIBLING_GROUPS[2:], max_items=100, seed=0) == []
+
+
+def test_flip_items_are_written_from_the_training_prompts_only(tmp_path):
+    # The tea prompts train, the owls prompts are held out; both topics have flip items.
+    owls = [
+        (_user("Describe owls in all lowercase letters."), ["owls hunt at night.", "Owls are birds of prey."]),
+        (_user('Explain owls. Include the word "prey".'), ["Owls are birds of prey.", "owls hunt at night."]),
+    ]
+    args = CollectConfig(flip_pairs=100, sibling_reranks=0, flip_probe_size=100)
+    summary = collect_recipe.rank_and_write(args, SimulatedLabeler(), SIBLING_GROUPS, owls, tmp_path)
+    train = [json.loads(x) for x in (tmp_path / "rankings" / "train.jsonl").read_text().splitlines()]
+    flipped = [r for r in train if r.get("flipped_with")]
+    assert summary["flip_training_items"] > 0 and len(flipped) == 2 * summary["flip_training_items"]
+    assert all("tea" in r["prompt"][0]["content"] and "tea" in r["flipped_with"][0]["content"] for r in flipped)
+    assert summary["train_prompts"] == len(SIBLING_GROUPS) + len(flipped)
+    probe = [json.loads(x) for x in (tmp_path / "probes" / "flip.jsonl").read_text().splitlines()]
+    assert probe and all("owls" in p[0]["content"] for item in probe for p in item["prompts"])
+    # Off by default.
+    summary = collect_recipe.rank_and_write(CollectConfig(), SimulatedLabeler(), SIBLING_GROUPS, owls, tmp_path)
+    assert summary["flip_training_items"] == 0
+
+
 def test_collect_with_held_out_test_prompts_siblings_and_probe(tmp_path, tiny_model_dir):
     data = tmp_path / "prompts"
     train = [
@@ -197,6 +236,7 @@ def test_collect_with_held_out_test_prompts_siblings_and_probe(tmp_path, tiny_mo
         prompts_split="train",
         test_prompts_split="test",
         sibling_reranks=1,
+        flip_pairs=50,
         num_responses=3,
         max_new_tokens=10,
         batch_size=5,
@@ -204,12 +244,17 @@ def test_collect_with_held_out_test_prompts_siblings_and_probe(tmp_path, tiny_mo
     out = tmp_path / "comparisons"
     # The test split is exactly the held-out prompts; every training prompt is trained on, plus sibling rows.
     assert sorted(r["prompt"][0]["content"] for r in rows["test"]) == sorted(held_out)
-    originals = [r for r in rows["train"] if "sampled_for" not in r or r["sampled_for"] is None]
+    originals = [r for r in rows["train"] if not r.get("sampled_for") and not r.get("flipped_with")]
     assert sorted(r["prompt"][0]["content"] for r in originals) == sorted(train)
     siblings = [r for r in rows["train"] if r.get("sampled_for")]
     assert len(siblings) == summary["sibling_rankings"] <= len(train)
     for row in siblings:
         assert row["sampled_for"] != row["prompt"] and row["sampled_for"][0]["content"] in train
+    # Flip items come from the training prompts only: the held-out topics stay unseen.
+    flipped = [r for r in rows["train"] if r.get("flipped_with")]
+    assert len(flipped) == 2 * summary["flip_training_items"]
+    for row in flipped:
+        assert row["prompt"][0]["content"] in train and row["flipped_with"][0]["content"] in train
     assert (out / "probes" / "flip.jsonl").is_file()
     assert summary["flip_probe_items"] == len((out / "probes" / "flip.jsonl").read_text().splitlines())
     shares = summary["pairs_decided_by"]

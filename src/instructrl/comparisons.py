@@ -11,7 +11,9 @@ Outputs (JSON lines, one directory per format, each with `train.jsonl` and `test
 
 Two ways to teach a reward model that what is better depends on the instruction (RRM, Liu et al. 2024; LIFT, Yuan
 et al. 2024) reuse responses already sampled: `sibling_rankings` ranks one prompt's responses again under other
-prompts about the same topic with other instructions, and the probe measures whether the model learned it. Prompts
+prompts about the same topic with other instructions, `flip_rankings` adds flip-probe-like items built from the
+training prompts (two responses whose order the two instructions reverse, so nothing in a response alone decides
+them), and the probe on held-out topics measures whether the model learned it. Prompts
 are siblings when they share their topic words (`instructrl.labeler.topic_words`: content words without the task
 words and explicit constraints); the labeler decides every order, no label is made by hand.
 """
@@ -122,6 +124,19 @@ def flip_probe(labeler: Labeler, groups: list[tuple], max_items: int, seed: int,
                 items.append({"prompts": [prompt_a, prompt_b], "responses": [pool[x], pool[y]]})
     rng.shuffle(items)
     return items[:max_items]
+
+
+def flip_rankings(labeler: Labeler, groups: list[tuple], max_items: int, seed: int) -> list[dict]:
+    """Up to `max_items` flip items (`flip_probe`) from `groups`, each as two K=2 rankings: the same two responses
+    ranked by the labeler under each of the two sibling prompts, in opposite orders. Each row records the other
+    prompt of its item as `flipped_with`.
+    """
+    rows = []
+    for item in flip_probe(labeler, groups, max_items, seed):
+        first, second = item["prompts"]
+        rows.append({**rank_responses(labeler, first, item["responses"]), "flipped_with": second})
+        rows.append({**rank_responses(labeler, second, item["responses"]), "flipped_with": first})
+    return rows
 
 
 def split_by_prompt(rows: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
