@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 
 
 def has_adapter(adapter_dir: Path) -> bool:
-    return (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / SAFETENSORS_WEIGHTS_NAME).is_file()
+    return (adapter_dir / CONFIG_NAME).is_file() and (adapter_dir / SAFETENSORS_WEIGHTS_NAME).is_file()
 
 
 def adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
@@ -278,7 +279,7 @@ class SharedBase:
         output_dir.mkdir(parents=True, exist_ok=True)
         state = get_peft_model_state_dict(self.shared, adapter_name=name)
         save_file(
-            {k: v.detach().contiguous().cpu() for k, v in state.items()}, str(output_dir / "adapter_model.safetensors")
+            {k: v.detach().contiguous().cpu() for k, v in state.items()}, str(output_dir / SAFETENSORS_WEIGHTS_NAME)
         )
         config = self.shared.peft_config[name]
         config.save_pretrained(str(output_dir))
@@ -293,8 +294,8 @@ class SharedBase:
 
     def load_trainable(self, checkpoint_dir: Path) -> None:
         """Restore policy and value adapters and the value head from a checkpoint written by `InstructPPOTrainer`."""
+        fix = "resume from a checkpoint this PPO run wrote, or start it again with `--overwrite`."
         for name, sub in ((POLICY, "."), (VALUE, "value")):
-            fix = "resume from a checkpoint this PPO run wrote, or start it again with `--overwrite`."
             load_lora_weights(self.shared, checkpoint_dir / sub, name, ModelLoadError, fix)
         head = load_file(str(checkpoint_dir / "value" / "value_head.safetensors"))
         with torch.no_grad():
