@@ -43,6 +43,15 @@ class Case:
         ranking = {"prompt": PROMPT, "responses": ["Tea is a drink.", "Tea."], "scores": [1.0, 0.0]}
         self.rankings = write_jsonl(tmp / "rankings.jsonl", [ranking] * 4)
 
+    def sft_config_only(self, weights: str | None) -> Path:
+        """A copy of the SFT adapter's config beside `weights` (a file name) or no weights file at all."""
+        adapter = self.tmp / "partial-sft"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_bytes((self.sft / "adapter_config.json").read_bytes())
+        if weights:
+            (adapter / weights).write_bytes(b"pickled")
+        return adapter
+
     def settings(self, recipe: str) -> dict:
         model = {"model_name_or_path": str(self.model_dir)}
         lora = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj", "v_proj"]}
@@ -187,6 +196,18 @@ CASES = [
     ),
     ("RM init from nothing", "rm", lambda c: {"init_adapter": str(c.tmp / "none")}, "holds no LoRA adapter"),
     ("missing SFT adapter", "collect", lambda c: {"sft_adapter_path": str(c.tmp / "none")}, "Run `make sft` first"),
+    (
+        "SFT adapter saved as a pickle",
+        "collect",
+        lambda c: {"sft_adapter_path": str(c.sft_config_only("adapter_model.bin"))},
+        "only as the pickle adapter_model.bin, which instructrl does not load (safetensors only)",
+    ),
+    (
+        "SFT adapter without weights",
+        "ppo",
+        lambda c: {"sft_model_path": str(c.sft_config_only(None))},
+        "has adapter_config.json but no adapter_model.safetensors",
+    ),
     (
         "missing policy adapter",
         "eval",

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import transformers
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from transformers import TrainingArguments
 
 from .configs import expand_path
@@ -187,11 +188,22 @@ def require_adapter(path: str | None, stage: str, make_target: str | None) -> Pa
     if path is None:
         return None
     adapter = Path(path).expanduser()
-    if not (adapter / "adapter_config.json").is_file():
-        how = f"Run `{make_target}` first" if make_target else "Train it first"
+    how = f"Run `{make_target}` first" if make_target else "Train it first"
+    if not (adapter / CONFIG_NAME).is_file():
         raise MissingStageError(
-            f"No {stage} adapter at '{adapter}' (no adapter_config.json). {how}, or point the setting at a directory "
+            f"No {stage} adapter at '{adapter}' (no {CONFIG_NAME}). {how}, or point the setting at a directory "
             "written by that stage."
+        )
+    if not (adapter / SAFETENSORS_WEIGHTS_NAME).is_file():
+        if (adapter / WEIGHTS_NAME).is_file():
+            raise MissingStageError(
+                f"The {stage} adapter at '{adapter}' is saved only as the pickle {WEIGHTS_NAME}, which instructrl "
+                f"does not load (safetensors only). Save it again with `save_pretrained(..., safe_serialization=True)` "
+                f"to write {SAFETENSORS_WEIGHTS_NAME}."
+            )
+        raise MissingStageError(
+            f"The {stage} adapter at '{adapter}' has {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME} (a save that "
+            f"did not finish?). {how} again, or point the setting at a complete adapter directory."
         )
     return adapter
 
