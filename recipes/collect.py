@@ -56,6 +56,8 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
     protect_human_rankings(output_dir)
     human = args.labeler == HUMAN
     labeler = None if human else get_labeler(args.labeler)
+    if human:
+        warn_programmatic_only(args)
     what = f"comparison prompt ('{args.prompts_dataset}', split '{args.prompts_split}')"
     prompts = validate_prompts(take(load_data(args.prompts_dataset, args.prompts_split), args.num_prompts), what)
     test_prompts = []
@@ -137,6 +139,20 @@ def rank_and_write(args: CollectConfig, labeler, train_groups: list, test_groups
         texts = [{**row, "prompt": message_text(row["prompt"])} for row in originals]
         summary["pairs_decided_by"] = {k: round(v, 4) for k, v in decided_by(labeler, texts).items()}
     return summary
+
+
+def warn_programmatic_only(args: CollectConfig) -> None:
+    """People rank each prompt's own responses; the settings that need a labeler to re-rank are skipped, said once."""
+    settings = {"sibling_reranks": args.sibling_reranks, "flip_pairs": args.flip_pairs}
+    settings["flip_probe_size"] = args.flip_probe_size
+    skipped = [f"{key}: {value}" for key, value in settings.items() if value]
+    if skipped:
+        print(
+            f"[instructrl] With `labeler: human` these settings are skipped ({', '.join(skipped)}): sibling "
+            "re-rankings, flip items and the flip probe need a programmatic labeler to order every pair. People rank "
+            "each prompt's own responses.",
+            flush=True,
+        )
 
 
 def protect_human_rankings(output_dir: Path) -> None:

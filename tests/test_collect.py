@@ -259,3 +259,28 @@ def test_collect_with_held_out_test_prompts_siblings_and_probe(tmp_path, tiny_mo
     assert summary["flip_probe_items"] == len((out / "probes" / "flip.jsonl").read_text().splitlines())
     shares = summary["pairs_decided_by"]
     assert shares and sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_human_collection_says_which_labeler_settings_it_skips(tmp_path, tiny_model_dir, capsys):
+    prompts = [{"prompt": _user(f"Describe topic {i} briefly.")} for i in range(4)]
+    data = write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    config = write_config(
+        tmp_path / "collect.yaml",
+        model_name_or_path=str(tiny_model_dir),
+        output_dir=str(tmp_path / "comparisons"),
+        prompts_dataset=str(data),
+        prompts_split="train",
+        labeler="human",
+        sibling_reranks=1,
+        flip_pairs=5,
+        flip_probe_size=0,
+        num_responses=3,
+        max_new_tokens=8,
+        batch_size=4,
+        test_fraction=0.25,
+    )
+    summary = collect_recipe.main(*parse_args((CollectConfig, collect_recipe.ModelConfig), ["--config", str(config)]))
+    out = capsys.readouterr().out
+    notice = [line for line in out.splitlines() if "`labeler: human`" in line]
+    assert len(notice) == 1 and "(sibling_reranks: 1, flip_pairs: 5)" in notice[0], out
+    assert summary["tasks"] >= 1 and "sibling_rankings" not in summary

@@ -198,8 +198,8 @@ def require_adapter(path: str | None, stage: str, make_target: str | None) -> Pa
         if (adapter / WEIGHTS_NAME).is_file():
             raise MissingStageError(
                 f"The {stage} adapter at '{adapter}' is saved only as the pickle {WEIGHTS_NAME}, which instructrl "
-                f"does not load (safetensors only). Save it again with `save_pretrained(..., safe_serialization=True)` "
-                f"to write {SAFETENSORS_WEIGHTS_NAME}."
+                "does not load (safetensors only). Save it again with "
+                f"`save_pretrained(..., safe_serialization=True)`, which writes {SAFETENSORS_WEIGHTS_NAME}."
             )
         raise MissingStageError(
             f"The {stage} adapter at '{adapter}' has {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME} (a save that "
