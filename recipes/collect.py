@@ -143,9 +143,8 @@ def rank_and_write(args: CollectConfig, labeler, train_groups: list, test_groups
 
 def warn_programmatic_only(args: CollectConfig) -> None:
     """People rank each prompt's own responses; the settings that need a labeler to re-rank are skipped, said once."""
-    settings = {"sibling_reranks": args.sibling_reranks, "flip_pairs": args.flip_pairs}
-    settings["flip_probe_size"] = args.flip_probe_size
-    skipped = [f"{key}: {value}" for key, value in settings.items() if value]
+    names = ("sibling_reranks", "flip_pairs", "flip_probe_size")
+    skipped = [f"{name}: {getattr(args, name)}" for name in names if getattr(args, name)]
     if skipped:
         print(
             f"[instructrl] With `labeler: human` these settings are skipped ({', '.join(skipped)}): sibling "

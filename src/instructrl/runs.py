@@ -189,6 +189,7 @@ def require_adapter(path: str | None, stage: str, make_target: str | None) -> Pa
         return None
     adapter = Path(path).expanduser()
     how = f"Run `{make_target}` first" if make_target else "Train it first"
+    again = f"Run `{make_target}` again" if make_target else "Train it again"
     if not (adapter / CONFIG_NAME).is_file():
         raise MissingStageError(
             f"No {stage} adapter at '{adapter}' (no {CONFIG_NAME}). {how}, or point the setting at a directory "
@@ -203,7 +204,7 @@ def require_adapter(path: str | None, stage: str, make_target: str | None) -> Pa
             )
         raise MissingStageError(
             f"The {stage} adapter at '{adapter}' has {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME} (a save that "
-            f"did not finish?). {how} again, or point the setting at a complete adapter directory."
+            f"did not finish?). {again}, or point the setting at a complete adapter directory."
         )
     return adapter
 
