@@ -58,7 +58,9 @@ def run_collect(tmp_path, model_dir, **settings) -> tuple[dict, dict[str, list[d
     )
     summary = collect_recipe.main(*parse_args((CollectConfig, collect_recipe.ModelConfig), ["--config", str(config)]))
     rankings = tmp_path / "comparisons" / "rankings"
-    rows = {s: [json.loads(x) for x in (rankings / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "test")}
+    files = {s: rankings / f"{s}.jsonl" for s in ("train", "test")}
+    # A human collection writes no rankings until people rank.
+    rows = {s: [json.loads(x) for x in f.read_text().splitlines()] if f.exists() else [] for s, f in files.items()}
     return summary, rows
 
 
@@ -264,10 +266,9 @@ def test_collect_with_held_out_test_prompts_siblings_and_probe(tmp_path, tiny_mo
 def test_human_collection_says_which_labeler_settings_it_skips(tmp_path, tiny_model_dir, capsys):
     prompts = [{"prompt": _user(f"Describe topic {i} briefly.")} for i in range(4)]
     data = write_jsonl(tmp_path / "prompts.jsonl", prompts)
-    config = write_config(
-        tmp_path / "collect.yaml",
-        model_name_or_path=str(tiny_model_dir),
-        output_dir=str(tmp_path / "comparisons"),
+    summary, _ = run_collect(
+        tmp_path,
+        tiny_model_dir,
         prompts_dataset=str(data),
         prompts_split="train",
         labeler="human",
@@ -279,7 +280,6 @@ def test_human_collection_says_which_labeler_settings_it_skips(tmp_path, tiny_mo
         batch_size=4,
         test_fraction=0.25,
     )
-    summary = collect_recipe.main(*parse_args((CollectConfig, collect_recipe.ModelConfig), ["--config", str(config)]))
     out = capsys.readouterr().out
     notice = [line for line in out.splitlines() if "`labeler: human`" in line]
     assert len(notice) == 1 and "(sibling_reranks: 1, flip_pairs: 5)" in notice[0], out

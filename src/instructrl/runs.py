@@ -18,6 +18,7 @@ import transformers
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from transformers import TrainingArguments
 
+from .adapters import has_adapter
 from .configs import expand_path
 from .errors import ConfigError, MissingStageError, OutputDirError
 
@@ -195,7 +196,7 @@ def require_adapter(path: str | None, stage: str, make_target: str | None) -> Pa
             f"No {stage} adapter at '{adapter}' (no {CONFIG_NAME}). {how}, or point the setting at a directory "
             "written by that stage."
         )
-    if not (adapter / SAFETENSORS_WEIGHTS_NAME).is_file():
+    if not has_adapter(adapter):
         if (adapter / WEIGHTS_NAME).is_file():
             raise MissingStageError(
                 f"The {stage} adapter at '{adapter}' is saved only as the pickle {WEIGHTS_NAME}, which instructrl "
