@@ -11,7 +11,7 @@ STAMP := $(VENV)/.instructrl-installed
 OUTPUTS ?= $(HOME)/.cache/instructrl/outputs/smollm2-135m
 PPO_VARIANT ?= ppo_ptx
 
-.PHONY: setup sft collect label label-stats rm ppo eval pipeline test test-fast lint format
+.PHONY: setup sft collect label label-stats rm rm-eval ppo eval pipeline test test-fast lint format
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ label-stats: setup
 rm: setup
 	test -f $(OUTPUTS)/comparisons/.instructrl-complete || $(MAKE) collect
 	$(LAUNCH) recipes/rm.py --config $(MODEL_DIR)/rm/config_lora.yaml
+
+# Held-out accuracy and the flip probe of the reward model and, with REWARD_ADAPTERS="dir ...", of the ensemble PPO
+# would use (`reward_adapters`): decide by validation whether an ensemble pays before PPO spends time on it.
+rm-eval: setup
+	$(VENV)/bin/python recipes/rm_eval.py --config $(MODEL_DIR)/rm/config_eval.yaml $(if $(REWARD_ADAPTERS),--reward_adapters $(REWARD_ADAPTERS))
 
 ppo: setup
 	$(LAUNCH) recipes/ppo.py --config $(MODEL_DIR)/ppo/config_$(PPO_VARIANT).yaml

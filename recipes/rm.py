@@ -14,22 +14,21 @@ pairwise accuracy against the labeler and saves `reward_normalization.json`, the
 demonstrations score mean 0.
 """
 
-from pathlib import Path
-
 from trl import ModelConfig, RewardConfig
 
 from instructrl.cli import run_recipe
-from instructrl.configs import RewardScriptArguments, expand_path
+from instructrl.configs import RewardScriptArguments
 from instructrl.data.loading import load_data, load_train_eval, require_columns, take
 from instructrl.data.rows import tokenize_comparisons, validate_comparisons
 from instructrl.divergence import DivergenceGuard
-from instructrl.errors import ConfigError, DataError
+from instructrl.errors import ConfigError
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.reward import (
     NORMALIZATION_FILE,
     RankingCollator,
     RankingRewardTrainer,
     flip_probe_accuracy,
+    load_flip_probe,
     load_init_adapter,
     pairwise_accuracy,
     reward_bias,
@@ -99,23 +98,6 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     finish_stage(output_dir, "rm")
     announce("Reward model", output_dir, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
     return trainer
-
-
-def load_flip_probe(path: str) -> list[dict]:
-    """The flip-probe items at `path` (JSON lines of `{"prompts": [a, b], "responses": [x, y]}`)."""
-    what = f"flip probe '{path}'"
-    file = Path(expand_path(path))
-    if file.is_file() and file.stat().st_size == 0:
-        return []  # written empty when there was no programmatic labeler to decide the orders
-    rows = list(load_data(str(file)))
-    for index, row in enumerate(rows):
-        pair = all(isinstance(row.get(k), list) and len(row[k]) == 2 for k in ("prompts", "responses"))
-        if not pair:
-            raise DataError(
-                f"Row {index} of the {what} needs `prompts` and `responses`, two of each (as `recipes/collect.py` "
-                "writes them); fix the row or set `flip_probe` to null."
-            )
-    return rows
 
 
 if __name__ == "__main__":

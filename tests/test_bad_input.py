@@ -18,7 +18,7 @@ from instructrl.cli import DEBUG_ENV
 from instructrl.runs import COMPLETE, OVERWRITE_ENV, RUNNING, finish_stage, write_json
 from ppo_fixtures import make_adapters
 
-STAGE_OF = {"sft": "sft", "rm": "rm", "ppo": "ppo", "eval": "eval", "collect": "collect"}
+STAGE_OF = {"sft": "sft", "rm": "rm", "ppo": "ppo", "eval": "eval", "collect": "collect", "rm_eval": "rm_eval"}
 PROMPT = [{"role": "user", "content": "Describe tea in one sentence."}]
 BROKEN_SECOND_LINE = json.dumps({"prompt": "a", "completion": "b"}) + '\n{"prompt": \n'
 NAN_SCORE = '{"prompt": "p", "responses": ["a", "b"], "scores": [1, NaN]}\n'
@@ -93,6 +93,13 @@ class Case:
                 "sft_adapter_path": str(self.sft),
                 "prompts_dataset": str(self.prompts),
                 "num_prompts": 2,
+            },
+            "rm_eval": {
+                **model,
+                **out,
+                "reward_model_path": str(self.rm),
+                "dataset_name": str(self.rankings),
+                "dataset_split": "train",
             },
         }[recipe]
 
@@ -215,6 +222,16 @@ CASES = [
         "Run `make ppo` first",
     ),
     ("unknown labeler", "eval", lambda c: {"labeler": "oracle"}, "Unknown labeler 'oracle': set `labeler` to one of"),
+    ("RM-eval NaN score", "rm_eval", lambda c: {"dataset_name": c.file("nan.jsonl", NAN_SCORE)}, "score 1 is nan"),
+    ("RM-eval member is the SFT adapter", "rm_eval", lambda c: {"reward_adapters": [str(c.sft)]}, "no score head"),
+    (
+        "RM-eval flip probe row",
+        "rm_eval",
+        lambda c: {"flip_probe": str(write_jsonl(c.tmp / "flip.jsonl", [{"prompts": ["a", "b"]}]))},
+        "needs `prompts` and `responses`, two of each",
+    ),
+    ("RM-eval unknown ensemble", "rm_eval", lambda c: {"reward_ensemble": "max"}, "`reward_ensemble` is 'max'"),
+    ("RM-eval missing RM", "rm_eval", lambda c: {"reward_model_path": str(c.tmp / "none")}, "Run `make rm` first"),
 ]
 
 
@@ -322,7 +339,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
         run_main("sft", ["--config", str(tmp_path / "missing.yaml")], capsys)
 
 
-@pytest.mark.parametrize("recipe", ["sft", "collect", "rm", "ppo", "eval", "pipeline"])
+@pytest.mark.parametrize("recipe", ["sft", "collect", "rm", "ppo", "eval", "rm_eval", "pipeline"])
 def test_every_recipe_process_prints_one_line(recipe, tmp_path):
     """The real process, as a user starts it: exit 1, the last stderr line is the error, no traceback."""
     env = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}

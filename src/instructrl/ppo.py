@@ -35,7 +35,7 @@ from .evaluation import reward_scores
 from .generation import sample_responses
 from .gold import GoldScorer
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
-from .reward import ENSEMBLE_REWARDS
+from .reward import check_ensemble
 from .shared_base import VALUE, SharedBase
 from .stats import mean_ci, win_rate
 
@@ -116,11 +116,8 @@ class InstructPPOConfig(PPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.reward_ensemble not in ENSEMBLE_REWARDS:
-            raise ConfigError(
-                f"`reward_ensemble` is '{self.reward_ensemble}'; choose one of {', '.join(ENSEMBLE_REWARDS)}."
-            )
-        checks = (("ptx_coef", 0), ("ptx_ratio", 0), ("ptx_micro_batch_size", 1), ("reward_ensemble_coef", 0))
+        check_ensemble(self.reward_ensemble, self.reward_ensemble_coef)
+        checks = (("ptx_coef", 0), ("ptx_ratio", 0), ("ptx_micro_batch_size", 1))
         for name, low in checks:
             value = getattr(self, name)
             if not value >= low:  # also refuses NaN

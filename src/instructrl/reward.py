@@ -26,8 +26,9 @@ from trl import ModelConfig, RewardTrainer, get_peft_config
 from .adapters import has_adapter, load_lora_weights
 from .batching import pad_right
 from .configs import expand_path
+from .data.loading import load_data
 from .data.rows import encode_prompt, encode_response, tokenize_comparisons
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .stats import proportion_ci
 
 NORMALIZATION_FILE = "reward_normalization.json"
@@ -113,6 +114,14 @@ def ensemble_reward(scores: torch.Tensor, method: str = "mean_minus_std", coef: 
             How many standard deviations `mean_minus_std` subtracts (unused by `min`).
     """
     return ENSEMBLE_REWARDS[method](scores, coef)
+
+
+def check_ensemble(method: str, coef: float) -> None:
+    """Raise `ConfigError` unless `method` is a key of `ENSEMBLE_REWARDS` and `coef` is a number >= 0."""
+    if method not in ENSEMBLE_REWARDS:
+        raise ConfigError(f"`reward_ensemble` is '{method}'; choose one of {', '.join(ENSEMBLE_REWARDS)}.")
+    if not coef >= 0:  # also refuses NaN
+        raise ConfigError(f"`reward_ensemble_coef` is {coef} but must be >= 0. Fix it in the config or command line.")
 
 
 def reward_peft_config(model_args: ModelConfig, init_adapter: str | None = None) -> LoraConfig | None:
@@ -209,14 +218,12 @@ def score_sequences(
 
 def pairwise_accuracy(model: PreTrainedModel, tokenized: Dataset, pad_token_id: int, batch_size: int = 16) -> dict:
     """Fraction of strictly ordered response pairs that the model orders like the labeler, over all groups."""
-    correct, total = 0, 0
-    for row in tokenized:
-        rewards = score_sequences(model, row["sequences"], pad_token_id, batch_size)
-        _, c, t = ranking_loss(rewards, torch.tensor(row["scores"]), torch.tensor([len(row["sequences"])]))
-        correct, total = correct + int(c), total + int(t)
-    accuracy = correct / total if total else float("nan")
-    # Normal-approximation 95% interval; pairs within a prompt are not independent, so this is optimistic.
-    return {"pairwise_accuracy": accuracy, "pairs": total, "ci95_half_width": proportion_ci(correct, total)}
+    rewards = [score_sequences(model, row["sequences"], pad_token_id, batch_size) for row in tokenized]
+    scores = [torch.tensor(row["scores"], dtype=torch.float) for row in tokenized]
+    sizes = torch.tensor([len(r) for r in rewards])
+    if not rewards:
+        return ranked_pairs_correct(torch.zeros(0), torch.zeros(0), sizes)
+    return ranked_pairs_correct(torch.cat(rewards), torch.cat(scores), sizes)
 
 
 def flip_probe_accuracy(
@@ -228,22 +235,62 @@ def flip_probe_accuracy(
     better under prompt 1. A model that ignores the instruction gets at most one of them right, so `accuracy` near
     0.5 and `both_right` near 0 mean the preference does not follow the instruction.
     """
-    sequences = [
-        encode_prompt(tokenizer, prompt) + encode_response(tokenizer, response)
+    sequences = [prompt + response for prompt, response in flip_probe_sequences(tokenizer, items)]
+    return flip_probe_counts(score_sequences(model, sequences, tokenizer.pad_token_id, batch_size).view(-1, 4))
+
+
+def flip_probe_sequences(tokenizer: PreTrainedTokenizerBase, items: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) of every flip-probe item, four per item in `flip_probe_counts`' order: prompt 0 with
+    responses 0 and 1, then prompt 1 with responses 0 and 1."""
+    return [
+        (encode_prompt(tokenizer, prompt), encode_response(tokenizer, response))
         for item in items
         for prompt in item["prompts"]
         for response in item["responses"]
     ]
-    rewards = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size).view(-1, 4)
+
+
+def flip_probe_counts(rewards: torch.Tensor) -> dict:
+    """The flip probe's statistics from its rewards, `[items, 4]` in `flip_probe_sequences`' order.
+
+    Response 0 should beat response 1 under prompt 0 and lose to it under prompt 1.
+    """
     right = (rewards[:, 0] > rewards[:, 1]).int() + (rewards[:, 3] > rewards[:, 2]).int()
-    correct, both = int(right.sum()), int((right == 2).sum())
-    orders = 2 * len(items)
+    correct, both, items = int(right.sum()), int((right == 2).sum()), len(rewards)
+    orders = 2 * items
     return {
         "flip_probe_accuracy": correct / orders if orders else float("nan"),
         "flip_probe_ci95_half_width": proportion_ci(correct, orders),
-        "flip_probe_both_right": both / len(items) if items else float("nan"),
-        "flip_probe_items": len(items),
+        "flip_probe_both_right": both / items if items else float("nan"),
+        "flip_probe_items": items,
     }
+
+
+def ranked_pairs_correct(rewards: torch.Tensor, scores: torch.Tensor, group_sizes: torch.Tensor) -> dict:
+    """Held-out pairwise accuracy of `rewards` against the labeler's `scores`, in `ranking_loss`' layout (groups of
+    responses concatenated): the share of strictly ordered pairs the rewards order the same way."""
+    _, correct, total = ranking_loss(rewards, scores, group_sizes)
+    correct, total = int(correct), int(total)
+    accuracy = correct / total if total else float("nan")
+    # Normal-approximation 95% interval; pairs within a prompt are not independent, so this is optimistic.
+    return {"pairwise_accuracy": accuracy, "pairs": total, "ci95_half_width": proportion_ci(correct, total)}
+
+
+def load_flip_probe(path: str) -> list[dict]:
+    """The flip-probe items at `path` (JSON lines of `{"prompts": [a, b], "responses": [x, y]}`)."""
+    what = f"flip probe '{path}'"
+    file = Path(expand_path(path))
+    if file.is_file() and file.stat().st_size == 0:
+        return []  # written empty when there was no programmatic labeler to decide the orders
+    rows = list(load_data(str(file)))
+    for index, row in enumerate(rows):
+        pair = all(isinstance(row.get(k), list) and len(row[k]) == 2 for k in ("prompts", "responses"))
+        if not pair:
+            raise DataError(
+                f"Row {index} of the {what} needs `prompts` and `responses`, two of each (as `recipes/collect.py` "
+                "writes them); fix the row or set `flip_probe` to null."
+            )
+    return rows
 
 
 def reward_bias(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, demonstrations: Dataset) -> dict:

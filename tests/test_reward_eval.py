@@ -1,0 +1,168 @@
+"""`make rm-eval`: each member's and the ensemble's held-out accuracy and flip probe, read as PPO reads rewards."""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification
+
+from helpers import load_recipe, write_config, write_jsonl
+from instructrl.data.rows import tokenize_comparisons
+from instructrl.errors import ConfigError
+from instructrl.reward import pairwise_accuracy, score_sequences
+from instructrl.reward_eval import ENSEMBLE, RewardEvalConfig, comparison_groups, member_correlation, validation_table
+from ppo_fixtures import make_adapters
+
+rm_eval_recipe = load_recipe("rm_eval")
+
+
+def test_validation_table_scores_members_and_their_conservative_ensemble():
+    # Two rankings (K=3 and K=2). Member a orders every pair right except (1, 2); member b gets (0, 1) wrong.
+    scores = torch.tensor([3.0, 2.0, 1.0, 1.0, 0.0])
+    sizes = torch.tensor([3, 2])
+    a = torch.tensor([3.0, 1.0, 2.0, 1.0, 0.0])
+    b = torch.tensor([2.0, 6.0, 0.0, 5.0, 0.0])
+    table = validation_table(torch.stack([a, b], dim=1), scores, sizes, None, ["a", "b"], "min")
+    assert table["a"]["pairwise_accuracy"] == pytest.approx(3 / 4)
+    assert table["b"]["pairwise_accuracy"] == pytest.approx(3 / 4)
+    # min(a, b) = [2, 1, 0, 1, 0]: every pair ordered right, better than either member.
+    assert table[ENSEMBLE]["pairwise_accuracy"] == 1.0
+    assert table[ENSEMBLE]["pairs"] == 4
+    assert "flip_probe_accuracy" not in table["a"]
+    # mean - 1 std of [a, b] = mean - |a - b| / 2 = min for two members.
+    mean_std = validation_table(torch.stack([a, b], dim=1), scores, sizes, None, ["a", "b"], "mean_minus_std", 1.0)
+    assert mean_std[ENSEMBLE]["pairwise_accuracy"] == 1.0
+    # The plain mean (coef 0) = [2.5, 3.5, 1, 3, 0] gets (0, 1) wrong, as b does.
+    mean = validation_table(torch.stack([a, b], dim=1), scores, sizes, None, ["a", "b"], "mean_minus_std", 0.0)
+    assert mean[ENSEMBLE]["pairwise_accuracy"] == pytest.approx(3 / 4)
+    # One member: no ensemble row.
+    assert list(validation_table(a[:, None], scores, sizes, None, ["a"])) == ["a"]
+
+
+def test_validation_table_flip_probe_per_member_and_ensemble():
+    # Two items, 4 rewards each: (prompt 0: response 0, 1), (prompt 1: response 0, 1).
+    follows = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 1.0, 1.0, 2.0])  # both orders right in both items
+    ignores = torch.tensor([1.0, 0.0, 1.0, 0.0, 2.0, 1.0, 2.0, 1.0])  # one order of each item right
+    held_out = torch.zeros(2, 2)
+    table = validation_table(
+        held_out, torch.tensor([1.0, 0.0]), torch.tensor([2]), torch.stack([follows, ignores], 1), ["f", "i"], "min"
+    )
+    assert (table["f"]["flip_probe_accuracy"], table["f"]["flip_probe_both_right"]) == (1.0, 1.0)
+    assert (table["i"]["flip_probe_accuracy"], table["i"]["flip_probe_both_right"]) == (0.5, 0.0)
+    assert table["i"]["flip_probe_items"] == 2
+    # min(follows, ignores) = [1, 0, 0, 0, 2, 1, 1, 1]: item 1 keeps its first order only, item 2 too.
+    assert table[ENSEMBLE]["flip_probe_accuracy"] == 0.5
+    assert table["f"]["pairwise_accuracy"] == 0.0  # tied rewards order no pair right
+
+
+def test_member_correlation():
+    r = torch.tensor([[1.0, -1.0, 2.0], [2.0, -2.0, 2.0], [3.0, -3.0, 2.1]])
+    corr = member_correlation(r)
+    assert corr[0][1] == pytest.approx(-1.0) and corr[0][0] == pytest.approx(1.0)
+    assert member_correlation(r[:, :1]) == [[1.0]]
+
+
+def test_comparison_groups_reads_rankings_and_pairs(tokenizer):
+    prompt = [{"role": "user", "content": "Name a fruit."}]
+    rankings = Dataset.from_list([{"prompt": prompt, "responses": ["Apple.", "Pear.", "A car."], "scores": [2, 1, 0]}])
+    pairs, scores, sizes = comparison_groups(rankings, tokenizer)
+    assert len(pairs) == 3 and sizes.tolist() == [3] and scores.tolist() == [2.0, 1.0, 0.0]
+    assert pairs[0][1][-1] == tokenizer.eos_token_id  # the reward is read at the end-of-turn token
+    chosen = Dataset.from_list([{"prompt": prompt, "chosen": "Apple.", "rejected": "A car."}])
+    pairs, scores, sizes = comparison_groups(chosen, tokenizer)
+    assert sizes.tolist() == [2] and scores.tolist() == [1.0, 0.0]
+    assert tokenizer.decode(pairs[0][1]).startswith("Apple.")
+
+
+def test_config_refuses_an_unknown_ensemble():
+    with pytest.raises(ConfigError, match="reward_ensemble"):
+        RewardEvalConfig(reward_ensemble="median")
+    with pytest.raises(ConfigError, match="reward_ensemble_coef"):
+        RewardEvalConfig(reward_ensemble_coef=-1.0)
+
+
+def _negated_reward_model(rm_dir, out):
+    """A copy of the reward model whose score head is negated: it orders every pair the other way."""
+    out.mkdir()
+    for path in rm_dir.iterdir():
+        if path.is_file():
+            (out / path.name).write_bytes(path.read_bytes())
+    weights = load_file(str(rm_dir / "adapter_model.safetensors"))
+    save_file({k: -v if "score" in k else v for k, v in weights.items()}, str(out / "adapter_model.safetensors"))
+    return out
+
+
+def test_recipe_matches_the_rm_stage_reading_and_scores_the_ensemble(tmp_path, tiny_model_dir, tokenizer):
+    _, rm_dir = make_adapters(tiny_model_dir, tmp_path, tokenizer)
+    negated = _negated_reward_model(rm_dir, tmp_path / "rm_negated")
+    prompts = [[{"role": "user", "content": f"Describe topic {i} briefly."}] for i in range(4)]
+    rows = [
+        {"prompt": p, "responses": [f"Answer {i}.", f"Longer answer {i} here.", f"No {i}"], "scores": [0.9, 0.5, 0.1]}
+        for i, p in enumerate(prompts)
+    ]
+    data = write_jsonl(tmp_path / "comparisons" / "test.jsonl", rows)
+    probe = [{"prompts": [prompts[0], prompts[1]], "responses": ["Answer 0.", "No 1"]}]
+    probe_path = write_jsonl(tmp_path / "flip.jsonl", probe)
+    config = write_config(
+        tmp_path / "rm_eval.yaml",
+        model_name_or_path=str(tiny_model_dir),
+        reward_model_path=str(rm_dir),
+        reward_adapters=[str(negated)],
+        reward_ensemble="mean_minus_std",
+        dataset_name=str(data.parent),
+        dataset_split="test",
+        flip_probe=str(probe_path),
+        output_dir=str(tmp_path / "out"),
+        batch_size=5,
+    )
+    result = rm_eval_recipe.run_recipe(
+        rm_eval_recipe.main, (RewardEvalConfig, rm_eval_recipe.ModelConfig), ["--config", str(config)]
+    )
+    saved = json.loads((tmp_path / "out" / "rm_eval.json").read_text())
+    assert saved["rows"] == result["rows"]
+    assert (tmp_path / "out" / "rm_eval.md").read_text().count("\n") == 5  # header, rule, 2 members, ensemble
+
+    # The member's accuracy is the RM stage's own: the classifier with the adapter, read at the same token.
+    classifier = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+    classifier = PeftModel.from_pretrained(classifier, str(rm_dir)).eval()
+    tokenized = tokenize_comparisons(Dataset.from_list(rows), tokenizer, None)
+    expected = pairwise_accuracy(classifier, tokenized, tokenizer.pad_token_id)
+    member, other = result["rows"]["reward"], result["rows"]["reward_1"]
+    assert member["pairwise_accuracy"] == expected["pairwise_accuracy"] and member["pairs"] == 12
+    assert other["pairwise_accuracy"] == pytest.approx(1.0 - member["pairwise_accuracy"])  # the negated head
+    assert member["flip_probe_accuracy"] + other["flip_probe_accuracy"] == pytest.approx(1.0)
+    assert result["member_correlation"][0][1] == pytest.approx(-1.0, abs=1e-4)
+    assert ENSEMBLE in result["rows"] and result["members"][ENSEMBLE].startswith("ensemble (mean_minus_std")
+
+    # The rewards themselves (normalization bias included) equal the classifier's plus the saved bias.
+    from instructrl.reward_eval import RewardMembers
+
+    base = rm_eval_recipe.load_base_model(
+        rm_eval_recipe.ModelConfig(model_name_or_path=str(tiny_model_dir)), tokenizer
+    )
+    pairs, _, _ = comparison_groups(Dataset.from_list(rows), tokenizer)
+    rewards = RewardMembers(base, [rm_dir]).score(pairs, tokenizer.pad_token_id, batch_size=4)[:, 0]
+    bias = json.loads((rm_dir / "reward_normalization.json").read_text())["bias"]
+    direct = score_sequences(classifier, [p + r for p, r in pairs], tokenizer.pad_token_id) + bias
+    assert torch.allclose(rewards, direct, atol=1e-4)
+
+
+def test_recipe_names_a_missing_reward_model(tmp_path, tiny_model_dir, capsys):
+    config = write_config(
+        tmp_path / "rm_eval.yaml",
+        model_name_or_path=str(tiny_model_dir),
+        reward_model_path=str(tmp_path / "no_rm"),
+        dataset_name=str(tmp_path),
+        output_dir=str(tmp_path / "out"),
+    )
+    with pytest.raises(SystemExit):
+        rm_eval_recipe.run_recipe(
+            rm_eval_recipe.main, (RewardEvalConfig, rm_eval_recipe.ModelConfig), ["--config", str(config)]
+        )
+    err = capsys.readouterr().err
+    assert "No reward-model adapter at" in err and "Run `make rm` first" in err
+    assert not (tmp_path / "out").exists()
