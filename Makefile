@@ -47,7 +47,7 @@ rm: setup
 # Held-out accuracy and the flip probe of the reward model and, with REWARD_ADAPTERS="dir ...", of the ensemble PPO
 # would use (`reward_adapters`): decide by validation whether an ensemble pays before PPO spends time on it.
 rm-eval: setup
-	$(VENV)/bin/python recipes/rm_eval.py --config $(MODEL_DIR)/rm/config_eval.yaml $(if $(REWARD_ADAPTERS),--reward_adapters $(REWARD_ADAPTERS))
+	$(VENV)/bin/python recipes/rm_eval.py --config $(MODEL_DIR)/rm_eval/config_default.yaml $(if $(REWARD_ADAPTERS),--reward_adapters $(REWARD_ADAPTERS))
 
 ppo: setup
 	$(LAUNCH) recipes/ppo.py --config $(MODEL_DIR)/ppo/config_$(PPO_VARIANT).yaml

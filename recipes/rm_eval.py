@@ -5,7 +5,7 @@ ensemble member):
 
     make rm-eval
     make rm-eval REWARD_ADAPTERS="~/.cache/instructrl/outputs/smollm2-135m/rm_seed7"
-    python recipes/rm_eval.py --config recipes/smollm2-135m/rm/config_eval.yaml --reward_adapters DIR [DIR ...]
+    python recipes/rm_eval.py --config recipes/smollm2-135m/rm_eval/config_default.yaml --reward_adapters DIR [DIR ...]
 
 Prints and writes (`rm_eval.json`, `rm_eval.md` under `output_dir`) each member's held-out pairwise accuracy and
 flip-probe accuracy and, with several members, the same for their conservative combination (`reward_ensemble`,

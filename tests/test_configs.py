@@ -16,6 +16,7 @@ from instructrl.configs import (
 )
 from instructrl.pipeline import load_pipeline
 from instructrl.ppo import InstructPPOConfig
+from instructrl.reward_eval import RewardEvalConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 STAGE_TYPES = {
@@ -25,6 +26,7 @@ STAGE_TYPES = {
     "ppo": (PPOScriptArguments, InstructPPOConfig, ModelConfig),
     "eval": (EvalConfig, ModelConfig),
     "label": (LabelConfig,),
+    "rm_eval": (RewardEvalConfig, ModelConfig),
 }
 STAGE_CONFIGS = sorted(p for p in RECIPES.rglob("config_*.yaml") if p.parent.name in STAGE_TYPES)
 PIPELINES = sorted(RECIPES.rglob("pipeline.yaml"))
@@ -33,7 +35,7 @@ PIPELINES = sorted(RECIPES.rglob("pipeline.yaml"))
 def test_every_recipe_yaml_is_covered():
     all_configs = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts)
     assert all_configs == sorted(STAGE_CONFIGS + PIPELINES), "a YAML under recipes/ belongs to no known stage"
-    assert {p.parent.name for p in STAGE_CONFIGS} >= {"sft", "rm", "collect", "ppo", "eval"}
+    assert {p.parent.name for p in STAGE_CONFIGS} >= {"sft", "rm", "collect", "ppo", "eval", "rm_eval"}
 
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(RECIPES)))
