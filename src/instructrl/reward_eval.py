@@ -152,8 +152,9 @@ def validation_table(
 
 def member_correlation(rewards: torch.Tensor) -> list[list[float]]:
     """Pearson correlation between members' rewards of the same responses (`[responses, members]`)."""
-    if rewards.shape[1] < 2 or rewards.shape[0] < 2:
-        return [[1.0]] * rewards.shape[1]
+    members = rewards.shape[1]
+    if members < 2 or rewards.shape[0] < 2:  # off the diagonal, one response has no spread to correlate
+        return [[1.0 if i == j else float("nan") for j in range(members)] for i in range(members)]
     return torch.corrcoef(rewards.T).tolist()
 
 
