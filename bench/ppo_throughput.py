@@ -3,6 +3,7 @@
     python bench/ppo_throughput.py                      # the embedded default, after `make sft` and `make rm`
     python bench/ppo_throughput.py --updates 2 --variants fp32-8 bf16-8 default
     python bench/ppo_throughput.py --variants default --updates 1 --profile 25   # torch.profiler's top operators
+    python bench/ppo_throughput.py --variants default --updates 1 --flops        # FLOPs per phase against peak
 
 Each variant runs `recipes/ppo.py` (`main`, exactly what `make ppo` runs) on the PPO-ptx config with a few overrides,
 in its own process, on the same SFT and RM adapters, for one warm-up update plus `--updates` timed ones, without the
@@ -17,7 +18,9 @@ held-out scoring. Variants:
 
 Printed per variant: episodes per update, seconds per update, episodes per minute, and the split of an update into
 generation (sampling the responses), rollout scoring (reference, value and reward forwards), PPO training
-(forward/backward/optimizer of policy and value) and the ptx forward/backward.
+(forward/backward/optimizer of policy and value) and the ptx forward/backward. `--flops` adds, per phase, the
+matrix-product FLOPs of an update, the GFLOP/s achieved, this machine's fp32 matmul peak measured in the same run, and
+the episodes per minute an update of that many FLOPs would reach at that peak: the ceiling no scheduling can pass.
 """
 
 import argparse
@@ -51,21 +54,31 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
 
     import torch
     import trl.experimental.ppo.ppo_trainer as trl_ppo
+    from torch.utils.flop_counter import FlopCounterMode
     from trl import ModelConfig
 
     from instructrl.configs import PPOScriptArguments, parse_args
     from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
 
+    # With --count-flops, torch's FlopCounterMode counts the matrix-product FLOPs (forward and backward) of each
+    # phase; it slows the run, so the times that go with those counts come from a separate, uncounted run.
+    counter = FlopCounterMode(display=False) if args.count_flops else None
     spent: dict[str, float] = defaultdict(float)
+    counted: dict[str, float] = defaultdict(float)
     marks: list[float] = []
+
+    def flops_now() -> float:
+        return float(counter.get_total_flops()) if counter is not None else 0.0
 
     def timed(fn, phase_of):
         def wrapper(*a, **k):
-            start = time.perf_counter()
+            start, flops = time.perf_counter(), flops_now()
             try:
                 return fn(*a, **k)
             finally:
-                spent[phase_of()] += time.perf_counter() - start
+                phase = phase_of()
+                spent[phase] += time.perf_counter() - start
+                counted[phase] += flops_now() - flops
 
         return wrapper
 
@@ -83,9 +96,11 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         if "objective/scores" in logs:
             marks.append(time.perf_counter())
             phases.append(dict(spent))
+            flop_phases.append({**counted, "total": flops_now()})
         return original_log(self, logs, start_time)
 
     phases: list[dict] = []
+    flop_phases: list[dict] = []
     InstructPPOTrainer.log = log
     spec = importlib.util.spec_from_file_location("ppo_recipe", ROOT / "recipes/ppo.py")
     recipe = importlib.util.module_from_spec(spec)
@@ -107,12 +122,17 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
             trainer = recipe.main(script_args, training_args, model_args)
         table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile)
         print(table, file=sys.stderr, flush=True)
+    elif counter is not None:
+        with counter:
+            trainer = recipe.main(script_args, training_args, model_args)
     else:
         trainer = recipe.main(script_args, training_args, model_args)
     timed_updates = len(marks) - 1
     seconds = (marks[-1] - marks[0]) / timed_updates
-    split = {k: (phases[-1].get(k, 0.0) - phases[0].get(k, 0.0)) / timed_updates for k in phases[-1]}
+    split = per_update(phases, timed_updates)
     split["ppo training"] = seconds - sum(split.values())
+    flops = per_update(flop_phases, timed_updates)
+    flops["ppo training"] = flops.pop("total") - sum(flops.values())
     return {
         "variant": name,
         "dtype": str(next(trainer.shared.shared.parameters()).dtype).removeprefix("torch."),
@@ -120,8 +140,72 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         "sec_per_update": seconds,
         "episodes_per_min": 60 * episodes / seconds,
         "split": split,
+        "flops": flops if counter is not None else None,
         "wall_s": time.perf_counter() - start,
     }
+
+
+def per_update(snapshots: list[dict], updates: int) -> dict[str, float]:
+    """Per-update amounts of each key between the first snapshot (after the warm-up) and the last."""
+    first, last = snapshots[0], snapshots[-1]
+    return {k: (last.get(k, 0.0) - first.get(k, 0.0)) / updates for k in last}
+
+
+def matmul_peak(hidden: int, intermediate: int, vocab: int, rows: int = 3072) -> float:
+    """Best fp32 GFLOP/s of this machine over the model's own matrix-product shapes (torch's default threads)."""
+    import torch
+
+    best = 0.0
+    for k, n in [(hidden, intermediate), (intermediate, hidden), (hidden, hidden), (hidden, vocab // 8)]:
+        a, b = torch.randn(rows, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = max(best, 2 * rows * k * n * 10 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def print_flops(rows: list[dict], phases: list[str]) -> None:
+    """Achieved matrix-product GFLOP/s per phase against the machine's peak, and the episodes/min that peak allows."""
+    import torch
+
+    from instructrl.modeling import resolve_model_path
+
+    config = json.loads((Path(resolve_model_path("smollm2-135m-instruct")) / "config.json").read_text())
+    peak = matmul_peak(config["hidden_size"], config["intermediate_size"], config["vocab_size"])
+    print(
+        f"\nmatrix products (FLOPs counted by torch's FlopCounterMode in a second run of each variant, seconds from "
+        f"the first; the CPU attention kernel, a few % here, is not counted); this machine's fp32 matmul peak on the "
+        f"model's shapes, {torch.get_num_threads()} threads: {peak:.0f} GFLOP/s"
+    )
+    header = "  ".join(f"{p + ' TFLOP':>{len(p) + 6}}" for p in phases)
+    print(f"{'variant':<9} {header}  total  GFLOP/s  of peak")
+    for row in rows:
+        flops = row["flops"]
+        total = sum(flops.values())
+        cells = "  ".join(f"{flops.get(p, 0.0) / 1e12:>{len(p) + 6}.2f}" for p in phases)
+        rate = total / row["sec_per_update"] / 1e9
+        print(f"{row['variant']:<9} {cells}  {total / 1e12:5.2f}  {rate:7.0f}  {rate / peak:7.2f}")
+        for p in phases:
+            if row["split"].get(p):
+                print(f"  {p}: {flops.get(p, 0.0) / row['split'][p] / 1e9:.0f} GFLOP/s")
+        ceiling = 60 * row["episodes_per_update"] * peak * 1e9 / total
+        print(
+            f"  at the peak, these FLOPs would allow at most {ceiling:.1f} episodes/min "
+            f"({ceiling / row['episodes_per_min']:.1f}x the measured {row['episodes_per_min']:.1f})"
+        )
+
+
+def run_child(name: str, cmd: list[str]) -> subprocess.CompletedProcess:
+    """One variant in its own process; its last stdout line is `RESULT <json>`."""
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
+    out.stdout = lines[-1]
+    return out
 
 
 def main() -> None:
@@ -133,7 +217,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--plain", action="store_true", help="plain PPO (config_ppo.yaml) instead of PPO-ptx")
     parser.add_argument("--profile", type=int, default=0, help="print the N operators with the most self CPU time")
+    parser.add_argument(
+        "--flops", action="store_true", help="also count each phase's FLOPs (a second run per variant) against peak"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print("RESULT " + json.dumps(run_variant(args.variant, args)), flush=True)
@@ -141,15 +229,16 @@ def main() -> None:
     rows = []
     for name in args.variants:
         cmd = [sys.executable, __file__, "--variant", name, "--sft", args.sft, "--rm", args.rm]
-        cmd += ["--updates", str(args.updates), "--profile", str(args.profile)] + (["--plain"] if args.plain else [])
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-        if out.returncode != 0 or not lines:
-            sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(lines[-1][len("RESULT ") :]))
+        cmd += ["--updates", str(args.updates)] + (["--plain"] if args.plain else [])
+        out = run_child(name, cmd + ["--profile", str(args.profile)])
+        row = json.loads(out.stdout.splitlines()[-1].removeprefix("RESULT "))
         if args.profile:
             table = out.stderr[out.stderr.find("-" * 20) :]
             print(f"profile of {name} (warm-up and timed updates):\n{table}")
+        if args.flops:
+            counted = run_child(name, cmd + ["--count-flops"])
+            row["flops"] = json.loads(counted.stdout.splitlines()[-1].removeprefix("RESULT "))["flops"]
+        rows.append(row)
     phases = ["generation", "rollout scoring", "ppo training", "ptx"]
     print(f"config: {CONFIGS[args.plain].name}")
     print(f"{'variant':<9} {'dtype':<9} {'ep/update':>9} {'s/update':>9} {'ep/min':>7}  " + "  ".join(phases))
@@ -163,6 +252,8 @@ def main() -> None:
     for row in rows[1:]:
         ratio = row["episodes_per_min"] / first["episodes_per_min"]
         print(f"episodes/min {row['variant']} / {first['variant']}: {ratio:.2f}")
+    if args.flops:
+        print_flops(rows, phases)
 
 
 if __name__ == "__main__":
