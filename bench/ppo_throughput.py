@@ -58,6 +58,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     from trl import ModelConfig
 
     from instructrl.configs import PPOScriptArguments, parse_args
+    from instructrl.memory import Shape
     from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
 
     # With --count-flops, torch's FlopCounterMode counts the matrix-product FLOPs (forward and backward) of each
@@ -141,6 +142,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         "episodes_per_min": 60 * episodes / seconds,
         "split": split,
         "flops": flops if counter is not None else None,
+        "matmul_shapes": matmul_shapes(Shape.from_config(trainer.shared.shared.config)),
         "wall_s": time.perf_counter() - start,
     }
 
@@ -151,12 +153,17 @@ def per_update(snapshots: list[dict], updates: int) -> dict[str, float]:
     return {k: (last.get(k, 0.0) - first.get(k, 0.0)) / updates for k in last}
 
 
-def matmul_peak(hidden: int, intermediate: int, vocab: int, rows: int = 3072) -> float:
-    """Best fp32 GFLOP/s of this machine over the model's own matrix-product shapes (torch's default threads)."""
+def matmul_shapes(shape) -> list[tuple[int, int]]:
+    """(in, out) of the model's block linears (`instructrl.memory.Shape`) and an eighth of its output layer."""
+    return [*shape.linear_shapes(), (shape.hidden, shape.vocab // 8)]
+
+
+def matmul_peak(shapes: list[tuple[int, int]], rows: int = 3072) -> float:
+    """Best fp32 GFLOP/s of this machine over the model's own (in, out) linear shapes (torch's default threads)."""
     import torch
 
     best = 0.0
-    for k, n in [(hidden, intermediate), (intermediate, hidden), (hidden, hidden), (hidden, vocab // 8)]:
+    for k, n in set(map(tuple, shapes)):
         a, b = torch.randn(rows, k), torch.randn(k, n)
         for _ in range(3):
             a @ b
@@ -171,10 +178,7 @@ def print_flops(rows: list[dict], phases: list[str]) -> None:
     """Achieved matrix-product GFLOP/s per phase against the machine's peak, and the episodes/min that peak allows."""
     import torch
 
-    from instructrl.modeling import resolve_model_path
-
-    config = json.loads((Path(resolve_model_path("smollm2-135m-instruct")) / "config.json").read_text())
-    peak = matmul_peak(config["hidden_size"], config["intermediate_size"], config["vocab_size"])
+    peak = matmul_peak(rows[0]["matmul_shapes"])
     print(
         f"\nmatrix products (FLOPs counted by torch's FlopCounterMode in a second run of each variant, seconds from "
         f"the first; the CPU attention kernel, a few % here, is not counted); this machine's fp32 matmul peak on the "
@@ -198,14 +202,13 @@ def print_flops(rows: list[dict], phases: list[str]) -> None:
         )
 
 
-def run_child(name: str, cmd: list[str]) -> subprocess.CompletedProcess:
-    """One variant in its own process; its last stdout line is `RESULT <json>`."""
+def run_child(name: str, cmd: list[str]) -> tuple[dict, str]:
+    """One variant in its own process: the result it prints as `RESULT <json>`, and its stderr."""
     out = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
-    out.stdout = lines[-1]
-    return out
+    return json.loads(lines[-1].removeprefix("RESULT ")), out.stderr
 
 
 def main() -> None:
@@ -230,14 +233,12 @@ def main() -> None:
     for name in args.variants:
         cmd = [sys.executable, __file__, "--variant", name, "--sft", args.sft, "--rm", args.rm]
         cmd += ["--updates", str(args.updates)] + (["--plain"] if args.plain else [])
-        out = run_child(name, cmd + ["--profile", str(args.profile)])
-        row = json.loads(out.stdout.splitlines()[-1].removeprefix("RESULT "))
+        row, stderr = run_child(name, cmd + ["--profile", str(args.profile)])
         if args.profile:
-            table = out.stderr[out.stderr.find("-" * 20) :]
+            table = stderr[stderr.find("-" * 20) :]
             print(f"profile of {name} (warm-up and timed updates):\n{table}")
         if args.flops:
-            counted = run_child(name, cmd + ["--count-flops"])
-            row["flops"] = json.loads(counted.stdout.splitlines()[-1].removeprefix("RESULT "))["flops"]
+            row["flops"] = run_child(name, cmd + ["--count-flops"])[0]["flops"]
         rows.append(row)
     phases = ["generation", "rollout scoring", "ppo training", "ptx"]
     print(f"config: {CONFIGS[args.plain].name}")
