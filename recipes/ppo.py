@@ -49,10 +49,11 @@ TRENDS = ("objective/scores", "gold/labeler_score", "objective/kl")
 
 
 def summarize(log_history: list[dict]) -> dict:
-    """First and last values of the curves users watch (RM score, gold score, KL, ptx loss), and their trends."""
+    """First and last values of the curves users watch (RM score, gold score, KL, ptx loss, rollouts cut off at
+    `response_length`), and their trends."""
     steps = [log for log in log_history if "objective/scores" in log]
     summary = {"updates": len(steps)}
-    for key in (*TRENDS, "objective/rlhf_reward", "ptx/lm_loss", "loss/value_avg"):
+    for key in (*TRENDS, "objective/rlhf_reward", "ptx/lm_loss", "loss/value_avg", "rollouts/truncated_share"):
         values = [log[key] for log in steps if key in log]
         if values:
             head = values[: max(1, len(values) // 4)]

@@ -76,6 +76,10 @@ def test_ppo_logs_the_gold_score_only_with_a_labeler(tmp_path, tiny_model_dir, a
     trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm, **overrides))
     updates = [log for log in trainer.state.log_history if "objective/scores" in log]
     assert len(updates) == 2
+    batch = trainer.args.local_batch_size
+    assert [log["rollouts/truncated_share"] for log in updates] == [
+        pytest.approx(1 - log["val/num_eos_tokens"] / batch) for log in updates
+    ]
     summary = json.loads((tmp_path / "ppo" / "ppo_summary.json").read_text())
     trend = summary["objective/scores"]["slope_per_1000_episodes"]
     assert trend["n"] == 2 and math.isnan(trend["slope"])  # two points: no interval

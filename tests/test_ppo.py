@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper, forward
 
 from instructrl.errors import MissingStageError
 from instructrl.modeling import load_base_model
+from instructrl.ppo import InstructPPOTrainer
 from instructrl.ptx import PretrainingStream, predicted_tokens, ptx_loss
 from instructrl.shared_base import SharedBase
 from ppo_fixtures import make_adapters, ppo_config, ppo_recipe, run
@@ -414,3 +416,31 @@ def test_ptx_batch_follows_the_micro_batches_trl_actually_runs(tmp_path, tiny_mo
     trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm, total_episodes=4, save_strategy="no", **shape))
     assert requested == [2 * 2, 2 * 2]  # ptx_ratio 2 x 2 episodes, in each of the 2 micro-batches
     assert trainer.ptx_sequences_per_update() == sum(requested)
+
+
+def test_truncated_rollouts_are_logged_and_warned_about_once(caplog):
+    eos = 7
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(local_batch_size=32, missing_eos_penalty=1.0, response_length=48),
+        state=SimpleNamespace(global_step=1),
+        processing_class=SimpleNamespace(eos_token_id=eos),
+        stop_token_id=eos,
+        _warned_truncation=False,
+    )
+    log = InstructPPOTrainer._log_truncation
+    few = {"val/num_eos_tokens": 31}
+    with caplog.at_level("WARNING", logger="instructrl"):
+        log(trainer, few)
+        assert few["rollouts/truncated_share"] == pytest.approx(1 / 32) and not caplog.records
+        many = {"val/num_eos_tokens": 27}
+        log(trainer, many)
+        assert many["rollouts/truncated_share"] == pytest.approx(5 / 32)
+        (record,) = caplog.records
+        assert "16% of update 1's rollouts" in record.message and "(48 tokens)" in record.message
+        assert "`missing_eos_penalty` (1)" in record.message and "raise `response_length`" in record.message
+        log(trainer, {"val/num_eos_tokens": 0})  # warned once per run
+        assert len(caplog.records) == 1
+    trainer.stop_token_id = None  # no stop token: nothing ends a rollout early, nothing to report
+    untouched = {"val/num_eos_tokens": 0}
+    log(trainer, untouched)
+    assert "rollouts/truncated_share" not in untouched

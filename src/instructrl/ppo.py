@@ -41,6 +41,9 @@ from .stats import mean_ci, win_rate
 
 logger = logging.getLogger(__name__)
 
+# Share of an update's rollouts that reach `response_length` without the stop token, above which PPO warns once.
+TRUNCATION_WARNING_SHARE = 0.1
+
 
 @dataclass
 class InstructPPOConfig(PPOConfig):
@@ -193,6 +196,7 @@ class InstructPPOTrainer(PPOTrainer):
         self.ptx_stream = ptx_stream
         self._ptx_stats: dict[str, list[float]] = defaultdict(list)
         self.gold_scorer = gold_scorer
+        self._warned_truncation = False
         reward_model = shared.reward_model()
         if gold_scorer is not None:
             gold_scorer.tap(reward_model)
@@ -311,6 +315,27 @@ class InstructPPOTrainer(PPOTrainer):
             gold = torch.tensor(self.gold_scorer.pop_scores() or [float("nan")], device=self.accelerator.device)
             logs["gold/labeler_score"] = self.accelerator.gather_for_metrics(gold.nanmean()).nanmean().item()
         super().log(logs, start_time)
+
+    def _log_truncation(self, logs: dict[str, float]) -> None:
+        """Log the share of this process's rollouts cut off at `response_length`; warn once when it is large.
+
+        A rollout that does not end loses `missing_eos_penalty` whatever its content, so a `response_length` shorter
+        than the answers the instructions ask for teaches the policy to stop early everywhere.
+        """
+        ended = logs.get("val/num_eos_tokens")
+        if ended is None or self.stop_token_id is None or self.stop_token_id != self.processing_class.eos_token_id:
+            return
+        share = max(0.0, 1.0 - ended / self.args.local_batch_size)
+        logs["rollouts/truncated_share"] = share
+        if share >= TRUNCATION_WARNING_SHARE and not self._warned_truncation:
+            self._warned_truncation = True
+            penalty = self.args.missing_eos_penalty
+            cost = f" and lost `missing_eos_penalty` ({penalty:g}) from their reward" if penalty else ""
+            logger.warning(
+                f"{share:.0%} of update {self.state.global_step}'s rollouts reached `response_length` "
+                f"({self.args.response_length} tokens) without ending{cost}. If your instructions ask for longer "
+                "answers, raise `response_length`, or PPO learns to stop early on every prompt."
+            )
 
     # -- held-out reward -----------------------------------------------------------------------------------------
     @torch.no_grad()
