@@ -306,6 +306,7 @@ class InstructPPOTrainer(PPOTrainer):
                 f"`max_kl` {self.args.max_kl}. Raise `kl_coef` or lower the learning rate (or raise `max_kl`); "
                 "checkpoints written before this update are kept."
             )
+        self._log_truncation(logs)
         for key, values in self._ptx_stats.items():
             if values:
                 logs[key] = sum(values) / len(values) if key != "ptx/tokens" else sum(values)
