@@ -3,7 +3,8 @@
     make pipeline                                  # the embedded default, end to end
     make pipeline FORCE=rm                         # redo the reward model and everything after it
     make pipeline MODEL=Qwen/Qwen2.5-0.5B-Instruct # the same recipe on another model, in its own output root
-    python recipes/pipeline.py --config recipes/smollm2-135m/pipeline.yaml [--force STAGE ...] [--dry-run]
+    make pipeline SEED=7                           # every stage with seed 7, beside the default run (<root>-seed7)
+    python recipes/pipeline.py --config recipes/smollm2-135m/pipeline.yaml [--force STAGE ...] [--seed N] [--dry-run]
 
 Re-running skips finished stages; an interrupted stage starts over from an empty output directory; a stage whose
 inputs were redone runs again. Each stage prints where its outputs go. See `instructrl.pipeline`.
@@ -27,10 +28,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--output-root", default=None, help="Where the stages write (default with --model: outputs/<model slug>)."
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="Every stage's seed; the outputs go to <output root>-seed<N> (a second, complete run beside the first).",
+    )
     parser.add_argument("--accelerate-config", default=str(REPO / "recipes/accelerate_configs/single_gpu.yaml"))
     parser.add_argument("--log-file", default=None, help="Where to write stage timings (JSON).")
     args = parser.parse_args(argv)
-    stages = load_pipeline(args.config, root=REPO, model=args.model, output_root=args.output_root)
+    stages = load_pipeline(args.config, root=REPO, model=args.model, output_root=args.output_root, seed=args.seed)
     log_file = Path(args.log_file).expanduser() if args.log_file else stages[0].output_dir.parent / "pipeline.json"
     records = run_pipeline(
         stages,

@@ -235,6 +235,27 @@ def test_another_model_gets_its_own_root_and_every_input_from_the_stage_before(t
     assert f"eval:   output {root / 'eval'}" in out
 
 
+def test_another_seed_is_a_second_complete_run_beside_the_first(tiny_pipeline, tmp_path):
+    """`make pipeline SEED=7`: every stage gets seed 7 and writes under `<output root>-seed7`, inputs included."""
+    default = {s.name: s for s in load_pipeline(DEFAULT_PIPELINE, root=REPO)}
+    stages = load_pipeline(DEFAULT_PIPELINE, root=REPO, seed=7)
+    root = default["sft"].output_dir.parent.with_name(default["sft"].output_dir.parent.name + "-seed7")
+    assert {s.name: s.output_dir for s in stages} == {s.name: root / s.name for s in stages}
+    assert all(s.settings()["seed"] == 7 and "--seed" in s.command([]) for s in stages)
+    by_name = {s.name: s for s in stages}
+    assert by_name["rm"].inputs()["dataset_name"] == str(root / "comparisons" / "rankings")
+    assert by_name["ppo_ptx"].inputs() == {"sft_model_path": str(root / "sft"), "reward_model_path": str(root / "rm")}
+    assert by_name["eval"].inputs()["ppo_runs"] == [f"{n}={root / n}" for n in ("ppo", "ppo_ptx")]
+    # The other settings are the default run's.
+    assert by_name["ppo_ptx"].settings()["learning_rate"] == default["ppo_ptx"].settings()["learning_rate"]
+    # A root given explicitly is used as it is.
+    given = load_pipeline(DEFAULT_PIPELINE, root=REPO, seed=7, output_root=str(tmp_path / "mine"))
+    assert given[0].output_dir == tmp_path / "mine" / "sft"
+    # Without any output root, a second seed would overwrite the first: refused, saying what to add.
+    with pytest.raises(ConfigError, match="no `output_root`.*--output-root"):
+        load_pipeline(tiny_pipeline, root=REPO, seed=7)
+
+
 def test_a_configured_input_that_is_not_the_previous_output_is_an_error(tmp_path):
     pipeline = yaml.safe_load(DEFAULT_PIPELINE.read_text())
     pipeline["stages"][2]["settings"] = {"dataset_name": str(tmp_path / "other" / "rankings")}
@@ -328,9 +349,11 @@ def tiny_recipe(tmp_path):
 
 
 def test_the_whole_recipe_runs_on_another_model_in_one_command(tiny_recipe, tiny_model_dir, tmp_path):
-    """`make pipeline MODEL=<dir>`: six stages, every input taken from the stage before, under the model's own root."""
+    """`make pipeline MODEL=<dir> SEED=3`: six stages, every input taken from the stage before, under the model's own
+    root, and every recipe takes the pipeline's seed."""
     root = tmp_path / "outputs"
-    stages = load_pipeline(tiny_recipe, root=REPO, model=str(tiny_model_dir), output_root=str(root))
+    stages = load_pipeline(tiny_recipe, root=REPO, model=str(tiny_model_dir), output_root=str(root), seed=3)
+    assert all(s.command([]).count("--seed") == 1 for s in stages)
     records = run_pipeline(stages, runner=in_process_runner, launcher=[])
     assert [r["action"] for r in records] == ["ran (missing)"] * 6
     assert all(stage_state(root / s.name)[0] == "complete" for s in stages)
@@ -340,9 +363,8 @@ def test_the_whole_recipe_runs_on_another_model_in_one_command(tiny_recipe, tiny
     ppo_adapter = json.loads((root / "ppo" / "adapter_config.json").read_text())
     assert ppo_adapter["base_model_name_or_path"] == str(tiny_model_dir)
     assert not Path("~/never-used").expanduser().exists()
-    again = run_pipeline(
-        load_pipeline(tiny_recipe, root=REPO, model=str(tiny_model_dir), output_root=str(root)),
-        runner=in_process_runner,
-        launcher=[],
-    )
-    assert [r["action"] for r in again] == ["skipped"] * 6
+    again = load_pipeline(tiny_recipe, root=REPO, model=str(tiny_model_dir), output_root=str(root), seed=3)
+    assert [r["action"] for r in run_pipeline(again, runner=in_process_runner, launcher=[])] == ["skipped"] * 6
+    # The seed is one of the settings a stage ran with: another seed in the same root runs everything again.
+    other = load_pipeline(tiny_recipe, root=REPO, model=str(tiny_model_dir), output_root=str(root), seed=4)
+    assert [action for _, action in plan(other)] == ["changed"] * 6

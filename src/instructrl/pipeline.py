@@ -147,7 +147,11 @@ class PipelineError(InstructRLError):
 
 
 def load_pipeline(
-    path: str | Path, root: Path | None = None, model: str | None = None, output_root: str | None = None
+    path: str | Path,
+    root: Path | None = None,
+    model: str | None = None,
+    output_root: str | None = None,
+    seed: int | None = None,
 ) -> list[Stage]:
     """Read a pipeline file and resolve every stage's settings; relative paths are resolved against `root` (cwd).
 
@@ -155,7 +159,9 @@ def load_pipeline(
     to `output_root/name`); each stage's inputs are the outputs of the stages it comes `after:` (see `INPUTS`);
     a stage's `settings:` override its config file. `model` given here (`--model`) replaces the file's, and then the
     outputs go to `~/.cache/instructrl/outputs/<model slug>` unless `output_root` is given too, so that two models
-    never overwrite each other.
+    never overwrite each other. `seed` (`--seed`) is every stage's `seed` (the file's and the stages' `settings:`
+    included), and the outputs go to `<output root>-seed<N>` unless `output_root` is given, so that a second seed is a
+    second, complete run beside the first: its own SFT, comparisons, reward model, PPO runs and report.
 
     Raises:
         ConfigError: the file is missing or malformed, a key is unknown, a path does not exist, a name repeats, a
@@ -172,10 +178,18 @@ def load_pipeline(
     if unknown:
         raise ConfigError(f"'{path}' has unknown key(s) {sorted(unknown)}; use {sorted(PIPELINE_KEYS)}.")
     file_model = data.get("model")
+    root_given = output_root is not None
     if model is not None and model != file_model:
         output_root = output_root or str(OUTPUTS / model_slug(model))
     else:
         model, output_root = file_model, output_root or data.get("output_root")
+    if seed is not None and not root_given:
+        if output_root is None:
+            raise ConfigError(
+                f"'{path}' has no `output_root`, so another seed's outputs would overwrite this one's: add "
+                "`output_root:` to the file or pass --output-root."
+            )
+        output_root = f"{str(output_root).rstrip('/')}-seed{seed}"
     root = root or Path.cwd()
     stages: list[Stage] = []
     for index, entry in enumerate(data["stages"]):
@@ -220,6 +234,8 @@ def load_pipeline(
                 )
         stage.overrides.update(derived)
         stage.overrides.update(explicit)
+        if seed is not None:
+            stage.overrides["seed"] = seed
         stages.append(stage)
     return stages
 
