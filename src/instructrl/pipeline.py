@@ -165,8 +165,8 @@ def load_pipeline(
 
     Raises:
         ConfigError: the file is missing or malformed, a key is unknown, a path does not exist, a name repeats, a
-            stage depends on one that does not come before it, or a stage's configured input is not the output of
-            the stage it comes after.
+            stage depends on one that does not come before it, a stage's configured input is not the output of
+            the stage it comes after, or a seed is given where there is no output root to put its run beside.
     """
     path = Path(path)
     if not path.is_file():
