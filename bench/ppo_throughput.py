@@ -12,15 +12,18 @@ held-out scoring. Variants:
 - `fp32-8`: the shape `make ppo` had until 2026-11-25 in fp32: 8 episodes per update (2 micro-batches of 4), one PPO
   epoch, all 8 generated in one batch;
 - `bf16-8`: the same shape with the frozen base in bf16 (forced, whatever `dtype: auto` would pick here);
-- `default`: the config as it ships (its own dtype and update shape).
+- `default`: the config as it ships (its own dtype and update shape);
+- `default-fp32`: the same with the frozen base forced to fp32, so that on a machine where `dtype: auto` picks bf16
+  the two show what bf16 buys at the shipped shape.
 
 `--plain` runs the plain-PPO config (`config_ppo.yaml`, no ptx) instead of PPO-ptx.
 
 Printed per variant: episodes per update, seconds per update, episodes per minute, and the split of an update into
 generation (sampling the responses), rollout scoring (reference, value and reward forwards), PPO training
 (forward/backward/optimizer of policy and value) and the ptx forward/backward. `--flops` adds, per phase, the
-matrix-product FLOPs of an update, the GFLOP/s achieved, this machine's fp32 matmul peak measured in the same run, and
-the episodes per minute an update of that many FLOPs would reach at that peak: the ceiling no scheduling can pass.
+matrix-product FLOPs of an update, the GFLOP/s achieved, this machine's matmul peak in the variant's dtype measured
+in the same run, and the episodes per minute an update of that many FLOPs would reach at that peak: the ceiling no
+scheduling can pass.
 """
 
 import argparse
@@ -45,6 +48,7 @@ VARIANTS = {
     "fp32-8": ["--dtype", "float32", *OLD_SHAPE],
     "bf16-8": ["--dtype", "bfloat16", *OLD_SHAPE],
     "default": [],
+    "default-fp32": ["--dtype", "float32"],
 }
 
 
@@ -158,13 +162,13 @@ def matmul_shapes(shape) -> list[tuple[int, int]]:
     return [*shape.linear_shapes(), (shape.hidden, shape.vocab // 8)]
 
 
-def matmul_peak(shapes: list[tuple[int, int]], rows: int = 3072) -> float:
-    """Best fp32 GFLOP/s of this machine over the model's own (in, out) linear shapes (torch's default threads)."""
+def matmul_peak(shapes: list[tuple[int, int]], dtype: str = "float32", rows: int = 3072) -> float:
+    """Best GFLOP/s of this machine in `dtype` over the model's own (in, out) linear shapes (default threads)."""
     import torch
 
     best = 0.0
     for k, n in set(map(tuple, shapes)):
-        a, b = torch.randn(rows, k), torch.randn(k, n)
+        a, b = torch.randn(rows, k, dtype=getattr(torch, dtype)), torch.randn(k, n, dtype=getattr(torch, dtype))
         for _ in range(3):
             a @ b
         start = time.perf_counter()
@@ -178,20 +182,22 @@ def print_flops(rows: list[dict], phases: list[str]) -> None:
     """Achieved matrix-product GFLOP/s per phase against the machine's peak, and the episodes/min that peak allows."""
     import torch
 
-    peak = matmul_peak(rows[0]["matmul_shapes"])
+    peaks = {row["dtype"]: matmul_peak(row["matmul_shapes"], row["dtype"]) for row in rows}
     print(
         f"\nmatrix products (FLOPs counted by torch's FlopCounterMode in a second run of each variant, seconds from "
-        f"the first; the CPU attention kernel, a few % here, is not counted); this machine's fp32 matmul peak on the "
-        f"model's shapes, {torch.get_num_threads()} threads: {peak:.0f} GFLOP/s"
+        f"the first; the CPU attention kernel, a few % here, is not counted); this machine's matmul peak on the "
+        f"model's shapes, {torch.get_num_threads()} threads: "
+        + ", ".join(f"{dtype} {peak:.0f} GFLOP/s" for dtype, peak in peaks.items())
+        + " (a variant is set against the peak of its base's dtype; what it trains stays fp32)"
     )
     header = "  ".join(f"{p + ' TFLOP':>{len(p) + 6}}" for p in phases)
-    print(f"{'variant':<9} {header}  total  GFLOP/s  of peak")
+    print(f"{'variant':<12} {header}  total  GFLOP/s  of peak")
     for row in rows:
-        flops = row["flops"]
+        flops, peak = row["flops"], peaks[row["dtype"]]
         total = sum(flops.values())
         cells = "  ".join(f"{flops.get(p, 0.0) / 1e12:>{len(p) + 6}.2f}" for p in phases)
         rate = total / row["sec_per_update"] / 1e9
-        print(f"{row['variant']:<9} {cells}  {total / 1e12:5.2f}  {rate:7.0f}  {rate / peak:7.2f}")
+        print(f"{row['variant']:<12} {cells}  {total / 1e12:5.2f}  {rate:7.0f}  {rate / peak:7.2f}")
         for p in phases:
             if row["split"].get(p):
                 print(f"  {p}: {flops.get(p, 0.0) / row['split'][p] / 1e9:.0f} GFLOP/s")
@@ -242,11 +248,11 @@ def main() -> None:
         rows.append(row)
     phases = ["generation", "rollout scoring", "ppo training", "ptx"]
     print(f"config: {CONFIGS[args.plain].name}")
-    print(f"{'variant':<9} {'dtype':<9} {'ep/update':>9} {'s/update':>9} {'ep/min':>7}  " + "  ".join(phases))
+    print(f"{'variant':<12} {'dtype':<9} {'ep/update':>9} {'s/update':>9} {'ep/min':>7}  " + "  ".join(phases))
     for row in rows:
         split = "  ".join(f"{row['split'].get(p, 0.0):>{len(p)}.1f}" for p in phases)
         print(
-            f"{row['variant']:<9} {row['dtype']:<9} {row['episodes_per_update']:>9} {row['sec_per_update']:>9.1f} "
+            f"{row['variant']:<12} {row['dtype']:<9} {row['episodes_per_update']:>9} {row['sec_per_update']:>9.1f} "
             f"{row['episodes_per_min']:>7.1f}  {split}"
         )
     first = rows[0]

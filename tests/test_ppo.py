@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from trl import ModelConfig
 from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper, forward
 
+from instructrl import generation
 from instructrl.errors import MissingStageError
 from instructrl.modeling import load_base_model
 from instructrl.ppo import InstructPPOTrainer
@@ -311,9 +312,14 @@ def test_resumed_ppo_continues_with_the_prompts_not_yet_seen(tmp_path, tiny_mode
     assert resumed_ptx[:per_update] == fresh_ptx[per_update:]
 
 
-def test_plain_ppo_has_no_ptx_and_clipping_bounds_the_norm(tmp_path, tiny_model_dir, adapters):
+def test_plain_ppo_has_no_ptx_and_clipping_bounds_the_norm(tmp_path, tiny_model_dir, adapters, monkeypatch):
     sft, rm = adapters
+    draws = []
+    real_sample = generation.inverse_cdf_sample
+    monkeypatch.setattr(generation, "inverse_cdf_sample", lambda p, g=None: draws.append(p.shape) or real_sample(p, g))
     trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm, ptx_coef=0.0, max_grad_norm=1e-3, total_episodes=4))
+    assert draws  # the rollouts were sampled by the fast CPU sampler
+    assert torch.multinomial is generation._torch_multinomial
     assert trainer.ptx_stream is None
     logs = [log for log in trainer.state.log_history if "objective/scores" in log]
     assert logs and all("ptx/lm_loss" not in log for log in logs)

@@ -32,7 +32,7 @@ from .data.rows import encode_prompt, encode_response
 from .divergence import check_gradients, check_value
 from .errors import ConfigError, DivergenceError
 from .evaluation import reward_scores
-from .generation import sample_responses
+from .generation import fast_cpu_sampling, sample_responses
 from .gold import GoldScorer
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
 from .reward import check_ensemble
@@ -218,6 +218,11 @@ class InstructPPOTrainer(PPOTrainer):
             )
         self._ppo_backward = self.accelerator.backward
         self.accelerator.backward = self._backward_with_ptx_and_clipping
+
+    def train(self, *args, **kwargs):
+        # TRL samples every rollout with `generate(do_sample=True)`: single multinomial draws, cheap on CPU this way.
+        with fast_cpu_sampling():
+            return super().train(*args, **kwargs)
 
     # -- the hook -------------------------------------------------------------------------------------------------
     def _backward_with_ptx_and_clipping(self, loss: torch.Tensor, **kwargs) -> None:

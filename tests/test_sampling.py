@@ -1,0 +1,78 @@
+"""Single multinomial draws on CPU by inverting the CDF: same distribution, torch's errors kept, restored on exit."""
+
+import pytest
+import torch
+from trl import ModelConfig
+
+from instructrl import generation
+from instructrl.generation import fast_cpu_sampling, inverse_cdf_sample, load_policy, sample_responses
+
+
+def test_inverse_cdf_sample_draws_from_the_rows_distribution():
+    weights = torch.tensor([0.3, 0.0, 0.6, 0.9, 1.2])  # unnormalized; token 1 has no mass
+    rows = 200_000
+    torch.manual_seed(0)
+    drawn = inverse_cdf_sample(weights.expand(rows, -1))
+    assert drawn.shape == (rows, 1) and drawn.dtype == torch.int64
+    frequencies = torch.bincount(drawn.flatten(), minlength=5).double() / rows
+    assert frequencies[1] == 0
+    # 4 standard errors of a frequency of 0.4 over 200k draws is ~0.0044
+    assert torch.allclose(frequencies, (weights / weights.sum()).double(), atol=0.005)
+
+
+def test_each_row_is_drawn_from_its_own_distribution():
+    probs = torch.zeros(3, 6)
+    probs[0, 5], probs[1, 0], probs[2, 2:4] = 1.0, 2.0, 0.5
+    torch.manual_seed(1)
+    drawn = inverse_cdf_sample(probs.repeat(100, 1)).view(100, 3)
+    assert (drawn[:, 0] == 5).all() and (drawn[:, 1] == 0).all()
+    assert set(drawn[:, 2].tolist()) == {2, 3}
+
+
+def test_a_generator_makes_the_draws_reproducible():
+    probs = torch.softmax(torch.randn(8, 1000), -1)
+    first = inverse_cdf_sample(probs, torch.Generator().manual_seed(3))
+    again = inverse_cdf_sample(probs, torch.Generator().manual_seed(3))
+    other = inverse_cdf_sample(probs, torch.Generator().manual_seed(4))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_fast_sampling_replaces_only_single_valid_draws_and_is_restored(monkeypatch):
+    original = torch.multinomial
+    calls = []
+    monkeypatch.setattr(
+        generation, "inverse_cdf_sample", lambda p, g=None: calls.append(p.shape) or p.argmax(-1, True)
+    )
+    probs = torch.softmax(torch.randn(4, 50), -1)
+    with fast_cpu_sampling():
+        assert torch.multinomial is not original
+        torch.multinomial(probs, 1)
+        assert calls == [(4, 50)]
+        two = torch.multinomial(probs, 2)  # more than one draw: torch's own, without replacement
+        assert two.shape == (4, 2) and (two[:, 0] != two[:, 1]).all()
+        bad = probs.clone()
+        bad[1, 3] = float("nan")
+        with pytest.raises(RuntimeError, match="probability tensor"):
+            torch.multinomial(bad, 1)  # torch's error, not a silent draw
+        negative = probs.clone()
+        negative[0, 0] = -0.1
+        with pytest.raises(RuntimeError, match="probability tensor"):
+            torch.multinomial(negative, 1)
+        assert calls == [(4, 50)]
+    assert torch.multinomial is original
+    with pytest.raises(ValueError), fast_cpu_sampling():
+        raise ValueError
+    assert torch.multinomial is original
+
+
+def test_sampled_responses_go_through_the_fast_sampler(tiny_model_dir, monkeypatch):
+    calls = []
+    real = generation.inverse_cdf_sample
+    monkeypatch.setattr(generation, "inverse_cdf_sample", lambda p, g=None: calls.append(p.shape) or real(p, g))
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), None)
+    prompts = [[{"role": "user", "content": "Name a fruit."}], [{"role": "user", "content": "Name a color."}]]
+    torch.manual_seed(0)
+    responses = sample_responses(model, tokenizer, prompts, num_samples=2, max_new_tokens=5, batch_size=2)
+    assert [len(r) for r in responses] == [2, 2]
+    assert calls and all(shape == (4, model.config.vocab_size) for shape in calls)  # one draw per row per step
+    assert torch.multinomial is generation._torch_multinomial
