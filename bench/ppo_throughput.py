@@ -9,12 +9,13 @@ Each variant runs `recipes/ppo.py` (`main`, exactly what `make ppo` runs) on the
 in its own process, on the same SFT and RM adapters, for one warm-up update plus `--updates` timed ones, without the
 held-out scoring. Variants:
 
-- `fp32-8`: the shape `make ppo` had until 2026-11-25 in fp32: 8 episodes per update (2 micro-batches of 4), one PPO
-  epoch, all 8 generated in one batch;
-- `bf16-8`: the same shape with the frozen base in bf16 (forced, whatever `dtype: auto` would pick here);
-- `default`: the config as it ships (its own dtype and update shape);
+- `fp32-8`: `make ppo` as it was until 2026-11-25, in fp32: 8 episodes per update (2 micro-batches of 4), one PPO
+  epoch, all 8 generated in one batch, tokens drawn by torch's `multinomial`;
+- `bf16-8`: the same with the frozen base in bf16 (forced, whatever `dtype: auto` would pick here);
+- `default`: the config as it ships (its own dtype and update shape), with today's sampler (`fast_cpu_sampling`);
 - `default-fp32`: the same with the frozen base forced to fp32, so that on a machine where `dtype: auto` picks bf16
-  the two show what bf16 buys at the shipped shape.
+  the two show what bf16 buys at the shipped shape;
+- `default-torch-sampling`: `default` with tokens drawn by torch's `multinomial`, as before 2026-12-02.
 
 `--plain` runs the plain-PPO config (`config_ppo.yaml`, no ptx) instead of PPO-ptx.
 
@@ -27,6 +28,7 @@ scheduling can pass.
 """
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -49,7 +51,9 @@ VARIANTS = {
     "bf16-8": ["--dtype", "bfloat16", *OLD_SHAPE],
     "default": [],
     "default-fp32": ["--dtype", "float32"],
+    "default-torch-sampling": [],
 }
+TORCH_SAMPLING = {"fp32-8", "bf16-8", "default-torch-sampling"}  # as the rollouts were sampled before 2026-12-02
 
 
 def run_variant(name: str, args: argparse.Namespace) -> dict:
@@ -61,6 +65,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     from trl import ModelConfig
 
+    from instructrl import ppo as ppo_module
     from instructrl.configs import PPOScriptArguments, parse_args
     from instructrl.memory import Shape
     from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
@@ -107,6 +112,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     phases: list[dict] = []
     flop_phases: list[dict] = []
     InstructPPOTrainer.log = log
+    if name in TORCH_SAMPLING:
+        ppo_module.fast_cpu_sampling = contextlib.nullcontext
     spec = importlib.util.spec_from_file_location("ppo_recipe", ROOT / "recipes/ppo.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
@@ -191,13 +198,13 @@ def print_flops(rows: list[dict], phases: list[str]) -> None:
         + " (a variant is set against the peak of its base's dtype; what it trains stays fp32)"
     )
     header = "  ".join(f"{p + ' TFLOP':>{len(p) + 6}}" for p in phases)
-    print(f"{'variant':<12} {header}  total  GFLOP/s  of peak")
+    print(f"{'variant':<22} {header}  total  GFLOP/s  of peak")
     for row in rows:
         flops, peak = row["flops"], peaks[row["dtype"]]
         total = sum(flops.values())
         cells = "  ".join(f"{flops.get(p, 0.0) / 1e12:>{len(p) + 6}.2f}" for p in phases)
         rate = total / row["sec_per_update"] / 1e9
-        print(f"{row['variant']:<12} {cells}  {total / 1e12:5.2f}  {rate:7.0f}  {rate / peak:7.2f}")
+        print(f"{row['variant']:<22} {cells}  {total / 1e12:5.2f}  {rate:7.0f}  {rate / peak:7.2f}")
         for p in phases:
             if row["split"].get(p):
                 print(f"  {p}: {flops.get(p, 0.0) / row['split'][p] / 1e9:.0f} GFLOP/s")
@@ -248,11 +255,11 @@ def main() -> None:
         rows.append(row)
     phases = ["generation", "rollout scoring", "ppo training", "ptx"]
     print(f"config: {CONFIGS[args.plain].name}")
-    print(f"{'variant':<12} {'dtype':<9} {'ep/update':>9} {'s/update':>9} {'ep/min':>7}  " + "  ".join(phases))
+    print(f"{'variant':<22} {'dtype':<9} {'ep/update':>9} {'s/update':>9} {'ep/min':>7}  " + "  ".join(phases))
     for row in rows:
         split = "  ".join(f"{row['split'].get(p, 0.0):>{len(p)}.1f}" for p in phases)
         print(
-            f"{row['variant']:<12} {row['dtype']:<9} {row['episodes_per_update']:>9} {row['sec_per_update']:>9.1f} "
+            f"{row['variant']:<22} {row['dtype']:<9} {row['episodes_per_update']:>9} {row['sec_per_update']:>9.1f} "
             f"{row['episodes_per_min']:>7.1f}  {split}"
         )
     first = rows[0]
