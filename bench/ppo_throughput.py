@@ -10,12 +10,13 @@ in its own process, on the same SFT and RM adapters, for one warm-up update plus
 held-out scoring. Variants:
 
 - `fp32-8`: `make ppo` as it was until 2026-11-25, in fp32: 8 episodes per update (2 micro-batches of 4), one PPO
-  epoch, all 8 generated in one batch, tokens drawn by torch's `multinomial`;
+  epoch, all 8 generated in one batch, with the code as it was before 2026-12-02 (below);
 - `bf16-8`: the same with the frozen base in bf16 (forced, whatever `dtype: auto` would pick here);
-- `default`: the config as it ships (its own dtype and update shape), with today's sampler (`fast_cpu_sampling`);
+- `default`: the config as it ships (its own dtype and update shape), with today's code;
 - `default-fp32`: the same with the frozen base forced to fp32, so that on a machine where `dtype: auto` picks bf16
   the two show what bf16 buys at the shipped shape;
-- `default-torch-sampling`: `default` with tokens drawn by torch's `multinomial`, as before 2026-12-02.
+- `default-before`: `default` with the code as it was before 2026-12-02: tokens drawn by torch's `multinomial`
+  (not `fast_cpu_sampling`) and the ptx loss's logits in fp32 (not `lm_logits_in_model_dtype`).
 
 `--plain` runs the plain-PPO config (`config_ppo.yaml`, no ptx) instead of PPO-ptx.
 
@@ -51,9 +52,9 @@ VARIANTS = {
     "bf16-8": ["--dtype", "bfloat16", *OLD_SHAPE],
     "default": [],
     "default-fp32": ["--dtype", "float32"],
-    "default-torch-sampling": [],
+    "default-before": [],
 }
-TORCH_SAMPLING = {"fp32-8", "bf16-8", "default-torch-sampling"}  # as the rollouts were sampled before 2026-12-02
+BEFORE = {"fp32-8", "bf16-8", "default-before"}  # run with the sampler and ptx logits of before 2026-12-02
 
 
 def run_variant(name: str, args: argparse.Namespace) -> dict:
@@ -112,8 +113,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     phases: list[dict] = []
     flop_phases: list[dict] = []
     InstructPPOTrainer.log = log
-    if name in TORCH_SAMPLING:
-        ppo_module.fast_cpu_sampling = contextlib.nullcontext
+    if name in BEFORE:
+        ppo_module.fast_cpu_sampling = ppo_module.lm_logits_in_model_dtype = contextlib.nullcontext
     spec = importlib.util.spec_from_file_location("ppo_recipe", ROOT / "recipes/ppo.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)

@@ -4,12 +4,19 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from trl import ModelConfig
+from trl.experimental.ppo import ppo_trainer as trl_ppo
 
-from instructrl import modeling
+from instructrl import modeling, ppo
 from instructrl.generation import load_policy
-from instructrl.modeling import cpu_supports_bf16, load_base_model, preferred_dtype, torch_dtype
+from instructrl.modeling import (
+    cpu_supports_bf16,
+    lm_logits_in_model_dtype,
+    load_base_model,
+    preferred_dtype,
+    torch_dtype,
+)
 from instructrl.shared_base import SharedBase
-from ppo_fixtures import make_adapters
+from ppo_fixtures import make_adapters, ppo_config, run
 
 ZEN4 = "processor\t: 0\nflags\t\t: fpu vme sse2 avx2 avx512f avx512bw avx512_bf16 avx512vl\n"
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu vme sse2 avx2 fma\n"
@@ -75,6 +82,48 @@ def test_bf16_body_with_fp32_logits_and_fp32_lora(tiny_model_dir, tokenizer, bf1
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     lora(input_ids=ids, labels=ids).loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable)
+
+
+def test_lm_loss_logits_in_the_models_dtype_only_inside_the_block(tiny_model_dir, tokenizer, bf16_cpu):
+    model = load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="auto"), tokenizer)
+    model.requires_grad_(False)
+    ids = torch.tensor([tokenizer("Tea is a drink.")["input_ids"]])
+    hidden = model.model(input_ids=ids).last_hidden_state
+    head = model.get_output_embeddings().weight
+    with lm_logits_in_model_dtype():
+        inside = model(input_ids=ids).logits
+    assert inside.dtype == torch.bfloat16
+    torch.testing.assert_close(inside, hidden @ head.T)  # the bf16 matmul itself
+    outside = model(input_ids=ids).logits
+    assert outside.dtype == torch.float32  # restored on exit
+    torch.testing.assert_close(outside, hidden.float() @ head.float().T, rtol=1e-6, atol=1e-5)
+    reward = load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="auto"), tokenizer, "reward")
+    with lm_logits_in_model_dtype():
+        assert reward(input_ids=ids).logits.dtype == torch.float32  # a trained score head stays fp32
+
+
+def test_bf16_ppo_ptx_takes_lm_loss_logits_in_bf16_and_ppo_logprobs_in_fp32(
+    tmp_path, tiny_model_dir, tokenizer, bf16_cpu, monkeypatch
+):
+    sft, rm = make_adapters(tiny_model_dir, tmp_path / "adapters", tokenizer)
+    seen: dict[str, set] = {"ptx": set(), "ppo": set()}
+    real_ptx_loss, real_forward = ppo.ptx_loss, trl_ppo.forward
+
+    def ptx_loss(logits, *args, **kwargs):
+        seen["ptx"].add(logits.dtype)
+        return real_ptx_loss(logits, *args, **kwargs)
+
+    def forward(*args, **kwargs):
+        output = real_forward(*args, **kwargs)
+        if hasattr(output, "logits"):  # the policy's and reference's (the value model's output is a tuple)
+            seen["ppo"].add(output.logits.dtype)
+        return output
+
+    monkeypatch.setattr(ppo, "ptx_loss", ptx_loss)
+    monkeypatch.setattr(trl_ppo, "forward", forward)
+    trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm, dtype="auto", total_episodes=4, save_strategy="no"))
+    assert next(trainer.shared.shared.get_base_model().parameters()).dtype == torch.bfloat16
+    assert seen == {"ptx": {torch.bfloat16}, "ppo": {torch.float32}}
 
 
 def test_bf16_reward_model_keeps_its_score_head_in_fp32(tiny_model_dir, tokenizer, bf16_cpu):

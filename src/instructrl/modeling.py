@@ -15,6 +15,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MethodType
@@ -273,9 +275,31 @@ def torch_dtype(name: str | None) -> torch.dtype:
     return getattr(torch, name)
 
 
+_logits_in_fp32 = True  # switched off inside `lm_logits_in_model_dtype`
+
+
+@contextmanager
+def lm_logits_in_model_dtype() -> Iterator[None]:
+    """Within this block, a half-precision model's frozen LM head computes its logits in the model's own dtype.
+
+    For a language-modelling loss (PPO-ptx's pretraining term) bf16 logits are what mixed-precision training on a GPU
+    uses anyway, and on a CPU with AMX the bf16 output layer runs ~3x faster than the fp32 one (the 49152 x 576 head
+    is a fifth of the default model's FLOPs). PPO's own log-probabilities, whose ratios and KL need the precision,
+    are computed outside this block. Trained score heads stay fp32 either way.
+    """
+    global _logits_in_fp32
+    previous, _logits_in_fp32 = _logits_in_fp32, False
+    try:
+        yield
+    finally:
+        _logits_in_fp32 = previous
+
+
 def _float32_logits(self: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     weight = self.weight
     if weight.dtype != torch.float32 and not weight.requires_grad:
+        if not _logits_in_fp32:
+            return F.linear(hidden.to(weight.dtype), weight, self.bias)
         # A frozen output layer is upcast once, not at every decoding step (55 ms a step for the default's 49k x 576
         # head on one CPU core); the copy is redone if the weight is modified or moved.
         key = (weight.data_ptr(), weight._version)

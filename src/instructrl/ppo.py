@@ -34,6 +34,7 @@ from .errors import ConfigError, DivergenceError
 from .evaluation import reward_scores
 from .generation import fast_cpu_sampling, sample_responses
 from .gold import GoldScorer
+from .modeling import lm_logits_in_model_dtype
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
 from .reward import check_ensemble
 from .shared_base import VALUE, SharedBase
@@ -259,7 +260,8 @@ class InstructPPOTrainer(PPOTrainer):
         for start in range(0, num_sequences, self.args.ptx_micro_batch_size):
             ids = input_ids[start : start + self.args.ptx_micro_batch_size].to(device)
             mask = attention_mask[start : start + self.args.ptx_micro_batch_size].to(device)
-            logits = policy(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            with lm_logits_in_model_dtype():  # a language-modelling loss: bf16 logits are precise enough
+                logits = policy(input_ids=ids, attention_mask=mask, use_cache=False).logits
             lm_loss = ptx_loss(logits, ids, mask, num_tokens=total_tokens)
             total += lm_loss.item()
             # `accelerator.backward` divides the PPO loss by the accumulation steps; the ptx term must match.
