@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ppo_throughput import run_child  # the same child-process protocol (`RESULT <json>` on stdout)
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = Path("~/.cache/instructrl/outputs/smollm2-135m").expanduser()
 RECIPES = {  # recipe, config, overrides that skip what follows training (not timed)
@@ -75,7 +77,7 @@ def main() -> None:
     parser.add_argument("--sampling-child", choices=DTYPES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sampling_child:
-        print("RESULT", sampling_seconds(args.sampling_child, args.prompts), flush=True)
+        print("RESULT " + json.dumps(sampling_seconds(args.sampling_child, args.prompts)), flush=True)
         return
     rows = []
     for stage in args.stages:
@@ -83,11 +85,7 @@ def main() -> None:
         for dtype in DTYPES:
             if stage == "sampling":
                 cmd = [sys.executable, __file__, "--sampling-child", dtype, "--prompts", str(args.prompts)]
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-                if done.returncode != 0 or not lines:
-                    sys.exit(f"sampling ({dtype}) failed:\n{done.stderr[-3000:]}")
-                seconds[dtype] = float(lines[-1].split()[1])
+                seconds[dtype] = run_child(f"sampling ({dtype})", cmd)[0]
             else:
                 seconds[dtype] = train_seconds_per_step(stage, dtype, args.steps)
         unit = f"s for {args.prompts} responses" if stage == "sampling" else "s per step"
