@@ -89,6 +89,12 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
         ]
         sampling_seconds = time.perf_counter() - clock
         scores = [labeler.score(message_text(p), r) for p, r in zip(prompts["prompt"], responses, strict=True)]
+        # Per-criterion scores where the labeler has criteria (the simulated one): where a policy gains or loses.
+        criteria = (
+            [labeler.criteria(message_text(p), r) for p, r in zip(prompts["prompt"], responses, strict=True)]
+            if hasattr(labeler, "criteria")
+            else None
+        )
         response_ids = [encode_response(tokenizer, r) for r in responses]
         results[name] = evaluate_policy(
             models,
@@ -101,6 +107,7 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
             args.reference,
             heldout_ids,
             args.batch_size,
+            criteria,
         )
         results[name]["seconds"] = {"sampling": round(sampling_seconds, 1), **results[name]["seconds"]}
         samples += [

@@ -12,6 +12,8 @@ from helpers import load_recipe, write_config, write_jsonl
 from instructrl.configs import EvalConfig, parse_args
 from instructrl.errors import ConfigError, MissingStageError
 from instructrl.evaluation import (
+    criterion_changes,
+    criterion_means,
     distinct_n,
     heldout_nll,
     parse_policies,
@@ -19,7 +21,8 @@ from instructrl.evaluation import (
     sequence_logprobs,
     win_rates_by_kind,
 )
-from instructrl.report import goal_rows, instruction_rows, smooth
+from instructrl.labeler import SimulatedLabeler
+from instructrl.report import criteria_rows, goal_rows, instruction_rows, smooth
 from instructrl.stats import mean_ci, win_rate
 from ppo_fixtures import make_adapters
 
@@ -184,6 +187,36 @@ def run_eval(config):
     return eval_recipe.main(*parse_args((EvalConfig, eval_recipe.ModelConfig), ["--config", str(config)]))
 
 
+def test_criterion_changes_are_paired_per_prompt_and_only_where_both_apply():
+    own = [{"length": 0.9, "on_topic": 1.0}, {"length": 0.5, "keywords": 1.0}, {"on_topic": 0.5}]
+    ref = [{"length": 0.7, "on_topic": 0.5}, {"length": 0.9, "keywords": 0.0}, {"on_topic": 0.5, "style": 1.0}]
+    changes = criterion_changes(own, ref)
+    assert list(changes) == ["length", "on_topic", "keywords"]
+    assert changes["length"]["mean"] == pytest.approx((0.2 - 0.4) / 2) and changes["length"]["n"] == 2
+    assert changes["on_topic"]["mean"] == pytest.approx(0.25) and changes["on_topic"]["n"] == 2
+    assert changes["keywords"]["mean"] == pytest.approx(1.0) and changes["keywords"]["n"] == 1
+    assert "style" not in changes  # the policy's answer was not scored on it
+    assert criterion_means(ref)["on_topic"]["mean"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="paired"):
+        criterion_changes(own, ref[:2])
+    # From the labeler itself: a word-count instruction, a response that misses it badly against one that meets it.
+    labeler = SimulatedLabeler()
+    prompt = "Explain tides in about 10 words."
+    short = labeler.criteria(prompt, "Tides rise.")
+    right = labeler.criteria(prompt, "Tides are the rise and fall of the sea, caused by the moon.")
+    worse, better = criterion_changes([short], [right]), criterion_changes([right], [short])
+    assert worse["length"]["mean"] < 0 < better["length"]["mean"]
+    policies = {
+        "sft": {"labeler_criteria": criterion_means(ref)},
+        "ppo": {"labeler_criteria_change": changes},
+    }
+    rows = criteria_rows(policies, "sft")
+    assert rows[0] == ["criterion", "prompts", "sft mean", "ppo change"]
+    assert rows[1][:3] == ["length", "2", "0.800"] and rows[1][3].startswith("-0.100 ±")
+    assert rows[3][:3] == ["keywords", "1", "0.000"] and rows[3][3].startswith("+1.000")
+    assert criteria_rows(policies, None) == [] and criteria_rows({"sft": {}}, "sft") == []
+
+
 def test_eval_end_to_end_on_tiny_policies(tmp_path, tiny_model_dir, adapters):
     sft, rm = adapters
     metrics = run_eval(eval_config(tmp_path, tiny_model_dir, sft, rm))
@@ -198,12 +231,17 @@ def test_eval_end_to_end_on_tiny_policies(tmp_path, tiny_model_dir, adapters):
     assert policies["base"]["kl_to_reference"]["mean"] != pytest.approx(0.0, abs=1e-4)
     assert policies["base"]["heldout_perplexity"] != pytest.approx(policies["sft"]["heldout_perplexity"])
     assert "win_rate_labeler" not in policies["sft"]
+    # Same adapter, same seed: every labeler criterion unchanged against SFT, and the table in the report.
+    assert set(same["labeler_criteria_change"]) >= {"length", "on_topic", "ends_cleanly"}
+    assert all(c["mean"] == 0.0 for c in same["labeler_criteria_change"].values())
+    assert set(policies["sft"]["labeler_criteria"]) == set(same["labeler_criteria_change"])
     out = tmp_path / "eval"
     assert json.loads((out / "metrics.json").read_text())["num_prompts"] == 5
     assert "| same |" in (out / "metrics.md").read_text()
     assert len((out / "samples.jsonl").read_text().splitlines()) == 15
     report = (out / "report.md").read_text()
     assert "- ppo: 0.500 (SFT) -> 0.500 (trained), change +0.500 ± 0.250, win rate 0.750 ± 0.100 over 7" in report
+    assert "## Labeler criteria against the reference" in report and "| length | 5 |" in report
     for image in ("ppo_curves.png", "labeler_score.png", "tax.png"):
         assert f"({image})" in report and (out / image).stat().st_size > 1000
 

@@ -183,9 +183,11 @@ def evaluate_policy(
     reference: str | None,
     heldout: Sequence[Sequence[int]],
     batch_size: int,
+    labeler_criteria: Sequence[dict[str, float]] | None = None,
 ) -> dict:
     """Per-response scores and corpus-level statistics of one policy's samples (win rates are added later).
 
+    `labeler_criteria` (one dict per response, as `SimulatedLabeler.criteria` returns) adds each criterion's mean.
     Returns a dict whose `per_response` entry keeps the paired per-prompt values that win rates need.
     """
     pad = tokenizer.pad_token_id
@@ -202,7 +204,10 @@ def evaluate_policy(
         "distinct_2": distinct_n(responses, 2),
         "empty_responses": sum(not r.strip() for r in responses),
     }
-    per_response: dict[str, list[float]] = {"labeler": list(labeler_scores)}
+    per_response: dict[str, list] = {"labeler": list(labeler_scores)}
+    if labeler_criteria is not None:
+        per_response["criteria"] = list(labeler_criteria)
+        result["labeler_criteria"] = criterion_means(labeler_criteria)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     reward_model = models.reward_model()
@@ -241,6 +246,32 @@ def win_rates_by_kind(kinds: Sequence[Sequence[str]], scores: Sequence[float], b
     }
 
 
+def criterion_means(criteria: Sequence[dict[str, float]]) -> dict:
+    """`mean_ci` of each labeler criterion over the responses it applies to, criteria in first-seen order."""
+    values: dict[str, list[float]] = {}
+    for scores in criteria:
+        for name, value in scores.items():
+            values.setdefault(name, []).append(value)
+    return {name: mean_ci(v) for name, v in values.items()}
+
+
+def criterion_changes(criteria: Sequence[dict[str, float]], baseline: Sequence[dict[str, float]]) -> dict:
+    """Paired change of each labeler criterion against the baseline's response to the same prompt.
+
+    `criteria[i]` and `baseline[i]` score the two responses to prompt `i` (`SimulatedLabeler.criteria`); a criterion
+    counts on the prompts where it applies to both. Returns `{criterion: mean_ci of the differences}`: where a
+    policy gains or loses the labeler's score, criterion by criterion.
+    """
+    if len(criteria) != len(baseline):
+        raise ValueError(f"criterion_changes needs paired responses; got {len(criteria)} and {len(baseline)}.")
+    diffs: dict[str, list[float]] = {}
+    for own, ref in zip(criteria, baseline, strict=True):
+        for name, value in own.items():
+            if name in ref:
+                diffs.setdefault(name, []).append(value - ref[name])
+    return {name: mean_ci(d) for name, d in diffs.items()}
+
+
 def add_comparisons(
     results: dict[str, dict], reference: str | None, kinds: Sequence[Sequence[str]] | None = None
 ) -> None:
@@ -257,6 +288,10 @@ def add_comparisons(
         for judge in ("labeler", "rm"):
             if judge in result["per_response"] and judge in ref["per_response"]:
                 result[f"win_rate_{judge}"] = win_rate(result["per_response"][judge], ref["per_response"][judge])
+        if "criteria" in result["per_response"] and "criteria" in ref["per_response"]:
+            result["labeler_criteria_change"] = criterion_changes(
+                result["per_response"]["criteria"], ref["per_response"]["criteria"]
+            )
         if kinds is not None:
             result["win_rate_labeler_by_instruction"] = win_rates_by_kind(
                 kinds, result["per_response"]["labeler"], ref["per_response"]["labeler"]

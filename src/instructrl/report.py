@@ -274,6 +274,33 @@ def instruction_rows(policies: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
+def criteria_rows(policies: dict[str, dict], reference: str | None) -> list[list[str]]:
+    """Rows `[criterion, prompts, reference's mean, change of each policy]` of the labeler's criteria.
+
+    The change is the paired mean difference against the reference's response to the same prompt, with its 95%
+    half-width (`labeler_criteria_change`, `instructrl.evaluation.criterion_changes`).
+    """
+    compared = [name for name, r in policies.items() if "labeler_criteria_change" in r]
+    if not compared or reference not in policies:
+        return []
+    means = policies[reference].get("labeler_criteria", {})
+    names = list(dict.fromkeys(k for name in compared for k in policies[name]["labeler_criteria_change"]))
+    rows = [["criterion", "prompts", f"{reference} mean", *(f"{name} change" for name in compared)]]
+    for criterion in names:
+        cells = [policies[name]["labeler_criteria_change"].get(criterion) for name in compared]
+        prompts = next(c["n"] for c in cells if c)
+        mean = means.get(criterion)
+        rows.append(
+            [
+                criterion,
+                str(prompts),
+                f"{mean['mean']:.3f}" if mean else "",
+                *(f"{c['mean']:+.3f} ± {c['ci95']:.3f}" if c else "" for c in cells),
+            ]
+        )
+    return rows
+
+
 def _table(rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     return lines + ["| " + " | ".join(row) + " |" for row in rows[1:]]
@@ -311,6 +338,18 @@ def write_report(
             "A prompt with two explicit constraints counts under both; `none` states no constraint.",
             "",
             *_table(by_instruction),
+            "",
+        ]
+    by_criterion = criteria_rows(policies, metrics.get("reference"))
+    if by_criterion:
+        lines += [
+            "## Labeler criteria against the reference",
+            "",
+            "Each criterion's score (0 to 1) on the prompts it applies to: the reference's mean, and each policy's "
+            "mean change against the reference's answer to the same prompt (± 95%): where a policy gains or loses "
+            "the labeler's score.",
+            "",
+            *_table(by_criterion),
             "",
         ]
     if comparisons_summary is not None and Path(comparisons_summary).is_file():
