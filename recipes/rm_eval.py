@@ -15,6 +15,7 @@ to decide whether `reward_adapters` pays before PPO spends its time on it.
 
 from pathlib import Path
 
+import torch
 from trl import ModelConfig
 
 from instructrl.cli import run_recipe
@@ -66,8 +67,9 @@ def main(args: RewardEvalConfig, model_args: ModelConfig) -> dict:
     pairs, scores, sizes = comparison_groups(dataset, tokenizer)
     rewards = members.score(pairs, tokenizer.pad_token_id, args.batch_size)
     flip = score_flip_probe(members, tokenizer, probe, args.batch_size)
+    lengths = torch.tensor([len(response) for _, response in pairs])
     table = validation_table(
-        rewards, scores, sizes, flip, members.names, args.reward_ensemble, args.reward_ensemble_coef
+        rewards, scores, sizes, flip, members.names, args.reward_ensemble, args.reward_ensemble_coef, lengths
     )
     labels = dict(zip(members.names, paths, strict=True))
     labels[ENSEMBLE] = f"ensemble ({args.reward_ensemble}, coef {args.reward_ensemble_coef:g})"

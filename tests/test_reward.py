@@ -13,7 +13,7 @@ from instructrl.configs import RewardScriptArguments, parse_args
 from instructrl.data.rows import encode_prompt, encode_response, tokenize_comparisons
 from instructrl.errors import DataError
 from instructrl.labeler import SimulatedLabeler
-from instructrl.reward import RankingCollator, flip_probe_accuracy, ranking_loss
+from instructrl.reward import RankingCollator, flip_probe_accuracy, length_preference, ranking_loss
 from instructrl.runs import finish_stage
 
 rm_recipe = load_recipe("rm")
@@ -46,6 +46,23 @@ def test_ranking_loss_of_two_groups_averages_per_group():
     g2 = -torch.nn.functional.logsigmoid(torch.tensor([2.0, 1.0, -1.0])).mean()
     assert loss.item() == pytest.approx(((g1 + g2) / 2).item(), rel=1e-6)
     assert int(pairs) == 4
+
+
+def test_length_preference_counts_pairs_of_different_length_and_order():
+    # Group 1 (K=3): pair (0, 1) has the shorter response winning by the labels and losing by the rewards; (0, 2) is of
+    # equal length (left out); (1, 2) has the shorter losing by the labels and winning by the rewards. Group 2: tied
+    # labels (left out). Group 3: the longer wins by the labels, the rewards tie (one half).
+    rewards = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 4.0, 4.0])
+    scores = torch.tensor([3.0, 2.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+    lengths = torch.tensor([5, 10, 5, 3, 4, 2, 7])
+    result = length_preference(rewards, scores, lengths, torch.tensor([3, 2, 2]))
+    assert result["length_pairs"] == 3
+    assert result["labels_prefer_shorter"] == pytest.approx(1 / 3)
+    assert result["rm_prefers_shorter"] == pytest.approx((0 + 1 + 0.5) / 3)
+    # A reward equal to minus the length prefers the shorter response in every pair.
+    assert length_preference(-lengths.float(), scores, lengths, torch.tensor([3, 2, 2]))["rm_prefers_shorter"] == 1.0
+    empty = length_preference(torch.zeros(2), torch.tensor([1.0, 0.0]), torch.tensor([4, 4]), torch.tensor([2]))
+    assert empty["length_pairs"] == 0 and math.isnan(empty["rm_prefers_shorter"])
 
 
 def test_scored_token_is_the_end_of_turn_token(tokenizer):
@@ -166,6 +183,7 @@ def test_rm_learns_the_labeler_and_saves_adapter_head_and_bias(tmp_path, tiny_mo
     # 40 held-out prompts x C(4,2)=6 pairs; chance is 0.5.
     assert eval_metrics["eval_pairs"] == 240
     assert eval_metrics["eval_pairwise_accuracy"] >= 0.75, eval_metrics
+    assert eval_metrics["eval_length_pairs"] > 0 and 0.0 <= eval_metrics["eval_rm_prefers_shorter"] <= 1.0
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     assert adapter_config["task_type"] == "SEQ_CLS" and "score" in adapter_config["modules_to_save"]
     from safetensors.torch import load_file

@@ -123,7 +123,9 @@ def test_recipe_matches_the_rm_stage_reading_and_scores_the_ensemble(tmp_path, t
     )
     saved = json.loads((tmp_path / "out" / "rm_eval.json").read_text())
     assert saved["rows"] == result["rows"]
-    assert (tmp_path / "out" / "rm_eval.md").read_text().count("\n") == 5  # header, rule, 2 members, ensemble
+    markdown_text = (tmp_path / "out" / "rm_eval.md").read_text()
+    assert markdown_text.count("\n") == 5  # header, rule, 2 members, ensemble
+    assert "prefers the shorter (labels)" in markdown_text
 
     # The member's accuracy is the RM stage's own: the classifier with the adapter, read at the same token.
     classifier = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
@@ -133,6 +135,12 @@ def test_recipe_matches_the_rm_stage_reading_and_scores_the_ensemble(tmp_path, t
     expected = pairwise_accuracy(classifier, tokenized, tokenizer.pad_token_id)
     member, other = result["rows"]["reward"], result["rows"]["reward_1"]
     assert member["pairwise_accuracy"] == expected["pairwise_accuracy"] and member["pairs"] == 12
+    # The length preference reads the same in both places, and the negated head prefers the other response.
+    for key in ("rm_prefers_shorter", "labels_prefer_shorter", "length_pairs"):
+        assert member[key] == pytest.approx(expected[key]), key
+    assert member["length_pairs"] > 0
+    assert other["rm_prefers_shorter"] == pytest.approx(1.0 - member["rm_prefers_shorter"])
+    assert other["labels_prefer_shorter"] == member["labels_prefer_shorter"]
     assert other["pairwise_accuracy"] == pytest.approx(1.0 - member["pairwise_accuracy"])  # the negated head
     assert member["flip_probe_accuracy"] + other["flip_probe_accuracy"] == pytest.approx(1.0)
     assert result["member_correlation"][0][1] == pytest.approx(-1.0, abs=1e-4)

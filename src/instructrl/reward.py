@@ -217,13 +217,17 @@ def score_sequences(
 
 
 def pairwise_accuracy(model: PreTrainedModel, tokenized: Dataset, pad_token_id: int, batch_size: int = 16) -> dict:
-    """Fraction of strictly ordered response pairs that the model orders like the labeler, over all groups."""
+    """Fraction of strictly ordered response pairs that the model orders like the labeler, over all groups, and how
+    often the model and the labels prefer the shorter response (`length_preference`)."""
     rewards = [score_sequences(model, row["sequences"], pad_token_id, batch_size) for row in tokenized]
     scores = [torch.tensor(row["scores"], dtype=torch.float) for row in tokenized]
     sizes = torch.tensor([len(r) for r in rewards])
     if not rewards:
         return ranked_pairs_correct(torch.zeros(0), torch.zeros(0), sizes)
-    return ranked_pairs_correct(torch.cat(rewards), torch.cat(scores), sizes)
+    # Within a row every sequence shares the prompt, so the sequence lengths differ as the responses' do.
+    lengths = torch.tensor([len(sequence) for row in tokenized for sequence in row["sequences"]])
+    rewards, scores = torch.cat(rewards), torch.cat(scores)
+    return ranked_pairs_correct(rewards, scores, sizes) | length_preference(rewards, scores, lengths, sizes)
 
 
 def flip_probe_accuracy(
@@ -274,6 +278,38 @@ def ranked_pairs_correct(rewards: torch.Tensor, scores: torch.Tensor, group_size
     accuracy = correct / total if total else float("nan")
     # Normal-approximation 95% interval; pairs within a prompt are not independent, so this is optimistic.
     return {"pairwise_accuracy": accuracy, "pairs": total, "ci95_half_width": proportion_ci(correct, total)}
+
+
+def length_preference(
+    rewards: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor, group_sizes: torch.Tensor
+) -> dict:
+    """How often the reward model, and the labels, prefer the shorter response of a pair (`ranking_loss`' layout).
+
+    Over the held-out pairs that the labels strictly order and whose responses differ in length (`lengths`, e.g. in
+    tokens): `labels_prefer_shorter` is the share whose labelled winner is the shorter response, `rm_prefers_shorter`
+    the share where the rewards put the shorter one first (equal rewards count one half). An RM well above its labels
+    rewards brevity for its own sake, well below them length: a shortcut that does not read the instruction, and one
+    that PPO will follow (the issue "A reward model that follows the instruction").
+    """
+    shorter_by_labels, shorter_by_rm, total = 0, 0.0, 0
+    split = group_sizes.tolist()
+    for group_rewards, group_scores, group_lengths in zip(
+        rewards.split(split), scores.split(split), lengths.split(split), strict=True
+    ):
+        for i, j in combinations(range(len(group_scores)), 2):
+            if group_scores[i] == group_scores[j] or group_lengths[i] == group_lengths[j]:
+                continue
+            short, long = (i, j) if group_lengths[i] < group_lengths[j] else (j, i)
+            total += 1
+            shorter_by_labels += int(group_scores[short] > group_scores[long])
+            margin = float(group_rewards[short] - group_rewards[long])
+            shorter_by_rm += 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
+    share = (lambda count: count / total) if total else (lambda count: float("nan"))
+    return {
+        "rm_prefers_shorter": share(shorter_by_rm),
+        "labels_prefer_shorter": share(shorter_by_labels),
+        "length_pairs": total,
+    }
 
 
 def load_flip_probe(path: str) -> list[dict]:

@@ -18,7 +18,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data.rows import encode_prompt, encode_response
 from .evaluation import reward_scores
-from .reward import check_ensemble, ensemble_reward, flip_probe_counts, flip_probe_sequences, ranked_pairs_correct
+from .reward import (
+    check_ensemble,
+    ensemble_reward,
+    flip_probe_counts,
+    flip_probe_sequences,
+    length_preference,
+    ranked_pairs_correct,
+)
 from .shared_base import REWARD, ScalarModel, add_adapter_from_dir, score_head_from_dir
 
 ENSEMBLE = "ensemble"
@@ -121,6 +128,7 @@ def validation_table(
     names: list[str],
     method: str = "mean_minus_std",
     coef: float = 1.0,
+    lengths: torch.Tensor | None = None,
 ) -> dict[str, dict]:
     """Held-out pairwise accuracy and flip-probe statistics of each member and, with two or more, their ensemble.
 
@@ -135,6 +143,8 @@ def validation_table(
             One row name per member.
         method, coef:
             How the ensemble combines the members (`instructrl.reward.ensemble_reward`).
+        lengths (`torch.Tensor`, *optional*):
+            The held-out responses' lengths in tokens: adds `instructrl.reward.length_preference` to every row.
     """
     columns = {
         name: (rewards[:, m], None if flip_rewards is None else flip_rewards[:, m]) for m, name in enumerate(names)
@@ -145,6 +155,8 @@ def validation_table(
     table = {}
     for name, (held_out, flip) in columns.items():
         table[name] = ranked_pairs_correct(held_out, scores, group_sizes)
+        if lengths is not None:
+            table[name].update(length_preference(held_out, scores, lengths, group_sizes))
         if flip is not None:
             table[name].update(flip_probe_counts(flip.view(-1, 4)))
     return table
@@ -161,16 +173,19 @@ def member_correlation(rewards: torch.Tensor) -> list[list[float]]:
 def markdown(table: dict[str, dict], labels: dict[str, str]) -> str:
     """`validation_table` as a markdown table, rows labelled by `labels` (row name -> what it is)."""
     lines = [
-        "| reward | held-out pairwise accuracy | pairs | flip probe | flip: both orders right |",
-        "|---|---|---|---|---|",
+        "| reward | held-out pairwise accuracy | pairs | flip probe | flip: both orders right | prefers the shorter "
+        "(labels) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
-        flip, both = "", ""
+        flip, both, shorter = "", "", ""
+        if "rm_prefers_shorter" in row:
+            shorter = f"{row['rm_prefers_shorter']:.2f} ({row['labels_prefer_shorter']:.2f})"
         if "flip_probe_accuracy" in row:
             flip = f"{row['flip_probe_accuracy']:.3f} ± {row['flip_probe_ci95_half_width']:.3f}"
             both = f"{row['flip_probe_both_right']:.0%}"
         accuracy = f"{row['pairwise_accuracy']:.3f} ± {row['ci95_half_width']:.3f}"
-        lines.append(f"| {labels.get(name, name)} | {accuracy} | {row['pairs']} | {flip} | {both} |")
+        lines.append(f"| {labels.get(name, name)} | {accuracy} | {row['pairs']} | {flip} | {both} | {shorter} |")
     return "\n".join(lines) + "\n"
 
 
