@@ -22,7 +22,14 @@ from instructrl.evaluation import (
     win_rates_by_kind,
 )
 from instructrl.labeler import SimulatedLabeler
-from instructrl.report import criteria_rows, goal_rows, instruction_rows, smooth
+from instructrl.report import (
+    criteria_rows,
+    goal_rows,
+    instruction_rows,
+    length_preference_line,
+    smooth,
+    write_report,
+)
 from instructrl.stats import mean_ci, win_rate
 from ppo_fixtures import make_adapters
 
@@ -123,6 +130,24 @@ def test_goals_compare_ppo_ptx_with_plain_ppo():
     policies["ppo_ptx"]["perplexity_increase"] = 1.2
     assert goal_rows(policies, None)[-1][3] == "no"
     assert smooth([1.0, 3.0, 5.0], 2) == [1.0, 2.0, 4.0]
+
+
+def test_length_preference_line_names_the_shortcut_and_its_direction(tmp_path):
+    assert length_preference_line(None) is None
+    assert length_preference_line({"eval_pairwise_accuracy": 0.7}) is None  # an RM stage from before the measure
+    rm = {"eval_rm_prefers_shorter": 0.74, "eval_labels_prefer_shorter": 0.57, "eval_length_pairs": 229}
+    line = length_preference_line(rm)
+    assert "229 held-out pairs" in line and "0.74" in line and "0.57" in line
+    assert "prefers the shorter answer 0.17 more often" in line
+    rm["eval_rm_prefers_shorter"] = 0.45
+    assert "prefers the longer answer 0.12 more often" in length_preference_line(rm)
+    rm["eval_rm_prefers_shorter"] = 0.60
+    assert "no length shortcut" in length_preference_line(rm)
+    # In the report, right after the goals, read from the RM stage's eval_results.json.
+    (tmp_path / "eval_results.json").write_text(json.dumps(rm | {"eval_pairwise_accuracy": 0.6}))
+    metrics = {"num_prompts": 0, "reference": "sft", "policies": {"sft": {}}}
+    report = write_report(tmp_path, metrics, [], tmp_path / "eval_results.json").read_text()
+    assert report.index("## Goals of the default run") < report.index(length_preference_line(rm))
 
 
 def test_win_rates_by_kind_of_instruction():

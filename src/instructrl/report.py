@@ -260,6 +260,28 @@ def goal_rows(policies: dict[str, dict], rm_results: dict | None) -> list[tuple[
     return rows
 
 
+def length_preference_line(rm_results: dict | None) -> str | None:
+    """A sentence comparing how often the reward model and its held-out labels prefer the shorter response
+    (`instructrl.reward.length_preference`, read by the RM stage); `None` where the RM stage did not measure it."""
+    if not rm_results or "eval_rm_prefers_shorter" not in rm_results:
+        return None
+    model, labels = rm_results["eval_rm_prefers_shorter"], rm_results["eval_labels_prefer_shorter"]
+    pairs = int(rm_results.get("eval_length_pairs", 0))
+    gap = model - labels
+    if abs(gap) <= 0.05:
+        tail = ", close to its labels: no length shortcut to speak of."
+    else:
+        direction = "shorter" if gap > 0 else "longer"
+        tail = (
+            f": it prefers the {direction} answer {abs(gap):.2f} more often than its labels do, a length shortcut "
+            "PPO tends to follow (compare the policies' words above)."
+        )
+    return (
+        f"Length preference: on the {pairs} held-out pairs whose responses differ in length, the reward model prefers "
+        f"the shorter response in {model:.2f} of them and its labels in {labels:.2f}{tail}"
+    )
+
+
 def instruction_rows(policies: dict[str, dict]) -> list[list[str]]:
     """Rows `[kind, prompts, win rate of each policy]` of the labeler win rates by kind of instruction."""
     compared = [name for name, r in policies.items() if "win_rate_labeler_by_instruction" in r]
@@ -330,6 +352,9 @@ def write_report(
     goals = goal_rows(policies, rm_results)
     if goals:
         lines += ["## Goals of the default run", "", *_table([["goal", "target", "measured", "met"], *goals]), ""]
+    length_line = length_preference_line(rm_results)
+    if length_line:
+        lines += [length_line, ""]
     by_instruction = instruction_rows(policies)
     if by_instruction:
         lines += [
