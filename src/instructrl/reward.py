@@ -10,6 +10,7 @@ classifier reads the right-most non-pad token, and PPO truncates generations aft
 RM evaluation and PPO all score the same token.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -50,6 +51,17 @@ class RankingCollator:
         }
 
 
+def ordered_pairs(scores: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(better, worse) indices of the pairs of one group's `scores` that the scores strictly order; ties left out."""
+    better, worse = [], []
+    for i, j in combinations(range(len(scores)), 2):
+        if scores[i] > scores[j]:
+            better.append(i), worse.append(j)
+        elif scores[j] > scores[i]:
+            better.append(j), worse.append(i)
+    return better, worse
+
+
 def ranking_loss(
     rewards: torch.Tensor, scores: torch.Tensor, group_sizes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,12 +83,7 @@ def ranking_loss(
     for group_rewards, group_scores in zip(
         rewards.split(group_sizes.tolist()), scores.split(group_sizes.tolist()), strict=True
     ):
-        better, worse = [], []
-        for i, j in combinations(range(len(group_scores)), 2):
-            if group_scores[i] > group_scores[j]:
-                better.append(i), worse.append(j)
-            elif group_scores[j] > group_scores[i]:
-                better.append(j), worse.append(i)
+        better, worse = ordered_pairs(group_scores)
         if not better:
             continue
         margin = group_rewards[better] - group_rewards[worse]
@@ -243,11 +250,16 @@ def flip_probe_accuracy(
     return flip_probe_counts(score_sequences(model, sequences, tokenizer.pad_token_id, batch_size).view(-1, 4))
 
 
-def flip_probe_sequences(tokenizer: PreTrainedTokenizerBase, items: list[dict]) -> list[tuple[list[int], list[int]]]:
+def flip_probe_sequences(
+    tokenizer: PreTrainedTokenizerBase, items: list[dict], after_response: Callable[[Any], list[int]] | None = None
+) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids) of every flip-probe item, four per item in `flip_probe_counts`' order: prompt 0 with
-    responses 0 and 1, then prompt 1 with responses 0 and 1."""
+    responses 0 and 1, then prompt 1 with responses 0 and 1; `after_response` as in `tokenize_comparisons`."""
     return [
-        (encode_prompt(tokenizer, prompt), encode_response(tokenizer, response))
+        (
+            encode_prompt(tokenizer, prompt),
+            encode_response(tokenizer, response) + (after_response(prompt) if after_response else []),
+        )
         for item in items
         for prompt in item["prompts"]
         for response in item["responses"]
@@ -296,12 +308,12 @@ def length_preference(
     for group_rewards, group_scores, group_lengths in zip(
         rewards.split(split), scores.split(split), lengths.split(split), strict=True
     ):
-        for i, j in combinations(range(len(group_scores)), 2):
-            if group_scores[i] == group_scores[j] or group_lengths[i] == group_lengths[j]:
+        for better, worse in zip(*ordered_pairs(group_scores), strict=True):
+            if group_lengths[better] == group_lengths[worse]:
                 continue
-            short, long = (i, j) if group_lengths[i] < group_lengths[j] else (j, i)
+            short, long = (better, worse) if group_lengths[better] < group_lengths[worse] else (worse, better)
             total += 1
-            shorter_by_labels += int(group_scores[short] > group_scores[long])
+            shorter_by_labels += int(short == better)
             margin = float(group_rewards[short] - group_rewards[long])
             shorter_by_rm += 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
     share = (lambda count: count / total) if total else (lambda count: float("nan"))

@@ -6,6 +6,7 @@ evaluation and PPO alike (see `instructrl.reward`).
 """
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from datasets import Dataset
@@ -86,10 +87,17 @@ def ranking_problem(responses, scores) -> str | None:
     return None
 
 
-def tokenize_comparisons(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> Dataset:
+def tokenize_comparisons(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int | None,
+    after_response: Callable[[Any], list[int]] | None = None,
+) -> Dataset:
     """Turn ranking or pair rows into `sequences` (one token list per response) and `scores` (higher is better).
 
     Groups whose sequences exceed `max_length` are dropped; groups left with fewer than two responses are dropped.
+    `after_response(prompt)`, if given, returns token ids appended after every response of that prompt (an
+    experiment's input layout, `scripts/rm_restate_instruction.py`); by default nothing follows the end-of-turn token.
     """
     pairs = "chosen" in dataset.column_names
 
@@ -97,7 +105,8 @@ def tokenize_comparisons(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, m
         responses = [row["chosen"], row["rejected"]] if pairs else row["responses"]
         scores = [1.0, 0.0] if pairs else [float(s) for s in row["scores"]]
         prompt_ids = encode_prompt(tokenizer, row["prompt"])
-        sequences = [prompt_ids + encode_response(tokenizer, r) for r in responses]
+        suffix = after_response(row["prompt"]) if after_response else []
+        sequences = [prompt_ids + encode_response(tokenizer, r) + suffix for r in responses]
         if max_length is not None:
             kept = [(s, c) for s, c in zip(sequences, scores, strict=True) if len(s) <= max_length]
             sequences, scores = [s for s, _ in kept], [c for _, c in kept]
