@@ -335,6 +335,40 @@ def test_plain_ppo_has_no_ptx_and_clipping_bounds_the_norm(tmp_path, tiny_model_
     assert total.item() == pytest.approx(1e-3, rel=1e-4)  # applied: clipped to max_grad_norm
 
 
+def test_value_warmup_trains_the_value_function_alone_first(tmp_path, tiny_model_dir, adapters, monkeypatch):
+    """`value_warmup_updates: 1`: the first update moves the value adapter only (no policy step, no ptx draw)."""
+    sft, rm = adapters
+    snapshots: list[tuple[list[torch.Tensor], list[torch.Tensor], dict]] = []
+    real_train, real_log = InstructPPOTrainer.train, InstructPPOTrainer.log
+
+    def snapshot(trainer, logs=None):
+        policy, value = (trainer.shared.adapter_parameters(name) for name in ("policy", "value"))
+        assert policy and value and not {id(p) for p in policy} & {id(p) for p in value}
+        snapshots.append(([p.detach().clone() for p in policy], [p.detach().clone() for p in value], dict(logs or {})))
+
+    def train(trainer, *args, **kwargs):
+        snapshot(trainer)
+        return real_train(trainer, *args, **kwargs)
+
+    def log(trainer, logs, *args, **kwargs):
+        real_log(trainer, logs, *args, **kwargs)
+        if "objective/scores" in logs:
+            snapshot(trainer, logs)
+
+    monkeypatch.setattr(InstructPPOTrainer, "train", train)
+    monkeypatch.setattr(InstructPPOTrainer, "log", log)
+    run(ppo_config(tmp_path, tiny_model_dir, sft, rm, value_warmup_updates=1, score_heldout=False))
+    (policy0, value0, _), (policy1, value1, log1), (policy2, value2, log2) = snapshots
+
+    def moved(before, after):
+        return any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+    assert not moved(policy0, policy1) and moved(value0, value1)  # update 1: the value function alone
+    assert "ptx/lm_loss" not in log1  # ... and no pretraining draw, which would only move the policy
+    assert moved(policy1, policy2) and moved(value1, value2)  # update 2: both, with the ptx term
+    assert "ptx/lm_loss" in log2
+
+
 def test_ppo_ptx_gradient_adds_to_ppo_gradient(tmp_path, tiny_model_dir, adapters, tokenizer):
     """The hook's ptx backward adds exactly coef x LM-loss gradient to the policy's gradient buffers."""
     sft, rm = adapters

@@ -18,6 +18,7 @@ before `optimizer.step()`.
 import json
 import logging
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from .gold import GoldScorer
 from .modeling import lm_logits_in_model_dtype
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
 from .reward import check_ensemble
-from .shared_base import VALUE, SharedBase
+from .shared_base import POLICY, VALUE, SharedBase
 from .stats import mean_ci, win_rate
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,10 @@ class InstructPPOConfig(PPOConfig):
             A labeler from `instructrl.labeler.LABELERS` that also scores every rollout (the gold reward of Gao et al.
             2022), logged as `gold/labeler_score` beside the reward model's `objective/scores`. Unset for your own
             data without a labeler: the gold curve is then absent.
+        value_warmup_updates (`int`, *optional*, defaults to `0`):
+            Updates at the start in which only the value function trains: the policy (and the ptx term, which only
+            moves the policy) waits until the value function, initialized from the reward model, has fitted the
+            returns of the SFT policy's rollouts, so that its first advantages are not the value head's errors.
         max_kl (`float`, *optional*):
             Stop training (`DivergenceError`, stage left interrupted, last checkpoint kept) once an update's rollouts
             are further than this from the reference (TRL's `objective/kl`, nats per response). Unset: no ceiling.
@@ -113,6 +118,9 @@ class InstructPPOConfig(PPOConfig):
     gold_labeler: str | None = field(
         default=None, metadata={"help": "Labeler that also scores every rollout (gold reward); unset: none."}
     )
+    value_warmup_updates: int = field(
+        default=0, metadata={"help": "Updates at the start that train the value function only (policy frozen)."}
+    )
     max_kl: float | None = field(
         default=None, metadata={"help": "Stop when the rollouts' KL to the reference exceeds this; unset: never."}
     )
@@ -121,13 +129,27 @@ class InstructPPOConfig(PPOConfig):
     def __post_init__(self):
         super().__post_init__()
         check_ensemble(self.reward_ensemble, self.reward_ensemble_coef)
-        checks = (("ptx_coef", 0), ("ptx_ratio", 0), ("ptx_micro_batch_size", 1))
+        checks = (("ptx_coef", 0), ("ptx_ratio", 0), ("ptx_micro_batch_size", 1), ("value_warmup_updates", 0))
         for name, low in checks:
             value = getattr(self, name)
             if not value >= low:  # also refuses NaN
                 raise ConfigError(f"`{name}` is {value} but must be >= {low}. Fix it in the config or command line.")
+        if self.total_episodes is not None and self.value_warmup_updates > 0:
+            self.check_value_warmup(math.ceil(self.total_episodes / self.episodes_per_update()))
         if self.max_kl is not None and not self.max_kl > 0:
             raise ConfigError(f"`max_kl` is {self.max_kl} but must be > 0 (or unset for no ceiling).")
+
+    def episodes_per_update(self) -> int:
+        """TRL's `batch_size`: episodes of one update over all processes (`WORLD_SIZE` under `accelerate launch`)."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * world_size
+
+    def check_value_warmup(self, updates: int) -> None:
+        if self.value_warmup_updates >= updates:
+            raise ConfigError(
+                f"`value_warmup_updates` is {self.value_warmup_updates} but this run has {updates} updates, which "
+                "leaves no update for the policy. Lower it or raise `total_episodes`."
+            )
 
 
 class ContinuedBatches:
@@ -209,6 +231,7 @@ class InstructPPOTrainer(PPOTrainer):
             value_model=shared.value_model(),
             **kwargs,
         )
+        args.check_value_warmup(args.num_total_batches)  # the number TRL derived (total_episodes may be unset)
         if ptx_stream is not None:
             # One pretraining stream per process, like the prompts: every process draws different sequences.
             ptx_stream.reseed(args.seed + self.accelerator.process_index)
@@ -230,7 +253,10 @@ class InstructPPOTrainer(PPOTrainer):
         where = f"update {self.state.global_step + 1}"
         check_value("the PPO loss", loss.detach(), where)
         self._ppo_backward(loss, **kwargs)
-        if self.args.ptx_coef > 0 and self.args.ptx_ratio > 0:
+        if self.value_warming_up():
+            for param in self.shared.adapter_parameters(POLICY):
+                param.grad = None  # AdamW skips a parameter without a gradient: no step, no decay, no state
+        elif self.args.ptx_coef > 0 and self.args.ptx_ratio > 0:
             check_value("the ptx LM loss", self.ptx_backward(self.ptx_sequences_per_micro_batch()), where)
         if not self.accelerator.sync_gradients:
             return
@@ -240,6 +266,10 @@ class InstructPPOTrainer(PPOTrainer):
             norm = self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
             self._ptx_stats["grad_norm"].append(float(norm))
         check_gradients(params, where)
+
+    def value_warming_up(self) -> bool:
+        """Whether this update trains the value function only (`value_warmup_updates`)."""
+        return self.state.global_step < self.args.value_warmup_updates
 
     def ptx_backward(self, num_sequences: int) -> float:
         """Add `ptx_coef` x the policy's LM-loss gradient on `num_sequences` pretraining sequences to the gradients.

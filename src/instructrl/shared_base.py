@@ -200,6 +200,10 @@ class EnsembleRewardModel(nn.Module):
         self.score = EnsembleHead(heads, method, coef)
 
 
+def _is_lora_of(name: str, adapter: str) -> bool:
+    return f".{adapter}." in name and "lora_" in name
+
+
 class SharedBase:
     """Builds the four adapters on one base and hands out the objects TRL's `PPOTrainer` takes.
 
@@ -255,7 +259,11 @@ class SharedBase:
 
     def freeze_all_but(self, trainable: tuple[str, ...]) -> None:
         for name, param in self.shared.named_parameters():
-            param.requires_grad = any(f".{a}." in name for a in trainable) and "lora_" in name
+            param.requires_grad = any(_is_lora_of(name, a) for a in trainable)
+
+    def adapter_parameters(self, adapter: str) -> list[nn.Parameter]:
+        """The LoRA weights of one adapter (`policy`, `value`, ...) of the shared base."""
+        return [param for name, param in self.shared.named_parameters() if _is_lora_of(name, adapter)]
 
     def policy(self) -> AdapterView:
         return AdapterView(self.shared, POLICY)
