@@ -159,3 +159,41 @@ def test_lora_is_merged_only_into_fp32_weights(tmp_path, tiny_model_dir, tokeniz
     fp32, _ = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), str(sft))
     assert isinstance(bf16, PeftModel) and not isinstance(fp32, PeftModel)
     assert all(p.dtype == torch.float32 for n, p in bf16.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize("source", ["auto", "generate"])
+def test_bf16_ppo_takes_rollout_logprobs_from_the_training_forward(
+    tmp_path, tiny_model_dir, tokenizer, bf16_cpu, source
+):
+    """In bf16 `generate`'s incremental logits round differently from a forward pass over the same sequence; `auto`
+    recomputes the rollouts' log-probabilities with the forward the training step uses, so a policy identical to its
+    reference (the first update's rollouts) has a KL of exactly 0 to it, and the first ratio is 1."""
+    sft, rm = make_adapters(tiny_model_dir, tmp_path / "adapters", tokenizer)
+    config = ppo_config(
+        tmp_path,
+        tiny_model_dir,
+        sft,
+        rm,
+        dtype="auto",
+        total_episodes=4,
+        save_strategy="no",
+        score_heldout=False,
+        rollout_logprobs=source,
+        response_length=16,
+    )
+    original = trl_ppo.batch_generation
+    trainer = run(config)
+    assert trl_ppo.batch_generation is original  # TRL's function is back after training
+    assert trainer.rollout_logprobs_source() == ("forward" if source == "auto" else "generate")
+    (log,) = [log for log in trainer.state.log_history if "objective/kl" in log]
+    if source == "auto":
+        assert log["objective/kl"] == 0.0
+    else:
+        assert log["objective/kl"] != 0.0  # what the forward pass removes
+
+
+def test_fp32_ppo_keeps_generates_rollout_logprobs(tmp_path, tiny_model_dir, tokenizer):
+    sft, rm = make_adapters(tiny_model_dir, tmp_path / "adapters", tokenizer)
+    config = ppo_config(tmp_path, tiny_model_dir, sft, rm, total_episodes=4, save_strategy="no", score_heldout=False)
+    trainer = run(config)
+    assert trainer.rollout_logprobs_source() == "generate"  # in fp32 the two paths agree: no extra forward

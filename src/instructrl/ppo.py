@@ -20,6 +20,8 @@ import logging
 import math
 import os
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import torch
 from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 from trl.experimental.ppo import PPOConfig, PPOTrainer
+from trl.experimental.ppo import ppo_trainer as trl_ppo
 from trl.models.utils import unwrap_model_for_generation
 
 from .data.rows import encode_prompt, encode_response
@@ -45,6 +48,34 @@ logger = logging.getLogger(__name__)
 
 # Share of an update's rollouts that reach `response_length` without the stop token, above which PPO warns once.
 TRUNCATION_WARNING_SHARE = 0.1
+
+
+ROLLOUT_LOGPROBS = ("auto", "forward", "generate")
+
+
+@contextmanager
+def rollout_logprobs_from_forward() -> Iterator[None]:
+    """Within this block TRL's PPO loop takes its rollouts' log-probabilities from a forward pass of the policy over
+    the sampled sequences (TRL's own `forward`, temperature applied as its training step does) instead of from
+    `generate`'s incremental logits. Restored on exit."""
+    original = trl_ppo.batch_generation
+
+    @torch.no_grad()
+    def batch_generation(model, queries, batch_size, pad_token_id, generation_config):
+        query_responses, _ = original(model, queries, batch_size, pad_token_id, generation_config)
+        context_length = queries.shape[1]
+        logits = []
+        for start in range(0, query_responses.shape[0], batch_size):
+            chunk = query_responses[start : start + batch_size]
+            output = trl_ppo.forward(model, chunk, pad_token_id)
+            logits.append(output.logits[:, context_length - 1 : -1] / generation_config.temperature)
+        return query_responses, torch.cat(logits)
+
+    trl_ppo.batch_generation = batch_generation
+    try:
+        yield
+    finally:
+        trl_ppo.batch_generation = original
 
 
 @dataclass
@@ -91,6 +122,13 @@ class InstructPPOConfig(PPOConfig):
             Updates at the start in which only the value function trains: the policy (and the ptx term, which only
             moves the policy) waits until the value function, initialized from the reward model, has fitted the
             returns of the SFT policy's rollouts, so that its first advantages are not the value head's errors.
+        rollout_logprobs (`str`, *optional*, defaults to `"auto"`):
+            Where a rollout's log-probabilities (the "old" ones of PPO's ratio, and the policy's side of the KL
+            penalty) come from. `generate`: TRL's own, the sampling step's logits, computed incrementally with a KV
+            cache. `forward`: one more forward pass of the policy over the sampled sequences, the computation the
+            training step repeats, so that an unchanged policy has a ratio of exactly 1 and a KL of 0 to itself.
+            `auto`: `forward` when the model computes in bf16 or fp16, where the two paths round differently by about
+            as much as one update moves the policy; `generate` in fp32, where they agree.
         max_kl (`float`, *optional*):
             Stop training (`DivergenceError`, stage left interrupted, last checkpoint kept) once an update's rollouts
             are further than this from the reference (TRL's `objective/kl`, nats per response). Unset: no ceiling.
@@ -121,6 +159,9 @@ class InstructPPOConfig(PPOConfig):
     value_warmup_updates: int = field(
         default=0, metadata={"help": "Updates at the start that train the value function only (policy frozen)."}
     )
+    rollout_logprobs: str = field(
+        default="auto", metadata={"help": "generate, forward or auto (forward when computing in bf16/fp16)."}
+    )
     max_kl: float | None = field(
         default=None, metadata={"help": "Stop when the rollouts' KL to the reference exceeds this; unset: never."}
     )
@@ -136,6 +177,10 @@ class InstructPPOConfig(PPOConfig):
                 raise ConfigError(f"`{name}` is {value} but must be >= {low}. Fix it in the config or command line.")
         if self.total_episodes is not None and self.value_warmup_updates > 0:
             self.check_value_warmup(math.ceil(self.total_episodes / self.episodes_per_update()))
+        if self.rollout_logprobs not in ROLLOUT_LOGPROBS:
+            raise ConfigError(
+                f"`rollout_logprobs` is {self.rollout_logprobs!r}; choose one of {', '.join(ROLLOUT_LOGPROBS)}."
+            )
         if self.max_kl is not None and not self.max_kl > 0:
             raise ConfigError(f"`max_kl` is {self.max_kl} but must be > 0 (or unset for no ceiling).")
 
@@ -244,9 +289,19 @@ class InstructPPOTrainer(PPOTrainer):
         self.accelerator.backward = self._backward_with_ptx_and_clipping
 
     def train(self, *args, **kwargs):
-        # TRL samples every rollout with `generate(do_sample=True)`: single multinomial draws, cheap on CPU this way.
-        with fast_cpu_sampling():
+        with ExitStack() as stack:
+            # TRL samples every rollout with `generate(do_sample=True)`: single multinomial draws, cheap on CPU so.
+            stack.enter_context(fast_cpu_sampling())
+            if self.rollout_logprobs_source() == "forward":
+                stack.enter_context(rollout_logprobs_from_forward())
             return super().train(*args, **kwargs)
+
+    def rollout_logprobs_source(self) -> str:
+        """`generate` or `forward`: `rollout_logprobs`, with `auto` decided by the base model's compute dtype."""
+        if self.args.rollout_logprobs != "auto":
+            return self.args.rollout_logprobs
+        dtype = next(self.shared.shared.get_base_model().parameters()).dtype
+        return "generate" if dtype == torch.float32 else "forward"
 
     # -- the hook -------------------------------------------------------------------------------------------------
     def _backward_with_ptx_and_clipping(self, loss: torch.Tensor, **kwargs) -> None:
