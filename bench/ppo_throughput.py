@@ -52,6 +52,7 @@ VARIANTS = {
     "bf16-8": ["--dtype", "bfloat16", *OLD_SHAPE],
     "default": [],
     "default-fp32": ["--dtype", "float32"],
+    "default-generate": ["--dtype", "bfloat16", "--rollout_logprobs", "generate"],  # TRL's rollout log-probs in bf16
     "default-before": [],
 }
 BEFORE = {"fp32-8", "bf16-8", "default-before"}  # run with the sampler and ptx logits of before 2026-12-02
