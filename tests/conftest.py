@@ -8,6 +8,8 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `dtype: auto` is measured here, per test as configured, not fixed by a caller's `make pipeline` or shell.
+os.environ.pop("INSTRUCTRL_AUTO_DTYPE", None)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from helpers import write_config, write_jsonl
+from instructrl import modeling
 from instructrl.errors import ConfigError
 from instructrl.pipeline import (
     PipelineError,
@@ -142,6 +144,33 @@ def test_a_failing_stage_stops_the_pipeline_and_is_retried(tmp_path):
         run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable])
     assert stage_state(out)[0] == "interrupted"
     assert actions(run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable])) == ["ran (interrupted)"]
+
+
+def test_every_stage_of_one_pipeline_runs_in_the_dtype_it_decided_once(tmp_path, monkeypatch):
+    monkeypatch.delenv(modeling.AUTO_DTYPE_ENV, raising=False)
+    # What this process decides `dtype: auto` means (no CPU would pick fp16): each stage must resolve the same.
+    monkeypatch.setattr(modeling, "preferred_dtype", lambda: torch.float16)
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "import sys, pathlib, yaml\n"
+        "from instructrl.modeling import torch_dtype\n"
+        "from instructrl.runs import start_stage, finish_stage\n"
+        "out = pathlib.Path(yaml.safe_load(open(sys.argv[sys.argv.index('--config') + 1]))['output_dir'])\n"
+        "start_stage(out, 'toy')\n"
+        "(out / 'dtype.txt').write_text(str(torch_dtype('auto')))\n"
+        "finish_stage(out, 'toy')\n"
+    )
+    stages = []
+    for name in ("a", "b"):
+        config = write_config(tmp_path / f"{name}.yaml", output_dir=str(tmp_path / name))
+        stages.append({"name": name, "recipe": str(script), "config": str(config)})
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    stages = load_pipeline(tmp_path / "pipeline.yaml", root=REPO)
+    run_pipeline(stages, dry_run=True, launcher=[sys.executable])
+    assert modeling.AUTO_DTYPE_ENV not in os.environ  # a dry run decides nothing
+    run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable])
+    assert [(tmp_path / name / "dtype.txt").read_text() for name in "ab"] == ["torch.float16"] * 2
+    assert modeling.AUTO_DTYPE_ENV not in os.environ  # the pipeline's decision ends with it
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """bf16 where the hardware computes it: detection, fp32 fallback, fp32 trainable weights and fp32 logits."""
 
+import os
+
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -7,6 +9,7 @@ from trl import ModelConfig
 from trl.experimental.ppo import ppo_trainer as trl_ppo
 
 from instructrl import modeling, ppo
+from instructrl.errors import ConfigError
 from instructrl.generation import load_policy
 from instructrl.modeling import (
     cpu_supports_bf16,
@@ -49,6 +52,49 @@ def test_the_speed_probe_runs_once_per_process():
     first = modeling.cpu_bf16_is_faster()
     assert isinstance(first, bool) and modeling.cpu_bf16_is_faster.cache_info().misses == 1
     assert modeling.cpu_bf16_is_faster() is first and modeling.cpu_bf16_is_faster.cache_info().hits == 1
+
+
+def fake_matmul_seconds(bf16: list[float], fp32: list[float]):
+    """Stands in for the probe's timer: each dtype's next timing from its list (the first call of each warms up)."""
+    queues = {torch.bfloat16: [0.1, *bf16], torch.float32: [0.1, *fp32]}
+    return lambda a, w: queues[a.dtype].pop(0)
+
+
+@pytest.mark.parametrize(
+    ("bf16", "fp32", "expected"),
+    [
+        # A neighbour busy during bf16's first rounds: the fastest rounds still show AMX's 5x.
+        ([0.02, 0.02, 0.02, 0.004, 0.02, 0.004, 0.004, 0.004, 0.004], [0.02] * 9, True),
+        ([0.011] * 9, [0.006] * 9, False),  # oneDNN's bf16 slower than MKL's fp32 (the AMD EPYC)
+        ([0.009] * 9, [0.01] * 9, False),  # 1.1x: not worth bf16's rounding
+    ],
+    ids=["busy-neighbour", "bf16-slower", "barely-faster"],
+)
+def test_the_speed_probe_keeps_each_dtypes_fastest_round(monkeypatch, bf16, fp32, expected):
+    monkeypatch.setattr(modeling, "_matmul_seconds", fake_matmul_seconds(bf16, fp32))
+    modeling.cpu_bf16_is_faster.cache_clear()
+    try:
+        assert modeling.cpu_bf16_is_faster() is expected
+    finally:
+        modeling.cpu_bf16_is_faster.cache_clear()
+
+
+def test_the_environment_decides_auto_without_a_probe(monkeypatch):
+    monkeypatch.setattr(modeling, "cpu_bf16_is_faster", lambda: pytest.fail("probed although the variable is set"))
+    monkeypatch.setenv(modeling.AUTO_DTYPE_ENV, "float16")
+    assert torch_dtype("auto") == torch.float16
+    assert torch_dtype("float32") == torch.float32  # an explicit dtype is never overridden
+    monkeypatch.setenv(modeling.AUTO_DTYPE_ENV, "bf16")
+    with pytest.raises(ConfigError, match="INSTRUCTRL_AUTO_DTYPE='bf16'.*bfloat16, float16, float32"):
+        torch_dtype("auto")
+
+
+def test_pinning_auto_sets_the_variable_for_the_block_only(monkeypatch):
+    monkeypatch.delenv(modeling.AUTO_DTYPE_ENV, raising=False)
+    monkeypatch.setattr(modeling, "preferred_dtype", lambda: torch.float16)
+    with modeling.auto_dtype_pinned() as name:
+        assert name == "float16" and os.environ[modeling.AUTO_DTYPE_ENV] == "float16"
+    assert modeling.AUTO_DTYPE_ENV not in os.environ
 
 
 @pytest.fixture

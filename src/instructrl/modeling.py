@@ -35,7 +35,7 @@ from transformers import (
 )
 from trl import ModelConfig, get_quantization_config
 
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
 from .paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -230,35 +230,83 @@ def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def _matmul_seconds(a: torch.Tensor, w: torch.Tensor) -> float:
+    start = time.perf_counter()
+    F.linear(a, w)
+    return time.perf_counter() - start
+
+
 @functools.cache
-def cpu_bf16_is_faster() -> bool:
-    """Whether a training-sized matmul runs clearly faster in bf16 than in fp32 on this CPU (timed once, ~0.1 s).
+def cpu_bf16_is_faster(rounds: int = 9) -> bool:
+    """Whether a training-sized matmul runs clearly faster in bf16 than in fp32 on this CPU (~0.15 s, once).
 
     The flags alone do not say: on this project's 2-core AMD EPYC (AVX512-BF16, no AMX) oneDNN's bf16 matmul runs at
     about half the speed of MKL's fp32 one (512x576 by 576x1536: 11 ms against 6 ms on one thread), so bf16 weights
-    made every PPO phase slower there. bf16 is chosen only if it is at least 20% faster.
+    made every PPO phase slower there. bf16 is chosen only if it is at least 1.25x faster.
+
+    The two dtypes are timed in alternation and each keeps its fastest round (the one least disturbed by other work),
+    so another process on the same cores slows both alike: timed 3 rounds of each in a row beside a running PPO
+    stage, AMX's bf16 (5x faster on idle cores) once looked only 1.27x faster, and a bench process once chose fp32.
     """
     a, w = torch.randn(512, 1024), torch.randn(1024, 1024)
+    operands = {"bfloat16": (a.bfloat16(), w.bfloat16()), "float32": (a, w)}
+    for pair in operands.values():
+        _matmul_seconds(*pair)  # the first call builds the kernel
+    timings: dict[str, list[float]] = {name: [] for name in operands}
+    for _ in range(rounds):
+        for name, pair in operands.items():
+            timings[name].append(_matmul_seconds(*pair))
+    speedup = min(timings["float32"]) / min(timings["bfloat16"])
+    logger.info(
+        "bf16 probe: 512x1024 @ 1024x1024 in %.1f ms bf16, %.1f ms fp32 (%.2fx)",
+        min(timings["bfloat16"]) * 1e3,
+        min(timings["float32"]) * 1e3,
+        speedup,
+    )
+    return speedup >= 1.25
 
-    def fastest(dtype: torch.dtype) -> float:
-        x, y = a.to(dtype), w.to(dtype)
-        F.linear(x, y)  # the first call builds the kernel
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            F.linear(x, y)
-            times.append(time.perf_counter() - start)
-        return min(times)
 
-    return fastest(torch.bfloat16) < 0.8 * fastest(torch.float32)
+AUTO_DTYPE_ENV = "INSTRUCTRL_AUTO_DTYPE"
+_AUTO_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def preferred_dtype() -> torch.dtype:
     """bf16 where the hardware computes it natively and faster (a bf16-capable GPU, or a CPU with AVX512-BF16/AMX
-    whose bf16 matmul beats fp32), else fp32."""
+    whose bf16 matmul beats fp32), else fp32.
+
+    `INSTRUCTRL_AUTO_DTYPE` (bfloat16, float16 or float32), when set, is the answer instead: `make pipeline` decides
+    once and sets it for its stages, so SFT, the reward model and PPO all run in the same dtype.
+
+    Raises:
+        ConfigError: the environment variable holds another value.
+    """
+    chosen = os.environ.get(AUTO_DTYPE_ENV)
+    if chosen:
+        if chosen not in _AUTO_DTYPES:
+            raise ConfigError(
+                f"{AUTO_DTYPE_ENV}={chosen!r} is not a dtype `dtype: auto` can stand for; set it to one of "
+                f"{', '.join(_AUTO_DTYPES)}, or unset it to let instructrl measure this machine."
+            )
+        return _AUTO_DTYPES[chosen]
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.bfloat16 if cpu_supports_bf16() and cpu_bf16_is_faster() else torch.float32
+
+
+@contextmanager
+def auto_dtype_pinned() -> Iterator[str]:
+    """Within this block, `dtype: auto` means one dtype, decided once, here and in the processes started from here
+    (`INSTRUCTRL_AUTO_DTYPE` set, restored after); yields its name."""
+    previous = os.environ.get(AUTO_DTYPE_ENV)
+    name = str(preferred_dtype()).removeprefix("torch.")
+    os.environ[AUTO_DTYPE_ENV] = name
+    try:
+        yield name
+    finally:
+        if previous is None:
+            os.environ.pop(AUTO_DTYPE_ENV, None)
+        else:
+            os.environ[AUTO_DTYPE_ENV] = previous
 
 
 def torch_dtype(name: str | None) -> torch.dtype:

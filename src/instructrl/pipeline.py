@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,6 +354,43 @@ def in_process_runner(stage: Stage, launcher: list[str]) -> int:
     return 0
 
 
+def _run_stage(
+    stage: Stage,
+    reason: str,
+    prefix: str,
+    launcher: list[str],
+    runner: Callable[[Stage, list[str]], int],
+    dry_run: bool,
+) -> dict:
+    """Run (or skip, or only show) one stage as `plan` decided; returns its record for `pipeline.json`."""
+    output_dir = stage.output_dir
+    if reason == "skip":
+        print(f"{prefix}: done before, skipped. Outputs: {output_dir}", flush=True)
+        return {"stage": stage.name, "action": "skipped", "output_dir": str(output_dir)}
+    print(f"{prefix}: running ({reason}). Outputs: {output_dir}", flush=True)
+    print(f"{prefix}: $ {' '.join(stage.command(launcher))}", flush=True)
+    for key, value in stage.inputs().items():
+        print(f"{prefix}:   input  {key} = {' '.join(value) if isinstance(value, list) else value}", flush=True)
+    print(f"{prefix}:   output {output_dir}", flush=True)
+    if dry_run:
+        return {"stage": stage.name, "action": f"would run ({reason})", "output_dir": str(output_dir)}
+    if (output_dir / RUNNING).exists() or (output_dir / COMPLETE).exists():
+        # A stage starts from an empty directory; only directories instructrl marked as its own get here.
+        shutil.rmtree(output_dir)
+    digest = stage.settings_digest()  # the settings this run uses, even if the file is edited meanwhile
+    start = time.time()
+    code = runner(stage, launcher)
+    seconds = round(time.time() - start, 1)
+    if code != 0 or stage_state(output_dir)[0] != "complete":
+        raise PipelineError(
+            f"Stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; see its output above. Fix the "
+            "cause and run the pipeline again: finished stages are kept and this one starts over."
+        )
+    write_json(output_dir / CONFIG_RECORD, {"config": str(stage.config), "sha256": digest})
+    print(f"{prefix}: finished in {seconds / 60:.1f} min. Outputs: {output_dir}", flush=True)
+    return {"stage": stage.name, "action": f"ran ({reason})", "seconds": seconds, "output_dir": str(output_dir)}
+
+
 def run_pipeline(
     stages: list[Stage],
     force: list[str] | None = None,
@@ -370,38 +408,15 @@ def run_pipeline(
     launcher = launcher if launcher is not None else default_launcher()
     records = []
     total = time.time()
-    for index, (stage, reason) in enumerate(decisions, start=1):
-        output_dir = stage.output_dir
-        prefix = f"[pipeline] {index}/{len(decisions)} {stage.name}"
-        if reason == "skip":
-            print(f"{prefix}: done before, skipped. Outputs: {output_dir}", flush=True)
-            records.append({"stage": stage.name, "action": "skipped", "output_dir": str(output_dir)})
-            continue
-        print(f"{prefix}: running ({reason}). Outputs: {output_dir}", flush=True)
-        print(f"{prefix}: $ {' '.join(stage.command(launcher))}", flush=True)
-        for key, value in stage.inputs().items():
-            print(f"{prefix}:   input  {key} = {' '.join(value) if isinstance(value, list) else value}", flush=True)
-        print(f"{prefix}:   output {output_dir}", flush=True)
-        if dry_run:
-            records.append({"stage": stage.name, "action": f"would run ({reason})", "output_dir": str(output_dir)})
-            continue
-        if (output_dir / RUNNING).exists() or (output_dir / COMPLETE).exists():
-            # A stage starts from an empty directory; only directories instructrl marked as its own get here.
-            shutil.rmtree(output_dir)
-        digest = stage.settings_digest()  # the settings this run uses, even if the file is edited meanwhile
-        start = time.time()
-        code = runner(stage, launcher)
-        seconds = round(time.time() - start, 1)
-        if code != 0 or stage_state(output_dir)[0] != "complete":
-            raise PipelineError(
-                f"Stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; see its output above. Fix the "
-                "cause and run the pipeline again: finished stages are kept and this one starts over."
-            )
-        write_json(output_dir / CONFIG_RECORD, {"config": str(stage.config), "sha256": digest})
-        print(f"{prefix}: finished in {seconds / 60:.1f} min. Outputs: {output_dir}", flush=True)
-        records.append(
-            {"stage": stage.name, "action": f"ran ({reason})", "seconds": seconds, "output_dir": str(output_dir)}
-        )
+    with ExitStack() as pinned:
+        if not dry_run and any(reason != "skip" for _, reason in decisions):
+            from .modeling import auto_dtype_pinned  # torch and transformers load only when a stage will run
+
+            dtype = pinned.enter_context(auto_dtype_pinned())  # one dtype for `dtype: auto` in every stage
+            print(f"[pipeline] dtype auto = {dtype} on this machine, for every stage that runs", flush=True)
+        for index, (stage, reason) in enumerate(decisions, start=1):
+            prefix = f"[pipeline] {index}/{len(decisions)} {stage.name}"
+            records.append(_run_stage(stage, reason, prefix, launcher, runner, dry_run))
     if log_file is not None and not dry_run:
         write_json(Path(log_file), {"stages": records, "seconds": round(time.time() - total, 1)})
     return records
