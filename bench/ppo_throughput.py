@@ -70,6 +70,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     from instructrl import ppo as ppo_module
     from instructrl.configs import PPOScriptArguments, parse_args
     from instructrl.memory import Shape
+    from instructrl.modeling import compute_dtype
     from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
 
     # With --count-flops, torch's FlopCounterMode counts the matrix-product FLOPs (forward and backward) of each
@@ -149,7 +150,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     flops["ppo training"] = flops.pop("total") - sum(flops.values())
     return {
         "variant": name,
-        "dtype": str(next(trainer.shared.shared.parameters()).dtype).removeprefix("torch."),
+        "dtype": str(compute_dtype(trainer.shared.shared)).removeprefix("torch."),
         "episodes_per_update": episodes,
         "sec_per_update": seconds,
         "episodes_per_min": 60 * episodes / seconds,

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from trl import ModelConfig
 
 from conftest import build_tiny_model
-from instructrl.modeling import load_base_model
+from instructrl.modeling import compute_dtype, load_base_model
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 NUM_LAYERS = 2
@@ -197,3 +197,12 @@ def test_optimizer_step_moves_lora_only(lora_pair, tokenizer):
     assert base_after.keys() == base_before.keys()
     for name, tensor in base_before.items():
         assert torch.equal(base_after[name], tensor), f"base tensor {name} changed"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_compute_dtype_of_a_4bit_model_is_its_embeddings_not_its_packed_weights(model_dir, tokenizer, dtype):
+    name = str(dtype).removeprefix("torch.")
+    args = ModelConfig(model_name_or_path=str(model_dir), load_in_4bit=True, bnb_4bit_quant_type="nf4", dtype=name)
+    model = load_base_model(args, tokenizer)
+    assert {p.dtype for p in model.parameters()} >= {torch.uint8, dtype}  # packed nf4 beside the unquantized parts
+    assert compute_dtype(model) == dtype and compute_dtype(with_lora(model)) == dtype

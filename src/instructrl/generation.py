@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig
 
 from .data.rows import encode_prompt
-from .modeling import load_base_model, load_tokenizer
+from .modeling import compute_dtype, load_base_model, load_tokenizer
 from .runs import require_adapter
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def load_policy(
         model = PeftModel.from_pretrained(model, adapter)
         # Merged, sampling does one matmul per layer instead of two; but only into fp32 weights: rounded to bf16 (or
         # 4-bit), a LoRA update much smaller than the weight it is added to would be mostly lost.
-        full_precision = next(model.get_base_model().parameters()).dtype == torch.float32
+        full_precision = compute_dtype(model) == torch.float32
         if full_precision and not getattr(model, "is_loaded_in_4bit", False):
             model = model.merge_and_unload()
     model.eval()

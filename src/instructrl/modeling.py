@@ -309,6 +309,12 @@ def auto_dtype_pinned() -> Iterator[str]:
             os.environ[AUTO_DTYPE_ENV] = previous
 
 
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype a loaded model's frozen body computes in: its input embeddings' (with a PEFT wrapper too). Not its
+    first parameter's in general: a 4-bit model's quantized weights are stored as uint8, its embeddings are not."""
+    return model.get_input_embeddings().weight.dtype
+
+
 def torch_dtype(name: str | None) -> torch.dtype:
     """The weights' dtype for `ModelConfig.dtype`: `auto` (or unset) picks `preferred_dtype()`.
 

@@ -38,7 +38,7 @@ from .errors import ConfigError, DivergenceError
 from .evaluation import reward_scores
 from .generation import fast_cpu_sampling, sample_responses
 from .gold import GoldScorer
-from .modeling import lm_logits_in_model_dtype
+from .modeling import compute_dtype, lm_logits_in_model_dtype
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
 from .reward import check_ensemble
 from .shared_base import POLICY, VALUE, SharedBase
@@ -300,8 +300,7 @@ class InstructPPOTrainer(PPOTrainer):
         """`generate` or `forward`: `rollout_logprobs`, with `auto` decided by the base model's compute dtype."""
         if self.args.rollout_logprobs != "auto":
             return self.args.rollout_logprobs
-        dtype = next(self.shared.shared.get_base_model().parameters()).dtype
-        return "generate" if dtype == torch.float32 else "forward"
+        return "generate" if compute_dtype(self.shared.shared) == torch.float32 else "forward"
 
     # -- the hook -------------------------------------------------------------------------------------------------
     def _backward_with_ptx_and_clipping(self, loss: torch.Tensor, **kwargs) -> None:
