@@ -1,0 +1,100 @@
+"""Where does PPO's proxy gain go? The RM score change of trained policies against SFT, by prompts and decoding.
+
+    python bench/proxy_transfer.py --run ~/.cache/instructrl/outputs/smollm2-135m
+    python bench/proxy_transfer.py --sft DIR --rm DIR --policy ppo=DIR --policy ppo_ptx=DIR --num-prompts 64
+
+PPO's training curve (`objective/scores`) is the RM score of *sampled* responses (the rollouts' temperature) to
+*training* prompts; its held-out check (`ppo_summary.json`) is the RM score of *greedy* responses to *held-out*
+prompts. When the first rises and the second does not, this script says which of the two differences the gain is
+lost in: for each policy, the paired per-prompt RM score change against the SFT policy (mean, 95% interval, RM win
+rate) in the four cells {training prompts (`ppo` split), held-out prompts (`eval` split)} x {greedy, sampled}.
+Sampled cells average `--samples` responses per prompt, each policy sampling from the same random state. Only the
+reward model judges here: no labeler, so it is a validation signal a user without a gold labeler has too.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from transformers import set_seed
+from trl import ModelConfig
+
+from instructrl.data.loading import load_data, take
+from instructrl.data.rows import encode_prompt, encode_response
+from instructrl.evaluation import EvalModels, reward_scores
+from instructrl.generation import sample_responses
+from instructrl.modeling import load_base_model, load_tokenizer
+from instructrl.stats import mean_ci, win_rate
+
+PROMPT_SETS = {"training": "ppo", "held-out": "eval"}
+
+
+def rm_scores(models: EvalModels, tokenizer, name: str, prompts: list, args: argparse.Namespace, greedy: bool):
+    """One RM score per prompt: of the greedy response, or the mean over `args.samples` sampled ones."""
+    set_seed(args.seed)
+    responses = sample_responses(
+        models.policy(name),
+        tokenizer,
+        prompts,
+        num_samples=1 if greedy else args.samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        do_sample=not greedy,
+    )
+    prompt_ids, response_ids = [], []
+    for prompt, answers in zip(prompts, responses, strict=True):
+        prompt_ids += [encode_prompt(tokenizer, prompt)] * len(answers)
+        response_ids += [encode_response(tokenizer, answer) for answer in answers]
+    scores = reward_scores(models.reward_model(), prompt_ids, response_ids, tokenizer.pad_token_id, args.batch_size)
+    per = len(scores) // len(prompts)
+    return [sum(scores[i : i + per]) / per for i in range(0, len(scores), per)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, help="a pipeline output root: its sft, rm, ppo and ppo_ptx directories")
+    parser.add_argument("--sft", type=Path)
+    parser.add_argument("--rm", type=Path)
+    parser.add_argument("--policy", action="append", default=[], help="name=adapter_dir (repeatable)")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--temperature", type=float, default=0.7, help="the rollouts' temperature (PPO configs)")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="PPO's response_length")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    policies = dict(entry.split("=", 1) for entry in args.policy)
+    if args.run is not None:
+        args.sft, args.rm = args.sft or args.run / "sft", args.rm or args.run / "rm"
+        policies = policies or {name: str(args.run / name) for name in ("ppo", "ppo_ptx")}
+    if args.sft is None or args.rm is None or not policies:
+        parser.error("give --run, or --sft, --rm and at least one --policy name=dir")
+
+    tokenizer = load_tokenizer(args.model, None, False, "left")
+    base = load_base_model(ModelConfig(model_name_or_path=args.model, dtype="auto"), tokenizer)
+    models = EvalModels(base, {"sft": args.sft, **{k: Path(v) for k, v in policies.items()}}, args.rm)
+    results: dict = {}
+    print("| policy | prompts | decoding | RM change vs SFT (95% CI) | RM win rate |\n|---|---|---|---|---|")
+    for prompt_set, split in PROMPT_SETS.items():
+        prompts = list(take(load_data("builtin:prompts", split), args.num_prompts)["prompt"])
+        for decoding in ("greedy", "sampled"):
+            sft = rm_scores(models, tokenizer, "sft", prompts, args, decoding == "greedy")
+            for name in policies:
+                scores = rm_scores(models, tokenizer, name, prompts, args, decoding == "greedy")
+                change = mean_ci([a - b for a, b in zip(scores, sft, strict=True)])
+                won = win_rate(scores, sft)
+                results[f"{name}/{prompt_set}/{decoding}"] = {"change": change, "win_rate": won}
+                print(
+                    f"| {name} | {prompt_set} | {decoding} | {change['mean']:+.3f} ± {change['ci95']:.3f} | "
+                    f"{won['rate']:.2f} |",
+                    flush=True,
+                )
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
