@@ -140,14 +140,19 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
                 "Scoring greedy responses of the SFT and trained policies to %d held-out prompts", len(held_out)
             )
             summary["heldout_rm_score"] = trainer.score_heldout(held_out)
+            if training_args.heldout_samples:
+                logger.info("... and %d sampled responses per prompt of each", training_args.heldout_samples)
+                summary["heldout_rm_score_sampled"] = trainer.score_heldout(held_out, training_args.heldout_samples)
         else:
             logger.warning("No evaluation prompts (`dataset_test_split`): the held-out RM score is skipped.")
     write_json(output_dir / "ppo_summary.json", summary)
     (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     finish_stage(output_dir, "ppo")
-    extra = {k: v for k, v in summary.items() if k not in ("updates", "heldout_rm_score")}
+    extra = {k: v for k, v in summary.items() if k not in ("updates", "heldout_rm_score", "heldout_rm_score_sampled")}
     if "heldout_rm_score" in summary:
         extra["held-out RM score"] = describe_heldout(summary["heldout_rm_score"])
+    if "heldout_rm_score_sampled" in summary:
+        extra["held-out RM score, sampled"] = describe_heldout(summary["heldout_rm_score_sampled"], "sampled")
     announce("PPO" + ("-ptx" if training_args.ptx_coef > 0 else ""), output_dir, extra)
     return trainer
 

@@ -195,6 +195,7 @@ CASES = [
     ),
     ("negative coefficient", "ppo", lambda c: {"ptx_coef": -1}, "`ptx_coef` is -1 but must be >= 0"),
     ("negative warm-up", "ppo", lambda c: {"value_warmup_updates": -1}, "`value_warmup_updates` is -1 but must be"),
+    ("negative held-out samples", "ppo", lambda c: {"heldout_samples": -2}, "`heldout_samples` is -2 but must be"),
     ("warm-up without policy updates", "ppo", lambda c: {"value_warmup_updates": 2}, "leaves no update"),
     ("unknown ensemble", "ppo", lambda c: {"reward_ensemble": "max"}, "`reward_ensemble` is 'max'; choose one of"),
     (

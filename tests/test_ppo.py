@@ -266,20 +266,27 @@ def test_heldout_rm_score_pairs_the_trained_policy_with_the_reference(tmp_path, 
     """Untrained, the policy is the SFT adapter: same greedy answers, zero change; moving it moves only its own."""
     sft, rm = adapters
     monkeypatch.setattr(ppo_recipe.InstructPPOTrainer, "train", lambda self: None)
-    trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm))
-    held = json.loads((tmp_path / "ppo" / "ppo_summary.json").read_text())["heldout_rm_score"]
-    assert held["prompts"] == 3
-    assert held["change"]["mean"] == 0 and held["win_rate"]["ties"] == 3
+    trainer = run(ppo_config(tmp_path, tiny_model_dir, sft, rm, heldout_samples=3, temperature=1.0))
+    summary = json.loads((tmp_path / "ppo" / "ppo_summary.json").read_text())
+    for key in ("heldout_rm_score", "heldout_rm_score_sampled"):  # greedy; sampled from the same random state
+        assert summary[key]["prompts"] == 3
+        assert summary[key]["change"]["mean"] == 0 and summary[key]["win_rate"]["ties"] == 3
+    (logged,) = [log for log in trainer.state.log_history if "heldout/sampled_rm_score" in log]
+    assert logged["heldout/sampled_rm_score"] == summary["heldout_rm_score_sampled"]["policy"]["mean"]
     prompts = [[{"role": "user", "content": text}] for text in ("Name a color.", "Say hi.", "Count to three.")]
     reference = trainer.heldout_rm_scores(prompts, "reference")
+    sampled = trainer.heldout_rm_scores(prompts, "reference", samples=3)
     assert trainer.heldout_rm_scores(prompts, "policy") == reference
+    assert sampled != reference  # samples, not the greedy answer three times
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in trainer.shared.shared.named_parameters():
             if ".policy." in name and "lora_B" in name:
                 param.add_(torch.randn(param.shape, generator=generator))
     assert trainer.heldout_rm_scores(prompts, "policy") != reference
+    assert trainer.heldout_rm_scores(prompts, "policy", samples=3) != sampled
     assert trainer.heldout_rm_scores(prompts, "reference") == reference
+    assert trainer.heldout_rm_scores(prompts, "reference", samples=3) == sampled
 
 
 def test_resumed_ppo_continues_with_the_prompts_not_yet_seen(tmp_path, tiny_model_dir, adapters, monkeypatch):

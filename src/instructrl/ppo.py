@@ -114,6 +114,11 @@ class InstructPPOConfig(PPOConfig):
             After training, the reward model scores greedy responses of the reference (SFT) policy and of the trained
             policy to the evaluation prompts: a paired before/after in which, unlike the training curve, every
             policy answers the same prompts, so prompt difficulty does not blur the change.
+        heldout_samples (`int`, *optional*, defaults to `0`):
+            With `score_heldout`, also score this many responses per evaluation prompt sampled at the rollouts'
+            `temperature` (`heldout_rm_score_sampled`, averaged per prompt; both policies sample from the same random
+            state). PPO optimizes samples: its greedy answer can stay where SFT's was while its samples gain (README).
+            Costs about as much again as the greedy scoring per sample.
         gold_labeler (`str`, *optional*):
             A labeler from `instructrl.labeler.LABELERS` that also scores every rollout (the gold reward of Gao et al.
             2022), logged as `gold/labeler_score` beside the reward model's `objective/scores`. Unset for your own
@@ -153,6 +158,9 @@ class InstructPPOConfig(PPOConfig):
     score_heldout: bool = field(
         default=True, metadata={"help": "RM-score greedy responses to the eval prompts before and after training."}
     )
+    heldout_samples: int = field(
+        default=0, metadata={"help": "Also RM-score this many sampled responses per eval prompt (0: greedy only)."}
+    )
     gold_labeler: str | None = field(
         default=None, metadata={"help": "Labeler that also scores every rollout (gold reward); unset: none."}
     )
@@ -170,7 +178,13 @@ class InstructPPOConfig(PPOConfig):
     def __post_init__(self):
         super().__post_init__()
         check_ensemble(self.reward_ensemble, self.reward_ensemble_coef)
-        checks = (("ptx_coef", 0), ("ptx_ratio", 0), ("ptx_micro_batch_size", 1), ("value_warmup_updates", 0))
+        checks = (
+            ("ptx_coef", 0),
+            ("ptx_ratio", 0),
+            ("ptx_micro_batch_size", 1),
+            ("value_warmup_updates", 0),
+            ("heldout_samples", 0),
+        )
         for name, low in checks:
             value = getattr(self, name)
             if not value >= low:  # also refuses NaN
@@ -431,12 +445,14 @@ class InstructPPOTrainer(PPOTrainer):
 
     # -- held-out reward -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def heldout_rm_scores(self, prompts: list, which: str = "policy") -> list[float]:
-        """Reward-model scores of the `which` ("policy" or "reference") policy's greedy responses to `prompts`.
+    def heldout_rm_scores(self, prompts: list, which: str = "policy", samples: int = 0) -> list[float]:
+        """Reward-model scores of the `which` ("policy" or "reference") policy's greedy responses to `prompts`, or
+        with `samples`, the mean score of that many responses per prompt sampled at the rollouts' temperature.
 
-        Greedy, so that two policies' scores on the same prompts differ only because the policies do; responses are
-        at most `response_length` tokens, stop at the end-of-turn token and are scored where PPO reads the reward.
-        Prompts are processed `per_device_eval_batch_size` at a time.
+        Greedy, so that two policies' scores on the same prompts differ only because the policies do; sampled, every
+        call starts from the same random state (`seed`) for the same reason. Responses are at most `response_length`
+        tokens, stop at the end-of-turn token and are scored where PPO reads the reward. Prompts are processed
+        `per_device_eval_batch_size` at a time.
         """
         tokenizer = self.processing_class
         # As TRL's rollout does: unwrapped (and under ZeRO-3 gathered) for generation. The reference view shares the
@@ -448,32 +464,42 @@ class InstructPPOTrainer(PPOTrainer):
             was_training = model.training
             model.eval()
             try:
-                responses = sample_responses(
-                    model,
-                    tokenizer,
-                    prompts,
-                    max_new_tokens=self.args.response_length,
-                    batch_size=self.args.per_device_eval_batch_size,
-                    do_sample=False,
-                )
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.args.seed)
+                    responses = sample_responses(
+                        model,
+                        tokenizer,
+                        prompts,
+                        num_samples=max(samples, 1),
+                        max_new_tokens=self.args.response_length,
+                        temperature=self.args.temperature,
+                        batch_size=self.args.per_device_eval_batch_size,
+                        do_sample=samples > 0,
+                    )
             finally:
                 model.train(was_training)
-        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-        response_ids = [encode_response(tokenizer, r[0]) for r in responses]
-        return reward_scores(
+        per_prompt = len(responses[0]) if responses else 1
+        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts for _ in range(per_prompt)]
+        response_ids = [encode_response(tokenizer, r) for answers in responses for r in answers]
+        scores = reward_scores(
             self.reward_model,
             prompt_ids,
             response_ids,
             tokenizer.pad_token_id,
             self.args.per_device_eval_batch_size,
         )
+        return [sum(scores[i : i + per_prompt]) / per_prompt for i in range(0, len(scores), per_prompt)]
 
-    def score_heldout(self, prompts: list) -> dict:
-        """Reference (SFT) against trained policy on `prompts`, paired by prompt; also logged at the last step."""
+    def score_heldout(self, prompts: list, samples: int = 0) -> dict:
+        """Reference (SFT) against trained policy on `prompts`, paired by prompt; also logged at the last step.
+
+        Greedy responses, or with `samples`, the mean of that many sampled ones per prompt (`heldout_rm_scores`);
+        the sampled scores are logged under `heldout/sampled_*`.
+        """
         if self.gold_scorer is not None:
             self.gold_scorer.recording = False  # held-out answers are not rollouts
-        before = self.heldout_rm_scores(prompts, "reference")
-        after = self.heldout_rm_scores(prompts, "policy")
+        before = self.heldout_rm_scores(prompts, "reference", samples)
+        after = self.heldout_rm_scores(prompts, "policy", samples)
         change = {
             "prompts": len(prompts),
             "reference": mean_ci(before),
@@ -481,11 +507,12 @@ class InstructPPOTrainer(PPOTrainer):
             "change": mean_ci([a - b for a, b in zip(after, before, strict=True)]),
             "win_rate": win_rate(after, before),
         }
+        prefix = "heldout/sampled_" if samples else "heldout/"
         self.log(
             {
-                "heldout/rm_score_reference": change["reference"]["mean"],
-                "heldout/rm_score": change["policy"]["mean"],
-                "heldout/win_rate": change["win_rate"]["rate"],
+                f"{prefix}rm_score_reference": change["reference"]["mean"],
+                f"{prefix}rm_score": change["policy"]["mean"],
+                f"{prefix}win_rate": change["win_rate"]["rate"],
             }
         )
         return change

@@ -95,12 +95,12 @@ def pyplot() -> ModuleType:
     return plt
 
 
-def describe_heldout(change: dict) -> str:
-    """One line for a PPO run's `heldout_rm_score` (see `recipes/ppo.py`)."""
+def describe_heldout(change: dict, responses: str = "greedy") -> str:
+    """One line for a PPO run's `heldout_rm_score` (or, `responses="sampled"`, `heldout_rm_score_sampled`)."""
     return (
         f"{change['reference']['mean']:.3f} (SFT) -> {change['policy']['mean']:.3f} (trained), change "
         f"{change['change']['mean']:+.3f} ± {change['change']['ci95']:.3f}, win rate {change['win_rate']['rate']:.3f} "
-        f"± {change['win_rate']['ci95']:.3f} over {change['prompts']} prompts (greedy responses)"
+        f"± {change['win_rate']['ci95']:.3f} over {change['prompts']} prompts ({responses} responses)"
     )
 
 
@@ -401,18 +401,20 @@ def write_report(
                 "![Gold vs proxy](gold_vs_proxy.png)",
                 "",
             ]
-    heldout = {
-        name: summary["heldout_rm_score"]
-        for name, summary in read_run_files(ppo_runs, "ppo_summary.json").items()
-        if "heldout_rm_score" in summary
-    }
+    summaries = read_run_files(ppo_runs, "ppo_summary.json")
+    heldout = [
+        (name, responses, summary[key])
+        for name, summary in summaries.items()
+        for key, responses in (("heldout_rm_score", "greedy"), ("heldout_rm_score_sampled", "sampled"))
+        if key in summary
+    ]
     if heldout:
         lines += [
-            "Reward-model score of greedy responses to the same held-out prompts, SFT policy against the trained "
-            "one (the training curve mixes in how hard each update's prompts were):",
+            "Reward-model score of responses to the same held-out prompts, SFT policy against the trained one (the "
+            "training curve mixes in how hard each update's prompts were; sampled with `heldout_samples`):",
             "",
         ]
-        lines += [f"- {name}: {describe_heldout(change)}" for name, change in heldout.items()] + [""]
+        lines += [f"- {name}: {describe_heldout(change, responses)}" for name, responses, change in heldout] + [""]
     plot_policy_bars(policies, "labeler_score", "simulated labeler score", output_dir / "labeler_score.png")
     lines += ["## Labeler score per policy", "", "![Labeler score per policy](labeler_score.png)", ""]
     if any("heldout_perplexity" in r for r in policies.values()):
