@@ -20,8 +20,7 @@ from transformers import set_seed
 from trl import ModelConfig
 
 from instructrl.data.loading import load_data, take
-from instructrl.data.rows import encode_prompt, encode_response
-from instructrl.evaluation import EvalModels, reward_scores
+from instructrl.evaluation import EvalModels, mean_reward_per_prompt
 from instructrl.generation import sample_responses
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.stats import mean_ci, win_rate
@@ -42,13 +41,7 @@ def rm_scores(models: EvalModels, tokenizer, name: str, prompts: list, args: arg
         batch_size=args.batch_size,
         do_sample=not greedy,
     )
-    prompt_ids, response_ids = [], []
-    for prompt, answers in zip(prompts, responses, strict=True):
-        prompt_ids += [encode_prompt(tokenizer, prompt)] * len(answers)
-        response_ids += [encode_response(tokenizer, answer) for answer in answers]
-    scores = reward_scores(models.reward_model(), prompt_ids, response_ids, tokenizer.pad_token_id, args.batch_size)
-    per = len(scores) // len(prompts)
-    return [sum(scores[i : i + per]) / per for i in range(0, len(scores), per)]
+    return mean_reward_per_prompt(models.reward_model(), tokenizer, prompts, responses, args.batch_size)
 
 
 def main() -> None:

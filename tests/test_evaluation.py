@@ -9,13 +9,16 @@ import torch
 from torch import nn
 
 from helpers import load_recipe, write_config, write_jsonl
+from instructrl import evaluation
 from instructrl.configs import EvalConfig, parse_args
+from instructrl.data.rows import encode_prompt, encode_response
 from instructrl.errors import ConfigError, MissingStageError
 from instructrl.evaluation import (
     criterion_changes,
     criterion_means,
     distinct_n,
     heldout_nll,
+    mean_reward_per_prompt,
     parse_policies,
     perplexity,
     sequence_logprobs,
@@ -284,3 +287,20 @@ def test_eval_names_a_missing_policy_and_a_bad_reference(tmp_path, tiny_model_di
     with pytest.raises(ConfigError, match="reference"):
         run_eval(eval_config(tmp_path, tiny_model_dir, sft, rm, reference="ppo"))
     assert not (tmp_path / "eval").exists()  # nothing written before the inputs were checked
+
+
+def test_mean_reward_per_prompt_averages_each_prompts_own_responses(monkeypatch, tokenizer):
+    """Scores come back flat; each prompt gets the mean of its own responses' (here: their token counts)."""
+    seen = []
+
+    def fake_scores(reward_model, prompts, responses, pad_token_id, batch_size):
+        seen.extend(zip(prompts, responses, strict=True))
+        return [float(len(r)) for r in responses]
+
+    monkeypatch.setattr(evaluation, "reward_scores", fake_scores)
+    prompts = ["Say one word.", "Say three words."]
+    responses = [["Hi", "Hello there"], ["One two three"]]
+    means = mean_reward_per_prompt(None, tokenizer, prompts, responses)
+    lengths = [[len(encode_response(tokenizer, r)) for r in answers] for answers in responses]
+    assert means == [sum(lengths[0]) / 2, float(lengths[1][0])]
+    assert [p for p, _ in seen] == [encode_prompt(tokenizer, prompts[0])] * 2 + [encode_prompt(tokenizer, prompts[1])]

@@ -27,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.experimental.utils import get_reward
 
 from .batching import pad_right
+from .data.rows import encode_prompt, encode_response
 from .errors import ConfigError
 from .labeler import words
 from .shared_base import AdapterView, ScalarModel, add_adapter_from_dir, score_head_from_dir
@@ -110,6 +111,20 @@ def reward_scores(
         _, scores, _ = get_reward(reward_model, query_responses.to(device), pad_token_id, context)
         rewards.extend(scores.reshape(-1).float().cpu().tolist())
     return rewards
+
+
+def mean_reward_per_prompt(
+    reward_model: ScalarModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence,
+    responses: Sequence[Sequence[str]],
+    batch_size: int = 16,
+) -> list[float]:
+    """The reward model's mean score of each prompt's responses (`sample_responses`' layout: one list per prompt)."""
+    prompt_ids = [encode_prompt(tokenizer, p) for p, answers in zip(prompts, responses, strict=True) for _ in answers]
+    response_ids = [encode_response(tokenizer, r) for answers in responses for r in answers]
+    scores = iter(reward_scores(reward_model, prompt_ids, response_ids, tokenizer.pad_token_id, batch_size))
+    return [sum(next(scores) for _ in answers) / len(answers) for answers in responses]
 
 
 def parse_policies(entries: Sequence[str]) -> dict[str, Path | None]:

@@ -32,10 +32,9 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer
 from trl.experimental.ppo import ppo_trainer as trl_ppo
 from trl.models.utils import unwrap_model_for_generation
 
-from .data.rows import encode_prompt, encode_response
 from .divergence import check_gradients, check_value
 from .errors import ConfigError, DivergenceError
-from .evaluation import reward_scores
+from .evaluation import mean_reward_per_prompt
 from .generation import fast_cpu_sampling, sample_responses
 from .gold import GoldScorer
 from .modeling import compute_dtype, lm_logits_in_model_dtype
@@ -478,17 +477,9 @@ class InstructPPOTrainer(PPOTrainer):
                     )
             finally:
                 model.train(was_training)
-        per_prompt = len(responses[0]) if responses else 1
-        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts for _ in range(per_prompt)]
-        response_ids = [encode_response(tokenizer, r) for answers in responses for r in answers]
-        scores = reward_scores(
-            self.reward_model,
-            prompt_ids,
-            response_ids,
-            tokenizer.pad_token_id,
-            self.args.per_device_eval_batch_size,
+        return mean_reward_per_prompt(
+            self.reward_model, tokenizer, prompts, responses, self.args.per_device_eval_batch_size
         )
-        return [sum(scores[i : i + per_prompt]) / per_prompt for i in range(0, len(scores), per_prompt)]
 
     def score_heldout(self, prompts: list, samples: int = 0) -> dict:
         """Reference (SFT) against trained policy on `prompts`, paired by prompt; also logged at the last step.
