@@ -28,7 +28,7 @@ from instructrl.labeler import get_labeler
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ppo import InstructPPOConfig, InstructPPOTrainer
 from instructrl.ptx import PretrainingStream
-from instructrl.report import describe_heldout
+from instructrl.report import HELDOUT_SUMMARIES, describe_heldout
 from instructrl.runs import (
     announce,
     finish_stage,
@@ -148,11 +148,11 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
     write_json(output_dir / "ppo_summary.json", summary)
     (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     finish_stage(output_dir, "ppo")
-    extra = {k: v for k, v in summary.items() if k not in ("updates", "heldout_rm_score", "heldout_rm_score_sampled")}
-    if "heldout_rm_score" in summary:
-        extra["held-out RM score"] = describe_heldout(summary["heldout_rm_score"])
-    if "heldout_rm_score_sampled" in summary:
-        extra["held-out RM score, sampled"] = describe_heldout(summary["heldout_rm_score_sampled"], "sampled")
+    extra = {k: v for k, v in summary.items() if k != "updates" and k not in HELDOUT_SUMMARIES}
+    for key, responses in HELDOUT_SUMMARIES.items():
+        if key in summary:
+            label = "held-out RM score" + (", sampled" if responses == "sampled" else "")
+            extra[label] = describe_heldout(summary[key], responses)
     announce("PPO" + ("-ptx" if training_args.ptx_coef > 0 else ""), output_dir, extra)
     return trainer
 

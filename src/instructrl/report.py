@@ -95,6 +95,10 @@ def pyplot() -> ModuleType:
     return plt
 
 
+# `ppo_summary.json`'s held-out checks: summary key -> which responses it scored (`recipes/ppo.py` writes them).
+HELDOUT_SUMMARIES = {"heldout_rm_score": "greedy", "heldout_rm_score_sampled": "sampled"}
+
+
 def describe_heldout(change: dict, responses: str = "greedy") -> str:
     """One line for a PPO run's `heldout_rm_score` (or, `responses="sampled"`, `heldout_rm_score_sampled`)."""
     return (
@@ -405,7 +409,7 @@ def write_report(
     heldout = [
         (name, responses, summary[key])
         for name, summary in summaries.items()
-        for key, responses in (("heldout_rm_score", "greedy"), ("heldout_rm_score_sampled", "sampled"))
+        for key, responses in HELDOUT_SUMMARIES.items()
         if key in summary
     ]
     if heldout:
