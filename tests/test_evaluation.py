@@ -191,7 +191,8 @@ def eval_config(tmp_path, model_dir, sft, rm, **overrides):
         "change": stat,
         "win_rate": {"rate": 0.75, "ci95": 0.1},
     }
-    sampled = {**heldout, "win_rate": {"rate": 0.25, "ci95": 0.1}}
+    sampled = {**heldout, "win_rate": {"rate": 0.25, "ci95": 0.1}}  # as written before response lengths were
+    heldout["response_tokens"] = {"reference": 30.0, "policy": 21.54}
     summary = {"heldout_rm_score": heldout, "heldout_rm_score_sampled": sampled}
     (tmp_path / "ppo_run" / "ppo_summary.json").write_text(json.dumps(summary))
     values = dict(
@@ -270,10 +271,13 @@ def test_eval_end_to_end_on_tiny_policies(tmp_path, tiny_model_dir, adapters):
     assert "| same |" in (out / "metrics.md").read_text()
     assert len((out / "samples.jsonl").read_text().splitlines()) == 15
     report = (out / "report.md").read_text()
-    assert "win rate 0.750 ± 0.100 over 7 prompts (greedy responses)" in report
     assert (
-        "- ppo: 0.500 (SFT) -> 0.500 (trained), change +0.500 ± 0.250, win rate 0.250 ± 0.100 over 7 prompts (sampled"
+        "win rate 0.750 ± 0.100 over 7 prompts (greedy responses); response length 30.0 (SFT) -> 21.5 (trained) tokens"
         in report
+    )
+    assert (
+        "- ppo: 0.500 (SFT) -> 0.500 (trained), change +0.500 ± 0.250, win rate 0.250 ± 0.100 over 7 prompts (sampled "
+        "responses)\n" in report
     )
     assert "## Labeler criteria against the reference" in report and "| length | 5 |" in report
     for image in ("ppo_curves.png", "labeler_score.png", "tax.png"):

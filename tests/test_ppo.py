@@ -271,9 +271,22 @@ def test_heldout_rm_score_pairs_the_trained_policy_with_the_reference(tmp_path, 
     for key in ("heldout_rm_score", "heldout_rm_score_sampled"):  # greedy; sampled from the same random state
         assert summary[key]["prompts"] == 3
         assert summary[key]["change"]["mean"] == 0 and summary[key]["win_rate"]["ties"] == 3
+        tokens = summary[key]["response_tokens"]  # the same answers: the same length
+        assert tokens["reference"] == tokens["policy"]
+    assert summary["heldout_rm_score_sampled"]["response_tokens"]["policy"] > 0  # the tiny model's samples have text
     (logged,) = [log for log in trainer.state.log_history if "heldout/sampled_rm_score" in log]
     assert logged["heldout/sampled_rm_score"] == summary["heldout_rm_score_sampled"]["policy"]["mean"]
+    assert (
+        logged["heldout/sampled_response_tokens"] == summary["heldout_rm_score_sampled"]["response_tokens"]["policy"]
+    )
     prompts = [[{"role": "user", "content": text}] for text in ("Name a color.", "Say hi.", "Count to three.")]
+    sampled_texts = trainer.heldout_responses(prompts, "reference", samples=3)
+    assert [len(texts) for texts in sampled_texts] == [3, 3, 3]
+    # Mean over every response, not over per-prompt means: 2 responses of one prompt count twice.
+    texts = [["Red."], ["Hi there, how are you today?", "Hello."]]
+    red, hi, hello = (len(trainer.processing_class(t, add_special_tokens=False)["input_ids"]) for t in sum(texts, []))
+    assert hi > red and trainer._mean_tokens(texts) == pytest.approx((red + hi + hello) / 3)
+    assert trainer._mean_tokens(texts) != pytest.approx((red + (hi + hello) / 2) / 2)
     reference = trainer.heldout_rm_scores(prompts, "reference")
     sampled = trainer.heldout_rm_scores(prompts, "reference", samples=3)
     assert trainer.heldout_rm_scores(prompts, "policy") == reference

@@ -444,16 +444,15 @@ class InstructPPOTrainer(PPOTrainer):
 
     # -- held-out reward -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def heldout_rm_scores(self, prompts: list, which: str = "policy", samples: int = 0) -> list[float]:
-        """Reward-model scores of the `which` ("policy" or "reference") policy's greedy responses to `prompts`, or
-        with `samples`, the mean score of that many responses per prompt sampled at the rollouts' temperature.
+    def heldout_responses(self, prompts: list, which: str = "policy", samples: int = 0) -> list[list[str]]:
+        """The `which` ("policy" or "reference") policy's greedy response to each of `prompts`, or with `samples`,
+        that many responses per prompt sampled at the rollouts' temperature.
 
-        Greedy, so that two policies' scores on the same prompts differ only because the policies do; sampled, every
-        call starts from the same random state (`seed`) for the same reason. Responses are at most `response_length`
-        tokens, stop at the end-of-turn token and are scored where PPO reads the reward. Prompts are processed
+        Greedy, so that two policies' responses to the same prompts differ only because the policies do; sampled,
+        every call starts from the same random state (`seed`) for the same reason. Responses are at most
+        `response_length` tokens and stop at the end-of-turn token. Prompts are processed
         `per_device_eval_batch_size` at a time.
         """
-        tokenizer = self.processing_class
         # As TRL's rollout does: unwrapped (and under ZeRO-3 gathered) for generation. The reference view shares the
         # policy's base module, so gathering the policy's parameters covers it too.
         with unwrap_model_for_generation(
@@ -465,9 +464,9 @@ class InstructPPOTrainer(PPOTrainer):
             try:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.args.seed)
-                    responses = sample_responses(
+                    return sample_responses(
                         model,
-                        tokenizer,
+                        self.processing_class,
                         prompts,
                         num_samples=max(samples, 1),
                         max_new_tokens=self.args.response_length,
@@ -477,26 +476,35 @@ class InstructPPOTrainer(PPOTrainer):
                     )
             finally:
                 model.train(was_training)
-        return mean_reward_per_prompt(
-            self.reward_model, tokenizer, prompts, responses, self.args.per_device_eval_batch_size
-        )
+
+    def heldout_rm_scores(self, prompts: list, which: str = "policy", samples: int = 0) -> list[float]:
+        """Reward-model score of each prompt's `heldout_responses` (the mean over a prompt's samples), read where PPO
+        reads the reward."""
+        responses = self.heldout_responses(prompts, which, samples)
+        return self._mean_reward(prompts, responses)
+
+    def _mean_reward(self, prompts: list, responses: list[list[str]]) -> list[float]:
+        batch_size = self.args.per_device_eval_batch_size
+        return mean_reward_per_prompt(self.reward_model, self.processing_class, prompts, responses, batch_size)
 
     def score_heldout(self, prompts: list, samples: int = 0) -> dict:
         """Reference (SFT) against trained policy on `prompts`, paired by prompt; also logged at the last step.
 
-        Greedy responses, or with `samples`, the mean of that many sampled ones per prompt (`heldout_rm_scores`);
-        the sampled scores are logged under `heldout/sampled_*`.
+        Greedy responses, or with `samples`, the mean of that many sampled ones per prompt (`heldout_responses`);
+        the sampled scores are logged under `heldout/sampled_*`. Besides the scores, the mean length of each policy's
+        responses in tokens (`response_tokens`): PPO that learns to stop early shows there first.
         """
         if self.gold_scorer is not None:
             self.gold_scorer.recording = False  # held-out answers are not rollouts
-        before = self.heldout_rm_scores(prompts, "reference", samples)
-        after = self.heldout_rm_scores(prompts, "policy", samples)
+        responses = {which: self.heldout_responses(prompts, which, samples) for which in ("reference", "policy")}
+        before, after = (self._mean_reward(prompts, responses[which]) for which in ("reference", "policy"))
         change = {
             "prompts": len(prompts),
             "reference": mean_ci(before),
             "policy": mean_ci(after),
             "change": mean_ci([a - b for a, b in zip(after, before, strict=True)]),
             "win_rate": win_rate(after, before),
+            "response_tokens": {which: self._mean_tokens(texts) for which, texts in responses.items()},
         }
         prefix = "heldout/sampled_" if samples else "heldout/"
         self.log(
@@ -504,9 +512,17 @@ class InstructPPOTrainer(PPOTrainer):
                 f"{prefix}rm_score_reference": change["reference"]["mean"],
                 f"{prefix}rm_score": change["policy"]["mean"],
                 f"{prefix}win_rate": change["win_rate"]["rate"],
+                f"{prefix}response_tokens_reference": change["response_tokens"]["reference"],
+                f"{prefix}response_tokens": change["response_tokens"]["policy"],
             }
         )
         return change
+
+    def _mean_tokens(self, responses: list[list[str]]) -> float:
+        """Mean length in tokens of all `responses` (decoded text re-encoded without special tokens)."""
+        texts = [text for per_prompt in responses for text in per_prompt]
+        lengths = [len(ids) for ids in self.processing_class(texts, add_special_tokens=False)["input_ids"]]
+        return sum(lengths) / max(len(lengths), 1)
 
     # -- saving and resuming --------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -101,11 +101,15 @@ HELDOUT_SUMMARIES = {"heldout_rm_score": "greedy", "heldout_rm_score_sampled": "
 
 def describe_heldout(change: dict, responses: str = "greedy") -> str:
     """One line for a PPO run's `heldout_rm_score` (or, `responses="sampled"`, `heldout_rm_score_sampled`)."""
-    return (
+    line = (
         f"{change['reference']['mean']:.3f} (SFT) -> {change['policy']['mean']:.3f} (trained), change "
         f"{change['change']['mean']:+.3f} ± {change['change']['ci95']:.3f}, win rate {change['win_rate']['rate']:.3f} "
         f"± {change['win_rate']['ci95']:.3f} over {change['prompts']} prompts ({responses} responses)"
     )
+    tokens = change.get("response_tokens")  # absent in summaries written before it was measured
+    if tokens:
+        line += f"; response length {tokens['reference']:.1f} (SFT) -> {tokens['policy']:.1f} (trained) tokens"
+    return line
 
 
 def smooth(values: list[float], window: int) -> list[float]:
