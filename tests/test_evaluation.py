@@ -18,6 +18,7 @@ from instructrl.evaluation import (
     criterion_means,
     distinct_n,
     heldout_nll,
+    mean_response_tokens,
     mean_reward_per_prompt,
     parse_policies,
     perplexity,
@@ -308,3 +309,12 @@ def test_mean_reward_per_prompt_averages_each_prompts_own_responses(monkeypatch,
     lengths = [[len(encode_response(tokenizer, r)) for r in answers] for answers in responses]
     assert means == [sum(lengths[0]) / 2, float(lengths[1][0])]
     assert [p for p, _ in seen] == [encode_prompt(tokenizer, prompts[0])] * 2 + [encode_prompt(tokenizer, prompts[1])]
+
+
+def test_mean_response_tokens_counts_every_response(tokenizer):
+    """The mean over all responses, not over per-prompt means; special tokens not added; nothing -> 0."""
+    responses = [["Red."], ["Hi there, how are you today?", "Hello."]]
+    red, hi, hello = (len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in sum(responses, []))
+    assert hi > red and mean_response_tokens(tokenizer, responses) == pytest.approx((red + hi + hello) / 3)
+    assert mean_response_tokens(tokenizer, responses) != pytest.approx((red + (hi + hello) / 2) / 2)
+    assert mean_response_tokens(tokenizer, [[""]]) == 0 and mean_response_tokens(tokenizer, []) == 0

@@ -282,11 +282,6 @@ def test_heldout_rm_score_pairs_the_trained_policy_with_the_reference(tmp_path, 
     prompts = [[{"role": "user", "content": text}] for text in ("Name a color.", "Say hi.", "Count to three.")]
     sampled_texts = trainer.heldout_responses(prompts, "reference", samples=3)
     assert [len(texts) for texts in sampled_texts] == [3, 3, 3]
-    # Mean over every response, not over per-prompt means: 2 responses of one prompt count twice.
-    texts = [["Red."], ["Hi there, how are you today?", "Hello."]]
-    red, hi, hello = (len(trainer.processing_class(t, add_special_tokens=False)["input_ids"]) for t in sum(texts, []))
-    assert hi > red and trainer._mean_tokens(texts) == pytest.approx((red + hi + hello) / 3)
-    assert trainer._mean_tokens(texts) != pytest.approx((red + (hi + hello) / 2) / 2)
     reference = trainer.heldout_rm_scores(prompts, "reference")
     sampled = trainer.heldout_rm_scores(prompts, "reference", samples=3)
     assert trainer.heldout_rm_scores(prompts, "policy") == reference

@@ -127,6 +127,14 @@ def mean_reward_per_prompt(
     return [sum(next(scores) for _ in answers) / len(answers) for answers in responses]
 
 
+def mean_response_tokens(tokenizer: PreTrainedTokenizerBase, responses: Sequence[Sequence[str]]) -> float:
+    """Mean length in tokens of every response (`sample_responses`' layout), each re-encoded without special tokens;
+    a prompt with several responses counts each of them."""
+    texts = [text for answers in responses for text in answers]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    return sum(lengths) / max(len(lengths), 1)
+
+
 def parse_policies(entries: Sequence[str]) -> dict[str, Path | None]:
     """`["base", "sft=~/out/sft"]` -> `{"base": None, "sft": Path(...)}`; a bare name (or `name=`) is the base model.
 

@@ -34,7 +34,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from .divergence import check_gradients, check_value
 from .errors import ConfigError, DivergenceError
-from .evaluation import mean_reward_per_prompt
+from .evaluation import mean_response_tokens, mean_reward_per_prompt
 from .generation import fast_cpu_sampling, sample_responses
 from .gold import GoldScorer
 from .modeling import compute_dtype, lm_logits_in_model_dtype
@@ -504,7 +504,9 @@ class InstructPPOTrainer(PPOTrainer):
             "policy": mean_ci(after),
             "change": mean_ci([a - b for a, b in zip(after, before, strict=True)]),
             "win_rate": win_rate(after, before),
-            "response_tokens": {which: self._mean_tokens(texts) for which, texts in responses.items()},
+            "response_tokens": {
+                which: mean_response_tokens(self.processing_class, r) for which, r in responses.items()
+            },
         }
         prefix = "heldout/sampled_" if samples else "heldout/"
         self.log(
@@ -517,12 +519,6 @@ class InstructPPOTrainer(PPOTrainer):
             }
         )
         return change
-
-    def _mean_tokens(self, responses: list[list[str]]) -> float:
-        """Mean length in tokens of all `responses` (decoded text re-encoded without special tokens)."""
-        texts = [text for per_prompt in responses for text in per_prompt]
-        lengths = [len(ids) for ids in self.processing_class(texts, add_special_tokens=False)["input_ids"]]
-        return sum(lengths) / max(len(lengths), 1)
 
     # -- saving and resuming --------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
