@@ -196,6 +196,18 @@ CASES = [
     ("negative coefficient", "ppo", lambda c: {"ptx_coef": -1}, "`ptx_coef` is -1 but must be >= 0"),
     ("negative warm-up", "ppo", lambda c: {"value_warmup_updates": -1}, "`value_warmup_updates` is -1 but must be"),
     ("negative held-out samples", "ppo", lambda c: {"heldout_samples": -2}, "`heldout_samples` is -2 but must be"),
+    (
+        "unknown truncated reward",
+        "ppo",
+        lambda c: {"truncated_reward": "zero"},
+        "`truncated_reward` is 'zero'; choose",
+    ),
+    (
+        "neutral truncated reward without a stop token",
+        "ppo",
+        lambda c: {"truncated_reward": "neutral", "stop_token": None},
+        "`truncated_reward: neutral` needs a stop token",
+    ),
     ("warm-up without policy updates", "ppo", lambda c: {"value_warmup_updates": 2}, "leaves no update"),
     ("unknown ensemble", "ppo", lambda c: {"reward_ensemble": "max"}, "`reward_ensemble` is 'max'; choose one of"),
     (

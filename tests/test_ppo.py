@@ -14,12 +14,14 @@ from safetensors.torch import load_file, save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 from trl import ModelConfig
+from trl.experimental.ppo import ppo_trainer as trl_ppo
 from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper, forward
 
 from instructrl import generation
+from instructrl import ppo as ppo_module
 from instructrl.errors import MissingStageError
 from instructrl.modeling import load_base_model
-from instructrl.ppo import InstructPPOTrainer
+from instructrl.ppo import InstructPPOTrainer, neutral_truncated_rewards, neutralize_truncated
 from instructrl.ptx import PretrainingStream, predicted_tokens, ptx_loss
 from instructrl.shared_base import SharedBase
 from ppo_fixtures import make_adapters, ppo_config, ppo_recipe, run
@@ -499,3 +501,65 @@ def test_truncated_rollouts_are_logged_and_warned_about_once(caplog):
     untouched = {"val/num_eos_tokens": 0}
     log(trainer, untouched)
     assert "rollouts/truncated_share" not in untouched
+
+
+def test_neutralize_truncated_gives_cut_off_rollouts_the_finished_ones_mean():
+    stop = 7
+    responses = torch.tensor([[1, 7, 0], [1, 2, 3], [5, 5, 7], [4, 4, 4]])  # rows 1 and 3 never reach the stop token
+    scores = torch.tensor([1.0, -5.0, 3.0, -9.0])
+    neutral = neutralize_truncated(scores, responses, stop)
+    assert neutral.tolist() == [1.0, 2.0, 3.0, 2.0]
+    assert scores.tolist() == [1.0, -5.0, 3.0, -9.0]  # the input is not modified
+    ended = torch.tensor([[7, 0, 0], [1, 7, 0]])
+    assert neutralize_truncated(scores[:2], ended, stop).tolist() == [1.0, -5.0]  # all ended: unchanged
+    assert neutralize_truncated(scores[:2], responses[[1, 3]], stop).tolist() == [1.0, -5.0]  # none ended
+
+
+def test_neutral_truncated_rewards_changes_only_the_reward_models_calls(monkeypatch):
+    """TRL's `get_reward` is patched inside the block for the reward model alone (not the value model), restored
+    after."""
+    calls = []
+
+    def fake_get_reward(model, query_responses, pad_token_id, context_length):
+        calls.append(model)
+        return None, torch.tensor([4.0, 0.0]), None
+
+    monkeypatch.setattr(trl_ppo, "get_reward", fake_get_reward)
+    reward_model, value_model = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    query_responses = torch.tensor([[9, 1, 2], [9, 3, 3]])  # context 1; only the first response ends (stop 2)
+    with neutral_truncated_rewards(reward_model, stop_token_id=2):
+        assert trl_ppo.get_reward(reward_model, query_responses, 0, 1)[1].tolist() == [4.0, 4.0]
+        assert trl_ppo.get_reward(value_model, query_responses, 0, 1)[1].tolist() == [4.0, 0.0]
+    assert trl_ppo.get_reward is fake_get_reward and calls == [reward_model, value_model]
+
+
+@pytest.mark.parametrize("choice", ["score", "neutral"])
+def test_truncated_reward_neutral_is_applied_in_training(tmp_path, tiny_model_dir, adapters, monkeypatch, choice):
+    """With `truncated_reward: neutral` every rollout batch's RM scores pass through `neutralize_truncated` with the
+    rollouts' responses and the stop token; with `score` they do not. TRL's function is back afterwards."""
+    sft, rm = adapters
+    seen, real = [], ppo_module.neutralize_truncated
+
+    def spy(scores, responses, stop_token_id):
+        seen.append((scores.shape[0], responses.shape, stop_token_id))
+        return real(scores, responses, stop_token_id)
+
+    original = trl_ppo.get_reward
+    monkeypatch.setattr(ppo_module, "neutralize_truncated", spy)
+    config = ppo_config(
+        tmp_path,
+        tiny_model_dir,
+        sft,
+        rm,
+        total_episodes=4,
+        save_strategy="no",
+        score_heldout=False,
+        truncated_reward=choice,
+    )
+    trainer = run(config)
+    assert trl_ppo.get_reward is original
+    if choice == "score":
+        assert seen == []
+    else:
+        assert seen and all(n == 4 and shape[0] == 4 for n, shape, _ in seen)
+        assert {stop for _, _, stop in seen} == {trainer.processing_class.eos_token_id}

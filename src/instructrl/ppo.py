@@ -50,6 +50,7 @@ TRUNCATION_WARNING_SHARE = 0.1
 
 
 ROLLOUT_LOGPROBS = ("auto", "forward", "generate")
+TRUNCATED_REWARDS = ("score", "neutral")
 
 
 @contextmanager
@@ -75,6 +76,38 @@ def rollout_logprobs_from_forward() -> Iterator[None]:
         yield
     finally:
         trl_ppo.batch_generation = original
+
+
+def neutralize_truncated(scores: torch.Tensor, responses: torch.Tensor, stop_token_id: int) -> torch.Tensor:
+    """`scores` with every response that lacks `stop_token_id` (cut off at `response_length`) given the mean score of
+    the responses that have it. Unchanged when all or none of them ended; `scores` itself is not modified."""
+    ended = (responses == stop_token_id).any(dim=-1)
+    if ended.all() or not ended.any():
+        return scores
+    neutral = scores.clone()
+    neutral[~ended] = scores[ended].mean()
+    return neutral
+
+
+@contextmanager
+def neutral_truncated_rewards(reward_model: torch.nn.Module, stop_token_id: int) -> Iterator[None]:
+    """Within this block TRL's PPO loop gives a rollout that reaches `response_length` without `stop_token_id` the
+    mean reward-model score of the rollouts scored with it that ended (`neutralize_truncated`), instead of the
+    reward model's score of its unfinished text. Only calls that score with `reward_model` change (not the value
+    model's). Restored on exit."""
+    original = trl_ppo.get_reward
+
+    def get_reward(model, query_responses, pad_token_id, context_length):
+        logits, scores, lengths = original(model, query_responses, pad_token_id, context_length)
+        if model is reward_model:
+            scores = neutralize_truncated(scores, query_responses[:, context_length:], stop_token_id)
+        return logits, scores, lengths
+
+    trl_ppo.get_reward = get_reward
+    try:
+        yield
+    finally:
+        trl_ppo.get_reward = original
 
 
 @dataclass
@@ -133,6 +166,14 @@ class InstructPPOConfig(PPOConfig):
             training step repeats, so that an unchanged policy has a ratio of exactly 1 and a KL of 0 to itself.
             `auto`: `forward` when the model computes in bf16 or fp16, where the two paths round differently by about
             as much as one update moves the policy; `generate` in fp32, where they agree.
+        truncated_reward (`str`, *optional*, defaults to `"score"`):
+            The reward of a rollout cut off at `response_length` before its stop token. `score`: the reward model's
+            score of the unfinished text (TRL's behaviour; `missing_eos_penalty` is subtracted either way).
+            `neutral`: the mean score of the rollouts of the same scoring batch that ended, so that being cut off
+            teaches nothing through the reward model. The RM scores unfinished answers far below finished ones, one
+            reason PPO learns to stop early on every prompt, its greedy answers included; on the default, `neutral`
+            kept the answers' length in one of two data draws (README, "PPO shortens every answer"). Needs
+            `stop_token`.
         max_kl (`float`, *optional*):
             Stop training (`DivergenceError`, stage left interrupted, last checkpoint kept) once an update's rollouts
             are further than this from the reference (TRL's `objective/kl`, nats per response). Unset: no ceiling.
@@ -169,6 +210,9 @@ class InstructPPOConfig(PPOConfig):
     rollout_logprobs: str = field(
         default="auto", metadata={"help": "generate, forward or auto (forward when computing in bf16/fp16)."}
     )
+    truncated_reward: str = field(
+        default="score", metadata={"help": "score or neutral: the reward of a rollout cut off at response_length."}
+    )
     max_kl: float | None = field(
         default=None, metadata={"help": "Stop when the rollouts' KL to the reference exceeds this; unset: never."}
     )
@@ -193,6 +237,15 @@ class InstructPPOConfig(PPOConfig):
         if self.rollout_logprobs not in ROLLOUT_LOGPROBS:
             raise ConfigError(
                 f"`rollout_logprobs` is {self.rollout_logprobs!r}; choose one of {', '.join(ROLLOUT_LOGPROBS)}."
+            )
+        if self.truncated_reward not in TRUNCATED_REWARDS:
+            raise ConfigError(
+                f"`truncated_reward` is {self.truncated_reward!r}; choose one of {', '.join(TRUNCATED_REWARDS)}."
+            )
+        if self.truncated_reward == "neutral" and self.stop_token is None and self.stop_token_id is None:
+            raise ConfigError(
+                "`truncated_reward: neutral` needs a stop token to tell finished rollouts from cut-off ones: set "
+                "`stop_token: eos` (or `stop_token_id`)."
             )
         if self.max_kl is not None and not self.max_kl > 0:
             raise ConfigError(f"`max_kl` is {self.max_kl} but must be > 0 (or unset for no ceiling).")
@@ -307,6 +360,8 @@ class InstructPPOTrainer(PPOTrainer):
             stack.enter_context(fast_cpu_sampling())
             if self.rollout_logprobs_source() == "forward":
                 stack.enter_context(rollout_logprobs_from_forward())
+            if self.args.truncated_reward == "neutral":
+                stack.enter_context(neutral_truncated_rewards(self.reward_model, self.stop_token_id))
             return super().train(*args, **kwargs)
 
     def rollout_logprobs_source(self) -> str:
