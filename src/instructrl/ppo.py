@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import torch
 from accelerate.utils import DistributedType
@@ -71,11 +72,8 @@ def rollout_logprobs_from_forward() -> Iterator[None]:
             logits.append(output.logits[:, context_length - 1 : -1] / generation_config.temperature)
         return query_responses, torch.cat(logits)
 
-    trl_ppo.batch_generation = batch_generation
-    try:
+    with mock.patch.object(trl_ppo, "batch_generation", batch_generation):
         yield
-    finally:
-        trl_ppo.batch_generation = original
 
 
 def neutralize_truncated(scores: torch.Tensor, responses: torch.Tensor, stop_token_id: int) -> torch.Tensor:
@@ -103,11 +101,8 @@ def neutral_truncated_rewards(reward_model: torch.nn.Module, stop_token_id: int)
             scores = neutralize_truncated(scores, query_responses[:, context_length:], stop_token_id)
         return logits, scores, lengths
 
-    trl_ppo.get_reward = get_reward
-    try:
+    with mock.patch.object(trl_ppo, "get_reward", get_reward):
         yield
-    finally:
-        trl_ppo.get_reward = original
 
 
 @dataclass
