@@ -114,6 +114,7 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
         more_reward_adapters=more_rewards,
         ensemble_method=training_args.reward_ensemble,
         ensemble_coef=training_args.reward_ensemble_coef,
+        value_head_init=training_args.value_head_init,
     )
 
     gold_scorer = None if labeler is None else GoldScorer(labeler, tokenizer, prompts["prompt"])
@@ -133,6 +134,8 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
     trainer.train()
     trainer.save_model(training_args.output_dir)
     summary = summarize(trainer.state.log_history)
+    if trainer.length_correction is not None:
+        summary["length_correction"] = trainer.length_correction.to_dict()
     if training_args.score_heldout:
         held_out = list(eval_prompts["prompt"] if eval_prompts is not None else [])
         if held_out:

@@ -208,6 +208,25 @@ CASES = [
         lambda c: {"truncated_reward": "neutral", "stop_token": None},
         "`truncated_reward: neutral` needs a stop token",
     ),
+    ("unknown value head init", "ppo", lambda c: {"value_head_init": "random"}, "`value_head_init` is 'random'"),
+    (
+        "unknown length correction",
+        "ppo",
+        lambda c: {"length_correction": "sfft"},
+        "`length_correction` is 'sfft'; choose",
+    ),
+    (
+        "length correction without a stop token",
+        "ppo",
+        lambda c: {"length_correction": "sft", "stop_token": None},
+        "`length_correction: sft` needs a stop token",
+    ),
+    (
+        "length correction from one sample per prompt",
+        "ppo",
+        lambda c: {"length_correction": "sft", "length_correction_samples": 1},
+        "`length_correction_samples` is 1 but must be >= 2",
+    ),
     ("warm-up without policy updates", "ppo", lambda c: {"value_warmup_updates": 2}, "leaves no update"),
     ("unknown ensemble", "ppo", lambda c: {"reward_ensemble": "max"}, "`reward_ensemble` is 'max'; choose one of"),
     (

@@ -21,8 +21,9 @@ from instructrl import generation
 from instructrl import ppo as ppo_module
 from instructrl.errors import MissingStageError
 from instructrl.modeling import load_base_model
-from instructrl.ppo import InstructPPOTrainer, neutral_truncated_rewards, neutralize_truncated
+from instructrl.ppo import InstructPPOTrainer
 from instructrl.ptx import PretrainingStream, predicted_tokens, ptx_loss
+from instructrl.reward_shaping import LengthCorrection
 from instructrl.shared_base import SharedBase
 from ppo_fixtures import make_adapters, ppo_config, ppo_recipe, run
 
@@ -165,6 +166,29 @@ def test_reward_ensemble_on_one_base_combines_each_members_reward(tiny_model_dir
     expected = torch.stack(members, dim=-1).mean(-1) - 0.5 * torch.stack(members, dim=-1).std(-1, correction=0)
     torch.testing.assert_close(ensemble, expected)
     torch.testing.assert_close(ensemble, ensemble_reward(torch.stack(members, dim=-1), "mean_minus_std", 0.5))
+
+
+@pytest.mark.parametrize("init", ["reward", "zero"])
+def test_value_function_starts_from_the_reward_model_with_its_head_or_zero(tiny_model_dir, adapters, tokenizer, init):
+    """The value adapter starts as the reward adapter either way; `value_head_init` decides the head: the reward
+    model's (the value of every prefix is then the RM's score of it) or zeros (a value of 0 everywhere)."""
+    from trl.experimental.utils import get_reward
+
+    sft, rm = adapters
+    shared = SharedBase(load_base_model(model_args(tiny_model_dir, False), tokenizer), rm, sft, value_head_init=init)
+    lora = {n: p for n, p in shared.shared.named_parameters() if "lora_" in n}
+    for name, param in lora.items():
+        if ".value." in name:
+            torch.testing.assert_close(param, lora[name.replace(".value.", ".reward.")])
+    ids, context = query_responses(tokenizer)
+    pad = tokenizer.pad_token_id
+    values = get_reward(shared.value_model(), ids, pad, context)[0]
+    rewards = get_reward(shared.reward_model(), ids, pad, context)[0]
+    assert shared.value_head.weight.requires_grad
+    if init == "reward":
+        torch.testing.assert_close(values, rewards)
+    else:
+        assert not rewards.eq(0).all() and values.eq(0).all()
 
 
 def test_one_copy_of_the_base_weights(tiny_model_dir, adapters, tokenizer):
@@ -503,36 +527,6 @@ def test_truncated_rollouts_are_logged_and_warned_about_once(caplog):
     assert "rollouts/truncated_share" not in untouched
 
 
-def test_neutralize_truncated_gives_cut_off_rollouts_the_finished_ones_mean():
-    stop = 7
-    responses = torch.tensor([[1, 7, 0], [1, 2, 3], [5, 5, 7], [4, 4, 4]])  # rows 1 and 3 never reach the stop token
-    scores = torch.tensor([1.0, -5.0, 3.0, -9.0])
-    neutral = neutralize_truncated(scores, responses, stop)
-    assert neutral.tolist() == [1.0, 2.0, 3.0, 2.0]
-    assert scores.tolist() == [1.0, -5.0, 3.0, -9.0]  # the input is not modified
-    ended = torch.tensor([[7, 0, 0], [1, 7, 0]])
-    assert neutralize_truncated(scores[:2], ended, stop).tolist() == [1.0, -5.0]  # all ended: unchanged
-    assert neutralize_truncated(scores[:2], responses[[1, 3]], stop).tolist() == [1.0, -5.0]  # none ended
-
-
-def test_neutral_truncated_rewards_changes_only_the_reward_models_calls(monkeypatch):
-    """TRL's `get_reward` is patched inside the block for the reward model alone (not the value model), restored
-    after."""
-    calls = []
-
-    def fake_get_reward(model, query_responses, pad_token_id, context_length):
-        calls.append(model)
-        return None, torch.tensor([4.0, 0.0]), None
-
-    monkeypatch.setattr(trl_ppo, "get_reward", fake_get_reward)
-    reward_model, value_model = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
-    query_responses = torch.tensor([[9, 1, 2], [9, 3, 3]])  # context 1; only the first response ends (stop 2)
-    with neutral_truncated_rewards(reward_model, stop_token_id=2):
-        assert trl_ppo.get_reward(reward_model, query_responses, 0, 1)[1].tolist() == [4.0, 4.0]
-        assert trl_ppo.get_reward(value_model, query_responses, 0, 1)[1].tolist() == [4.0, 0.0]
-    assert trl_ppo.get_reward is fake_get_reward and calls == [reward_model, value_model]
-
-
 @pytest.mark.parametrize("choice", ["score", "neutral"])
 def test_truncated_reward_neutral_is_applied_in_training(tmp_path, tiny_model_dir, adapters, monkeypatch, choice):
     """With `truncated_reward: neutral` every rollout batch's RM scores pass through `neutralize_truncated` with the
@@ -563,3 +557,51 @@ def test_truncated_reward_neutral_is_applied_in_training(tmp_path, tiny_model_di
     else:
         assert seen and all(n == 4 and shape[0] == 4 for n, shape, _ in seen)
         assert {stop for _, _, stop in seen} == {trainer.processing_class.eos_token_id}
+
+
+def test_length_correction_on_the_sft_samples_is_taken_out_of_every_finished_rollout(
+    tmp_path, tiny_model_dir, adapters, monkeypatch
+):
+    """`length_correction: sft` fits once, before training, on `prompts x samples` reference samples, without moving
+    the random state the rollouts draw from (refitting gives the same correction); every rollout batch's RM scores
+    then pass through it; the fit is in `ppo_summary.json`. Without it, nothing is fitted or applied."""
+    sft, rm = adapters
+    fits, applied = [], []
+    real_fit, real_apply = LengthCorrection.fit.__func__, LengthCorrection.apply
+
+    def spy_fit(cls, scores, responses, stop_token_id, samples_per_prompt):
+        fits.append((scores.shape[0], responses.shape, samples_per_prompt))
+        return real_fit(cls, scores, responses, stop_token_id, samples_per_prompt)
+
+    def spy_apply(self, scores, responses, stop_token_id):
+        applied.append(scores.shape[0])
+        return real_apply(self, scores, responses, stop_token_id)
+
+    monkeypatch.setattr(LengthCorrection, "fit", classmethod(spy_fit))
+    monkeypatch.setattr(LengthCorrection, "apply", spy_apply)
+    common = dict(total_episodes=4, save_strategy="no", score_heldout=False, ptx_coef=0.0)
+    for name in ("off", "on"):
+        (tmp_path / name).mkdir()
+    trainer = run(ppo_config(tmp_path / "off", tiny_model_dir, sft, rm, **common))
+    assert trainer.length_correction is None and fits == [] and applied == []
+
+    config = ppo_config(
+        tmp_path / "on",
+        tiny_model_dir,
+        sft,
+        rm,
+        length_correction="sft",
+        length_correction_prompts=3,
+        length_correction_samples=2,
+        **common,
+    )
+    trainer = run(config)
+    assert fits == [(6, torch.Size([6, 8]), 2)]  # 3 prompts x 2 samples, response_length 8
+    assert applied and all(n == 4 for n in applied)  # every scoring batch of 4 rollouts
+    summary = json.loads((tmp_path / "on" / "ppo" / "ppo_summary.json").read_text())
+    assert summary["length_correction"] == trainer.length_correction.to_dict()
+    assert summary["length_correction"]["samples"] == 6
+    state = torch.get_rng_state()
+    with generation.fast_cpu_sampling():  # as in `train`: the same sampler draws the same samples
+        assert trainer.fit_length_correction() == trainer.length_correction  # same seed, same samples, same fit
+    assert torch.equal(torch.get_rng_state(), state)

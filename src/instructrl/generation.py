@@ -3,6 +3,7 @@
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from unittest import mock
 
 import torch
 from peft import PeftModel
@@ -55,12 +56,9 @@ def _multinomial(input, num_samples, replacement=False, *, generator=None, out=N
 def fast_cpu_sampling() -> Iterator[None]:
     """Within this block, `torch.multinomial`'s single draws on CPU (what `generate(do_sample=True)` makes at every
     decoding step) use `inverse_cdf_sample`: the same distribution, without one random number per vocabulary entry.
-    Everything else, and everything on a GPU, goes to torch's own `multinomial`; it is restored on exit."""
-    torch.multinomial = _multinomial
-    try:
+    Everything else, and everything on a GPU, goes to torch's own `multinomial`; what was there is restored on exit."""
+    with mock.patch.object(torch, "multinomial", _multinomial):
         yield
-    finally:
-        torch.multinomial = _torch_multinomial
 
 
 def load_policy(

@@ -28,7 +28,7 @@ from unittest import mock
 
 import torch
 from accelerate.utils import DistributedType
-from transformers import TrainerCallback
+from transformers import GenerationConfig, TrainerCallback
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 from trl.experimental.ppo import ppo_trainer as trl_ppo
 from trl.models.utils import unwrap_model_for_generation
@@ -41,7 +41,14 @@ from .gold import GoldScorer
 from .modeling import compute_dtype, lm_logits_in_model_dtype
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
 from .reward import check_ensemble
-from .shared_base import POLICY, VALUE, SharedBase
+from .reward_shaping import (
+    LENGTH_CORRECTIONS,
+    TRUNCATED_REWARDS,
+    LengthCorrection,
+    neutralize_truncated,
+    shaped_rewards,
+)
+from .shared_base import POLICY, VALUE, VALUE_HEAD_INITS, SharedBase
 from .stats import mean_ci, win_rate
 
 logger = logging.getLogger(__name__)
@@ -51,7 +58,6 @@ TRUNCATION_WARNING_SHARE = 0.1
 
 
 ROLLOUT_LOGPROBS = ("auto", "forward", "generate")
-TRUNCATED_REWARDS = ("score", "neutral")
 
 
 @contextmanager
@@ -73,35 +79,6 @@ def rollout_logprobs_from_forward() -> Iterator[None]:
         return query_responses, torch.cat(logits)
 
     with mock.patch.object(trl_ppo, "batch_generation", batch_generation):
-        yield
-
-
-def neutralize_truncated(scores: torch.Tensor, responses: torch.Tensor, stop_token_id: int) -> torch.Tensor:
-    """`scores` with every response that lacks `stop_token_id` (cut off at `response_length`) given the mean score of
-    the responses that have it. Unchanged when all or none of them ended; `scores` itself is not modified."""
-    ended = (responses == stop_token_id).any(dim=-1)
-    if ended.all() or not ended.any():
-        return scores
-    neutral = scores.clone()
-    neutral[~ended] = scores[ended].mean()
-    return neutral
-
-
-@contextmanager
-def neutral_truncated_rewards(reward_model: torch.nn.Module, stop_token_id: int) -> Iterator[None]:
-    """Within this block TRL's PPO loop gives a rollout that reaches `response_length` without `stop_token_id` the
-    mean reward-model score of the rollouts scored with it that ended (`neutralize_truncated`), instead of the
-    reward model's score of its unfinished text. Only calls that score with `reward_model` change (not the value
-    model's). Restored on exit."""
-    original = trl_ppo.get_reward
-
-    def get_reward(model, query_responses, pad_token_id, context_length):
-        logits, scores, lengths = original(model, query_responses, pad_token_id, context_length)
-        if model is reward_model:
-            scores = neutralize_truncated(scores, query_responses[:, context_length:], stop_token_id)
-        return logits, scores, lengths
-
-    with mock.patch.object(trl_ppo, "get_reward", get_reward):
         yield
 
 
@@ -154,6 +131,14 @@ class InstructPPOConfig(PPOConfig):
             Updates at the start in which only the value function trains: the policy (and the ptx term, which only
             moves the policy) waits until the value function, initialized from the reward model, has fitted the
             returns of the SFT policy's rollouts, so that its first advantages are not the value head's errors.
+        value_head_init (`str`, *optional*, defaults to `"reward"`):
+            Where the value function's head starts (its LoRA adapter always starts from the reward model's).
+            `reward`: the reward model's score head, as InstructGPT initializes the value function. `zero`: a head
+            of zeros, a value of 0 for every prefix until the value loss has taught it otherwise. The reward model
+            scores unfinished text far below finished text, so a value function that starts as the reward model
+            sees every response's value jump by about 1 at its end-of-turn token: that token gets a large positive
+            advantage in every rollout and PPO learns to stop early (README, "the value function pays for
+            stopping").
         rollout_logprobs (`str`, *optional*, defaults to `"auto"`):
             Where a rollout's log-probabilities (the "old" ones of PPO's ratio, and the policy's side of the KL
             penalty) come from. `generate`: TRL's own, the sampling step's logits, computed incrementally with a KV
@@ -169,6 +154,17 @@ class InstructPPOConfig(PPOConfig):
             reason PPO learns to stop early on every prompt, its greedy answers included; on the default, `neutral`
             kept the answers' length in one of two data draws (README, "PPO shortens every answer"). Needs
             `stop_token`.
+        length_correction (`str`, *optional*, defaults to `"none"`):
+            `none`: PPO's reward is the reward model's score. `sft`: before training, the SFT policy samples
+            `length_correction_samples` responses to each of the first `length_correction_prompts` training prompts,
+            the reward model scores them, and the slope of its score on response length within a prompt is taken out
+            of every finished rollout's score (`instructrl.reward_shaping.LengthCorrection`), so that PPO is not
+            paid for length itself, the shortcut a small reward model learns (README). The fit is recorded in
+            `ppo_summary.json` (`length_correction`). Needs `stop_token`.
+        length_correction_prompts (`int`, *optional*, defaults to `64`):
+            Training prompts the length slope is fitted on.
+        length_correction_samples (`int`, *optional*, defaults to `4`):
+            SFT samples per prompt for the fit (at least 2: the slope is measured within a prompt).
         max_kl (`float`, *optional*):
             Stop training (`DivergenceError`, stage left interrupted, last checkpoint kept) once an update's rollouts
             are further than this from the reference (TRL's `objective/kl`, nats per response). Unset: no ceiling.
@@ -202,12 +198,20 @@ class InstructPPOConfig(PPOConfig):
     value_warmup_updates: int = field(
         default=0, metadata={"help": "Updates at the start that train the value function only (policy frozen)."}
     )
+    value_head_init: str = field(
+        default="reward", metadata={"help": "reward or zero: where the value function's head starts."}
+    )
     rollout_logprobs: str = field(
         default="auto", metadata={"help": "generate, forward or auto (forward when computing in bf16/fp16)."}
     )
     truncated_reward: str = field(
         default="score", metadata={"help": "score or neutral: the reward of a rollout cut off at response_length."}
     )
+    length_correction: str = field(
+        default="none", metadata={"help": "none or sft: take the RM's length preference, fitted on SFT samples, out."}
+    )
+    length_correction_prompts: int = field(default=64, metadata={"help": "Training prompts the length fit uses."})
+    length_correction_samples: int = field(default=4, metadata={"help": "SFT samples per prompt for the length fit."})
     max_kl: float | None = field(
         default=None, metadata={"help": "Stop when the rollouts' KL to the reference exceeds this; unset: never."}
     )
@@ -222,6 +226,8 @@ class InstructPPOConfig(PPOConfig):
             ("ptx_micro_batch_size", 1),
             ("value_warmup_updates", 0),
             ("heldout_samples", 0),
+            ("length_correction_prompts", 1),
+            ("length_correction_samples", 2),
         )
         for name, low in checks:
             value = getattr(self, name)
@@ -237,11 +243,21 @@ class InstructPPOConfig(PPOConfig):
             raise ConfigError(
                 f"`truncated_reward` is {self.truncated_reward!r}; choose one of {', '.join(TRUNCATED_REWARDS)}."
             )
-        if self.truncated_reward == "neutral" and self.stop_token is None and self.stop_token_id is None:
+        if self.value_head_init not in VALUE_HEAD_INITS:
             raise ConfigError(
-                "`truncated_reward: neutral` needs a stop token to tell finished rollouts from cut-off ones: set "
-                "`stop_token: eos` (or `stop_token_id`)."
+                f"`value_head_init` is {self.value_head_init!r}; choose one of {', '.join(VALUE_HEAD_INITS)}."
             )
+        if self.length_correction not in LENGTH_CORRECTIONS:
+            raise ConfigError(
+                f"`length_correction` is {self.length_correction!r}; choose one of {', '.join(LENGTH_CORRECTIONS)}."
+            )
+        no_stop = self.stop_token is None and self.stop_token_id is None
+        for name, value in (("truncated_reward", "neutral"), ("length_correction", "sft")):
+            if getattr(self, name) == value and no_stop:
+                raise ConfigError(
+                    f"`{name}: {value}` needs a stop token to tell finished rollouts from cut-off ones: set "
+                    "`stop_token: eos` (or `stop_token_id`)."
+                )
         if self.max_kl is not None and not self.max_kl > 0:
             raise ConfigError(f"`max_kl` is {self.max_kl} but must be > 0 (or unset for no ceiling).")
 
@@ -326,6 +342,7 @@ class InstructPPOTrainer(PPOTrainer):
         self._ptx_stats: dict[str, list[float]] = defaultdict(list)
         self.gold_scorer = gold_scorer
         self._warned_truncation = False
+        self.length_correction: LengthCorrection | None = None  # fitted at the start of `train` (`length_correction`)
         reward_model = shared.reward_model()
         if gold_scorer is not None:
             gold_scorer.tap(reward_model)
@@ -353,11 +370,87 @@ class InstructPPOTrainer(PPOTrainer):
         with ExitStack() as stack:
             # TRL samples every rollout with `generate(do_sample=True)`: single multinomial draws, cheap on CPU so.
             stack.enter_context(fast_cpu_sampling())
+            if self.args.length_correction == "sft":  # before any patch below: it samples and scores as TRL does
+                self.length_correction = self.fit_length_correction()
             if self.rollout_logprobs_source() == "forward":
                 stack.enter_context(rollout_logprobs_from_forward())
-            if self.args.truncated_reward == "neutral":
-                stack.enter_context(neutral_truncated_rewards(self.reward_model, self.stop_token_id))
+            shaping = self.reward_shaping()
+            if shaping is not None:
+                stack.enter_context(shaped_rewards(self.reward_model, shaping))
             return super().train(*args, **kwargs)
+
+    def reward_shaping(self):
+        """What happens to the reward model's scores of a rollout batch before PPO reads them (`truncated_reward`,
+        `length_correction`), as one function of (scores, responses); `None` when they are used as they are."""
+        neutral = self.args.truncated_reward == "neutral"
+        correction = self.length_correction
+        if not neutral and correction is None:
+            return None
+        stop = self.stop_token_id
+
+        def shape(scores: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+            if neutral:  # first: the mean it gives cut-off rollouts is of the finished ones' own scores
+                scores = neutralize_truncated(scores, responses, stop)
+            if correction is not None:
+                scores = correction.apply(scores, responses, stop)
+            return scores
+
+        return shape
+
+    @torch.no_grad()
+    def fit_length_correction(self) -> LengthCorrection:
+        """Fit `length_correction: sft` on the reference (SFT) policy's samples: `length_correction_samples` per
+        prompt for the first `length_correction_prompts` training prompts, sampled and scored exactly as rollouts
+        are (TRL's generation at the rollouts' temperature, truncation at the stop token, `get_reward`), from a
+        random state of its own (`seed`), so the training rollouts that follow are the same with or without it and a
+        resumed run fits the same correction."""
+        args, pad = self.args, self.processing_class.pad_token_id
+        count = min(args.length_correction_prompts, len(self.train_dataset))
+        prompts = [self.train_dataset[i]["input_ids"] for i in range(count)]
+        width = max(len(p) for p in prompts)
+        queries = torch.full((count, width), pad, dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            queries[row, width - len(ids) :] = torch.tensor(ids)
+        device = self.accelerator.device
+        queries = queries.repeat_interleave(args.length_correction_samples, dim=0).to(device)
+        generation_config = GenerationConfig(
+            max_new_tokens=args.response_length,
+            temperature=args.temperature + 1e-7,
+            top_k=0,
+            top_p=1.0,
+            do_sample=True,
+        )
+        batch = args.local_rollout_forward_batch_size
+        scores, responses = [], []
+        forked = [device] if device.type == "cuda" else []
+        with (
+            unwrap_model_for_generation(
+                self.model, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+            ),
+            torch.random.fork_rng(devices=forked),
+        ):
+            torch.manual_seed(args.seed)
+            for start in range(0, len(queries), batch):
+                chunk = queries[start : start + batch]
+                query_responses, _ = trl_ppo.batch_generation(self.ref_model, chunk, batch, pad, generation_config)
+                response = trl_ppo.truncate_response(self.stop_token_id, pad, query_responses[:, width:])
+                # generate stops once every row has ended: pad the chunks to one width
+                response = torch.nn.functional.pad(response, (0, args.response_length - response.shape[1]), value=pad)
+                _, score, _ = trl_ppo.get_reward(self.reward_model, torch.cat((chunk, response), 1), pad, width)
+                scores.append(score.float().reshape(-1).cpu())
+                responses.append(response.cpu())
+        correction = LengthCorrection.fit(
+            torch.cat(scores), torch.cat(responses), self.stop_token_id, args.length_correction_samples
+        )
+        logger.info(
+            "Length correction fitted on %d SFT samples (%d finished, mean %.1f tokens): %+.4f reward per token "
+            "within a prompt, taken out of every finished rollout's score",
+            correction.samples,
+            correction.finished,
+            correction.reference_tokens,
+            correction.slope,
+        )
+        return correction
 
     def rollout_logprobs_source(self) -> str:
         """`generate` or `forward`: `rollout_logprobs`, with `auto` decided by the base model's compute dtype."""

@@ -34,6 +34,7 @@ from .errors import ConfigError, MissingStageError, ModelLoadError
 from .reward import NORMALIZATION_FILE, ensemble_reward
 
 POLICY, REFERENCE, REWARD, VALUE = "policy", "reference", "reward", "value"
+VALUE_HEAD_INITS = ("reward", "zero")
 
 
 @contextmanager
@@ -220,6 +221,10 @@ class SharedBase:
             Further reward-model outputs: with any, the reward is an ensemble of `reward_adapter` and these, each a
             frozen adapter (+ head) on the same base, combined by `ensemble_method` (`ENSEMBLE_REWARDS`) with
             `ensemble_coef`. The value function starts from `reward_adapter` alone.
+        value_head_init (`str`, *optional*, defaults to `"reward"`):
+            `reward`: the value head starts as the reward model's score head (InstructGPT's initialization).
+            `zero`: the value adapter still starts from `reward_adapter`, the head at zero, so the value function
+            predicts 0 for every prefix until it has learned otherwise (`VALUE_HEAD_INITS`).
     """
 
     def __init__(
@@ -231,7 +236,12 @@ class SharedBase:
         more_reward_adapters: list[Path] | None = None,
         ensemble_method: str = "mean_minus_std",
         ensemble_coef: float = 1.0,
+        value_head_init: str = "reward",
     ):
+        if value_head_init not in VALUE_HEAD_INITS:
+            raise ConfigError(
+                f"`value_head_init` is {value_head_init!r}; choose one of {', '.join(VALUE_HEAD_INITS)}."
+            )
         hidden_size = base.config.hidden_size
         if sft_adapter is not None:
             shared = add_adapter_from_dir(base, POLICY, sft_adapter)
@@ -254,6 +264,9 @@ class SharedBase:
         self.reward_heads = [score_head_from_dir(d, hidden_size).to(device).requires_grad_(False) for d in reward_dirs]
         self.reward_head = self.reward_heads[0]
         self.value_head = score_head_from_dir(reward_adapter, hidden_size).to(device)
+        if value_head_init == "zero":
+            with torch.no_grad():
+                self.value_head.weight.zero_(), self.value_head.bias.zero_()
         self.ensemble_method, self.ensemble_coef = ensemble_method, ensemble_coef
         self.freeze_all_but((POLICY, VALUE))
 
