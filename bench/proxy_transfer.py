@@ -25,6 +25,7 @@ from instructrl.evaluation import EvalModels, mean_response_tokens, mean_reward_
 from instructrl.generation import sample_responses
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.stats import mean_ci, win_rate
+from policy_args import add_policy_args, resolve_run
 
 PROMPT_SETS = {"training": "ppo", "held-out": "eval"}
 
@@ -49,25 +50,16 @@ def rm_scores(models: EvalModels, tokenizer, name: str, prompts: list, args: arg
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, help="a pipeline output root: its sft, rm, ppo and ppo_ptx directories")
-    parser.add_argument("--sft", type=Path)
-    parser.add_argument("--rm", type=Path)
+    add_policy_args(parser, "a pipeline output root: its sft, rm, ppo and ppo_ptx directories")
     parser.add_argument("--policy", action="append", default=[], help="name=adapter_dir (repeatable)")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--temperature", type=float, default=0.7, help="the rollouts' temperature (PPO configs)")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="PPO's response_length")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     policies = dict(entry.split("=", 1) for entry in args.policy)
     if args.run is not None:
-        args.sft, args.rm = args.sft or args.run / "sft", args.rm or args.run / "rm"
         policies = policies or {name: str(args.run / name) for name in ("ppo", "ppo_ptx")}
-    if args.sft is None or args.rm is None or not policies:
-        parser.error("give --run, or --sft, --rm and at least one --policy name=dir")
+    if not policies:
+        parser.error("give --run, or at least one --policy name=dir")
+    resolve_run(parser, args)
 
     tokenizer = load_tokenizer(args.model, None, False, "left")
     base = load_base_model(ModelConfig(model_name_or_path=args.model, dtype="auto"), tokenizer)

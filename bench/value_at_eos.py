@@ -15,7 +15,6 @@ first updates reinforce everywhere, whatever the response says. Only the reward 
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 from transformers import set_seed
@@ -28,6 +27,7 @@ from instructrl.evaluation import EvalModels
 from instructrl.generation import sample_responses
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.stats import mean_ci
+from policy_args import add_policy_args, resolve_run
 
 
 @torch.no_grad()
@@ -41,22 +41,10 @@ def scores_along(reward_model, prompt_ids: list[int], response_ids: list[int], p
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, help="a pipeline output root: its sft and rm directories")
-    parser.add_argument("--sft", type=Path)
-    parser.add_argument("--rm", type=Path)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    add_policy_args(parser, "a pipeline output root: its sft and rm directories")
     parser.add_argument("--split", default="ppo", help="prompt split of builtin:prompts (PPO's: ppo)")
-    parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.7, help="the rollouts' temperature (PPO configs)")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="PPO's response_length")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if args.run is not None:
-        args.sft, args.rm = args.sft or args.run / "sft", args.rm or args.run / "rm"
-    if args.sft is None or args.rm is None:
-        parser.error("give --run, or --sft and --rm")
+    resolve_run(parser, args)
 
     tokenizer = load_tokenizer(args.model, None, False, "left")
     base = load_base_model(ModelConfig(model_name_or_path=args.model, dtype="auto"), tokenizer)

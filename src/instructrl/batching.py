@@ -1,4 +1,4 @@
-"""Right-padding of token sequences into a batch, shared by reward scoring, PPO-ptx and evaluation."""
+"""Padding token sequences into a batch (right: scoring, PPO-ptx, evaluation; left: prompts before generation)."""
 
 from collections.abc import Sequence
 
@@ -13,4 +13,16 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[to
     for row, seq in enumerate(sequences):
         input_ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
         attention_mask[row, : len(seq)] = 1
+    return input_ids, attention_mask
+
+
+def pad_left(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences as one left-padded batch, `(input_ids, attention_mask)`: every row ends in the last column,
+    where generation (or a response) starts."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+        attention_mask[row, width - len(seq) :] = 1
     return input_ids, attention_mask

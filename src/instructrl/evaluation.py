@@ -26,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.experimental.utils import get_reward
 
-from .batching import pad_right
+from .batching import pad_left, pad_right
 from .data.rows import encode_prompt, encode_response
 from .errors import ConfigError
 from .labeler import words
@@ -102,12 +102,11 @@ def reward_scores(
     rewards: list[float] = []
     for begin in range(0, len(prompts), batch_size):
         batch_prompts, batch_responses = prompts[begin : begin + batch_size], responses[begin : begin + batch_size]
-        context = max(len(p) for p in batch_prompts)
-        width = context + max(len(r) for r in batch_responses) + 1  # at least one pad after every response
-        query_responses = torch.full((len(batch_prompts), width), pad_token_id, dtype=torch.long)
-        for row, (prompt, response) in enumerate(zip(batch_prompts, batch_responses, strict=True)):
-            query_responses[row, context - len(prompt) : context] = torch.tensor(list(prompt))
-            query_responses[row, context : context + len(response)] = torch.tensor(list(response))
+        queries, _ = pad_left(batch_prompts, pad_token_id)
+        answers, _ = pad_right(batch_responses, pad_token_id)
+        context = queries.shape[1]
+        after = torch.full((len(batch_prompts), 1), pad_token_id, dtype=torch.long)  # a pad after every response
+        query_responses = torch.cat((queries, answers, after), dim=1)
         _, scores, _ = get_reward(reward_model, query_responses.to(device), pad_token_id, context)
         rewards.extend(scores.reshape(-1).float().cpu().tolist())
     return rewards

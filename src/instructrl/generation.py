@@ -10,6 +10,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig
 
+from .batching import pad_left
 from .data.rows import encode_prompt
 from .modeling import compute_dtype, load_base_model, load_tokenizer
 from .runs import require_adapter
@@ -99,12 +100,7 @@ def sample_responses(
     results: list[list[str]] = []
     for start in range(0, len(prompts), batch_size):
         encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(encoded):  # left padding: every prompt ends where generation starts
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
+        input_ids, attention_mask = pad_left(encoded, tokenizer.pad_token_id)
         with fast_cpu_sampling():
             output = model.generate(
                 input_ids=input_ids.to(device),
@@ -118,7 +114,7 @@ def sample_responses(
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        texts = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
         for row in range(len(encoded)):
             results.append([t.strip() for t in texts[row * num_samples : (row + 1) * num_samples]])
         logger.info("Sampled %d/%d prompts", min(start + batch_size, len(prompts)), len(prompts))

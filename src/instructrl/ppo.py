@@ -33,6 +33,7 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer
 from trl.experimental.ppo import ppo_trainer as trl_ppo
 from trl.models.utils import unwrap_model_for_generation
 
+from .batching import pad_left
 from .divergence import check_gradients, check_value
 from .errors import ConfigError, DivergenceError
 from .evaluation import mean_response_tokens, mean_reward_per_prompt
@@ -407,10 +408,8 @@ class InstructPPOTrainer(PPOTrainer):
         args, pad = self.args, self.processing_class.pad_token_id
         count = min(args.length_correction_prompts, len(self.train_dataset))
         prompts = [self.train_dataset[i]["input_ids"] for i in range(count)]
-        width = max(len(p) for p in prompts)
-        queries = torch.full((count, width), pad, dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            queries[row, width - len(ids) :] = torch.tensor(ids)
+        queries, _ = pad_left(prompts, pad)
+        width = queries.shape[1]
         device = self.accelerator.device
         queries = queries.repeat_interleave(args.length_correction_samples, dim=0).to(device)
         generation_config = GenerationConfig(
