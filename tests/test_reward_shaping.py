@@ -1,5 +1,7 @@
 """Reward shaping in PPO: cut-off rollouts and the length correction, on hand-made tensors."""
 
+import math
+
 import pytest
 import torch
 from trl.experimental.ppo import ppo_trainer as trl_ppo
@@ -9,6 +11,7 @@ from instructrl.reward_shaping import (
     neutralize_truncated,
     response_lengths,
     shaped_rewards,
+    within_group_fit,
     within_group_slope,
 )
 
@@ -62,6 +65,28 @@ def test_within_group_slope_ignores_differences_between_prompts():
     assert within_group_slope(scores, same, groups) == 0.0  # no spread within any prompt
 
 
+def test_within_group_fit_interval_is_the_dummy_variable_regressions():
+    """The slope's 95% half-width equals 1.96 standard errors of the length coefficient in an ordinary least-squares
+    regression of score on length plus one intercept per prompt (solved here independently with lstsq)."""
+    generator = torch.Generator().manual_seed(0)
+    groups = torch.arange(8).repeat_interleave(4)
+    lengths = torch.randint(5, 40, (32,), generator=generator)
+    scores = -0.03 * lengths + groups * 0.5 + 0.2 * torch.randn(32, generator=generator, dtype=torch.float64)
+    slope, half_width = within_group_fit(scores, lengths, groups)
+
+    design = torch.cat((lengths.double()[:, None], torch.nn.functional.one_hot(groups).double()), dim=1)
+    coefficients = torch.linalg.lstsq(design, scores[:, None]).solution[:, 0]
+    residuals = scores - design @ coefficients
+    variance = (residuals**2).sum() / (32 - design.shape[1])
+    standard_error = (variance * torch.linalg.inv(design.T @ design)[0, 0]).sqrt()
+    assert slope == pytest.approx(coefficients[0].item())
+    assert half_width == pytest.approx(1.96 * standard_error.item())
+    assert 0 < half_width < 0.03  # 32 samples pin the slope of -0.03 down to its sign
+
+    assert within_group_fit(scores[:2], lengths[:2], groups[:2])[1] == math.inf  # one prompt, two samples: no freedom
+    assert within_group_fit(scores[:4], torch.full((4,), 7), groups[:4]) == (0.0, math.inf)
+
+
 def test_length_correction_fits_on_finished_samples_and_corrects_only_finished_rollouts():
     stop = 9
     # Two prompts x 3 samples; the last sample of prompt 1 is cut off (no stop token) with a very low score.
@@ -81,6 +106,7 @@ def test_length_correction_fits_on_finished_samples_and_corrects_only_finished_r
     assert correction.slope == pytest.approx(-0.2)  # 0.2 lower per token within each prompt
     assert correction.reference_tokens == pytest.approx(17 / 5)
     assert (correction.samples, correction.finished) == (6, 5)
+    assert correction.ci95 == pytest.approx(0.0, abs=1e-6)  # the scores lie on the fitted lines exactly
 
     corrected = correction.apply(scores, responses, stop)
     expected = [s + 0.2 * (n - 17 / 5) for s, n in zip([1.0, 0.6, 0.8, 0.0, -0.4], [2, 4, 3, 3, 5], strict=True)]
@@ -97,3 +123,4 @@ def test_length_correction_without_a_finished_sample_changes_nothing():
     responses = torch.ones(4, 3, dtype=torch.long)
     correction = LengthCorrection.fit(torch.tensor([1.0, 2.0, 3.0, 4.0]), responses, 9, samples_per_prompt=2)
     assert correction.slope == 0.0 and correction.finished == 0
+    assert correction.to_dict()["ci95"] is None  # no interval: JSON null

@@ -442,12 +442,13 @@ class InstructPPOTrainer(PPOTrainer):
             torch.cat(scores), torch.cat(responses), self.stop_token_id, args.length_correction_samples
         )
         logger.info(
-            "Length correction fitted on %d SFT samples (%d finished, mean %.1f tokens): %+.4f reward per token "
-            "within a prompt, taken out of every finished rollout's score",
+            "Length correction fitted on %d SFT samples (%d finished, mean %.1f tokens): %+.4f ± %.4f reward per "
+            "token within a prompt, taken out of every finished rollout's score",
             correction.samples,
             correction.finished,
             correction.reference_tokens,
             correction.slope,
+            correction.ci95,
         )
         return correction
 

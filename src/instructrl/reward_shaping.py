@@ -11,6 +11,7 @@ regressing length out of a preference score follows length-controlled evaluation
 length analysis of RLHF by Singhal et al. (2023); the code is this project's.
 """
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -49,16 +50,29 @@ def within_group_slope(scores: torch.Tensor, lengths: torch.Tensor, groups: torc
     """Least-squares slope of `scores` on `lengths` within groups (one group per prompt): both are centred on their
     group's mean first, so that a prompt whose answers are long and score low as a whole does not count, only how
     the score moves with length among the answers to the same prompt. 0 when no group has two different lengths."""
+    return within_group_fit(scores, lengths, groups)[0]
+
+
+def within_group_fit(scores: torch.Tensor, lengths: torch.Tensor, groups: torch.Tensor) -> tuple[float, float]:
+    """`within_group_slope` and the half-width of its 95% interval (normal approximation, the residual variance
+    counted with one degree of freedom per group taken by its mean); the interval is infinite when the residuals
+    leave no degree of freedom, and (0, inf) when no group has two different lengths."""
     scores, lengths = scores.double(), lengths.double()
     centred_scores, centred_lengths = scores.clone(), lengths.clone()
-    for group in groups.unique():
+    present = groups.unique()
+    for group in present:
         rows = groups == group
         centred_scores[rows] -= scores[rows].mean()
         centred_lengths[rows] -= lengths[rows].mean()
     spread = (centred_lengths**2).sum()
     if spread == 0:
-        return 0.0
-    return float((centred_lengths * centred_scores).sum() / spread)
+        return 0.0, math.inf
+    slope = (centred_lengths * centred_scores).sum() / spread
+    freedom = len(scores) - len(present) - 1
+    if freedom <= 0:
+        return float(slope), math.inf
+    residual_variance = ((centred_scores - slope * centred_lengths) ** 2).sum() / freedom
+    return float(slope), float(1.96 * (residual_variance / spread).sqrt())
 
 
 @dataclass(frozen=True)
@@ -66,14 +80,16 @@ class LengthCorrection:
     """`score - slope x (tokens - reference_tokens)` for rollouts that ended; cut-off ones keep their score (their
     treatment is `truncated_reward`'s and `missing_eos_penalty`'s).
 
-    `slope` is the reward model's score per token within a prompt, `reference_tokens` the mean length of the
-    finished SFT samples it was fitted on, `samples`/`finished` how many samples were drawn and how many ended.
+    `slope` is the reward model's score per token within a prompt (`ci95` the half-width of its 95% interval),
+    `reference_tokens` the mean length of the finished SFT samples it was fitted on, `samples`/`finished` how many
+    samples were drawn and how many ended.
     """
 
     slope: float
     reference_tokens: float
     samples: int
     finished: int
+    ci95: float = math.inf
 
     @classmethod
     def fit(
@@ -86,8 +102,8 @@ class LengthCorrection:
         groups = torch.arange(len(scores), device=scores.device) // samples_per_prompt
         if not ended.any():
             return cls(0.0, float(responses.shape[-1]), len(scores), 0)
-        slope = within_group_slope(scores[ended].float(), lengths[ended], groups[ended])
-        return cls(slope, float(lengths[ended].double().mean()), len(scores), int(ended.sum()))
+        slope, ci95 = within_group_fit(scores[ended].float(), lengths[ended], groups[ended])
+        return cls(slope, float(lengths[ended].double().mean()), len(scores), int(ended.sum()), ci95)
 
     def apply(self, scores: torch.Tensor, responses: torch.Tensor, stop_token_id: int) -> torch.Tensor:
         """`scores` corrected for length (a new tensor; `scores` itself is not modified)."""
@@ -96,7 +112,11 @@ class LengthCorrection:
         return torch.where(ended, scores - correction, scores)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As written to `ppo_summary.json`: an interval that does not exist is `null`, not JSON's missing Infinity."""
+        fields = asdict(self)
+        if math.isinf(fields["ci95"]):
+            fields["ci95"] = None
+        return fields
 
 
 @contextmanager
