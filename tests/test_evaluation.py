@@ -28,6 +28,7 @@ from instructrl.evaluation import (
 from instructrl.labeler import SimulatedLabeler
 from instructrl.report import (
     criteria_rows,
+    describe_length_correction,
     goal_rows,
     instruction_rows,
     length_preference_line,
@@ -170,6 +171,13 @@ def test_win_rates_by_kind_of_instruction():
     assert instruction_rows({"sft": {}}) == []
 
 
+def test_length_correction_line_reads_fits_with_and_without_an_interval():
+    fit = {"slope": 0.0017, "reference_tokens": 28.5, "samples": 256, "finished": 223}  # written before the interval
+    assert describe_length_correction(fit).startswith("length correction +0.0017 reward per token within a prompt")
+    assert "±" not in describe_length_correction({**fit, "ci95": None})  # no interval: JSON null
+    assert describe_length_correction({**fit, "ci95": 0.0112}).startswith("length correction +0.0017 ± 0.0112 reward")
+
+
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, tiny_model_dir, tokenizer):
     return make_adapters(tiny_model_dir, tmp_path_factory.mktemp("eval-adapters"), tokenizer)
@@ -195,6 +203,8 @@ def eval_config(tmp_path, model_dir, sft, rm, **overrides):
     sampled = {**heldout, "win_rate": {"rate": 0.25, "ci95": 0.1}}  # as written before response lengths were
     heldout["response_tokens"] = {"reference": 30.0, "policy": 21.54}
     summary = {"heldout_rm_score": heldout, "heldout_rm_score_sampled": sampled}
+    fit = {"slope": -0.0327, "reference_tokens": 29.62, "samples": 256, "finished": 227, "ci95": 0.0064}
+    summary["length_correction"] = fit  # `length_correction: sft`
     (tmp_path / "ppo_run" / "ppo_summary.json").write_text(json.dumps(summary))
     values = dict(
         model_name_or_path=str(model_dir),
@@ -279,6 +289,10 @@ def test_eval_end_to_end_on_tiny_policies(tmp_path, tiny_model_dir, adapters):
     assert (
         "- ppo: 0.500 (SFT) -> 0.500 (trained), change +0.500 ± 0.250, win rate 0.250 ± 0.100 over 7 prompts (sampled "
         "responses)\n" in report
+    )
+    assert (
+        "- ppo: length correction -0.0327 ± 0.0064 reward per token within a prompt, fitted on 256 SFT samples (227 "
+        "finished, mean 29.6 tokens)" in report
     )
     assert "## Labeler criteria against the reference" in report and "| length | 5 |" in report
     for image in ("ppo_curves.png", "labeler_score.png", "tax.png"):

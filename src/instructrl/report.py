@@ -112,6 +112,17 @@ def describe_heldout(change: dict, responses: str = "greedy") -> str:
     return line
 
 
+def describe_length_correction(fit: dict) -> str:
+    """One line for a PPO run's `length_correction` fit (`ppo_summary.json`, written with `length_correction: sft`);
+    fits written before their interval was measured, or without one, read without it."""
+    interval = f" ± {fit['ci95']:.4f}" if fit.get("ci95") is not None else ""
+    return (
+        f"length correction {fit['slope']:+.4f}{interval} reward per token within a prompt, fitted on "
+        f"{fit['samples']} SFT samples ({fit['finished']} finished, mean {fit['reference_tokens']:.1f} tokens) and "
+        "taken out of every finished rollout's score"
+    )
+
+
 def smooth(values: list[float], window: int) -> list[float]:
     """Trailing moving average (the first points average what there is)."""
     out = []
@@ -423,6 +434,11 @@ def write_report(
             "",
         ]
         lines += [f"- {name}: {describe_heldout(change, responses)}" for name, responses, change in heldout] + [""]
+    corrected = [
+        (name, summary["length_correction"]) for name, summary in summaries.items() if "length_correction" in summary
+    ]
+    if corrected:
+        lines += [f"- {name}: {describe_length_correction(fit)}" for name, fit in corrected] + [""]
     plot_policy_bars(policies, "labeler_score", "simulated labeler score", output_dir / "labeler_score.png")
     lines += ["## Labeler score per policy", "", "![Labeler score per policy](labeler_score.png)", ""]
     if any("heldout_perplexity" in r for r in policies.values()):
