@@ -24,6 +24,7 @@ from instructrl.comparisons import (
     distinct,
     flip_probe,
     flip_rankings,
+    mark_finished,
     rank_responses,
     sibling_rankings,
     split_by_prompt,
@@ -34,7 +35,7 @@ from instructrl.configs import CollectConfig, expand_path
 from instructrl.data.loading import load_data, message_text, take
 from instructrl.data.rows import validate_prompts
 from instructrl.errors import DataError, OutputDirError
-from instructrl.generation import load_policy, sample_responses
+from instructrl.generation import load_policy, sample_responses_with_ends
 from instructrl.labeler import SimulatedLabeler, decided_by, get_labeler
 from instructrl.labeling import HUMAN, LOG_FILE, TASKS_FILE, TaskStore, write_tasks
 from instructrl.runs import (
@@ -72,7 +73,7 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
     model, tokenizer = load_policy(model_args, expand_path(args.sft_adapter_path), args.trust_remote_code)
     start_stage(output_dir, "collect")
     all_prompts = list(prompts["prompt"]) + test_prompts
-    samples = sample_responses(
+    sampled = sample_responses_with_ends(
         model,
         tokenizer,
         all_prompts,
@@ -82,7 +83,8 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
         top_p=args.top_p,
         batch_size=args.batch_size,
     )
-    groups = [(p, distinct(r)) for p, r in zip(all_prompts, samples, strict=True)]
+    groups = [(p, distinct(r)) for p, (r, _) in zip(all_prompts, sampled, strict=True)]
+    cut_off = {text for texts, ended in sampled for text, end in zip(texts, ended, strict=True) if not end}
     if not any(len(r) >= 2 for _, r in groups):
         raise DataError(
             "Every prompt's sampled responses were identical, so there is nothing to compare. Raise `temperature` or "
@@ -96,7 +98,7 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
         write_jsonl(output_dir / "probes" / "flip.jsonl", [])  # the probe needs a programmatic labeler
     else:
         (output_dir / TASKS_FILE).unlink(missing_ok=True)  # tasks of an earlier human collection no longer apply
-        summary = rank_and_write(args, labeler, groups[: len(prompts)], groups[len(prompts) :], output_dir)
+        summary = rank_and_write(args, labeler, groups[: len(prompts)], groups[len(prompts) :], output_dir, cut_off)
     summary.update(
         num_responses=args.num_responses,
         prompts_without_two_distinct_responses=sum(len(r) < 2 for _, r in groups),
@@ -111,8 +113,17 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
     return summary
 
 
-def rank_and_write(args: CollectConfig, labeler, train_groups: list, test_groups: list, output_dir: Path) -> dict:
-    """Ranks the sampled responses, adds the sibling re-rankings and the flip probe, writes them; returns counts."""
+def rank_and_write(
+    args: CollectConfig,
+    labeler,
+    train_groups: list,
+    test_groups: list,
+    output_dir: Path,
+    cut_off: set[str] | None = None,
+) -> dict:
+    """Ranks the sampled responses, adds the sibling re-rankings and the flip probe, writes them; returns counts.
+    With `cut_off` (the texts of the responses sampling cut off at `max_new_tokens`), every ranking row says which of
+    its responses ended (`mark_finished`)."""
     rankings = [rank_responses(labeler, p, r) for p, r in train_groups if len(r) >= 2]
     if test_groups:
         train, test = rankings, [rank_responses(labeler, p, r) for p, r in test_groups if len(r) >= 2]
@@ -124,7 +135,14 @@ def rank_and_write(args: CollectConfig, labeler, train_groups: list, test_groups
     own = [(p, r) for p, r in train_groups if message_text(p) in train_prompts]
     reranked = sibling_rankings(labeler, own, args.sibling_reranks, args.seed) if args.sibling_reranks else []
     flipped = flip_rankings(labeler, own, args.flip_pairs, args.seed) if args.flip_pairs else []
-    summary = write_comparisons(output_dir, train + reranked + flipped, test)
+    written = train + reranked + flipped
+    if cut_off is not None:
+        written, test = mark_finished(written, cut_off), mark_finished(test, cut_off)
+    summary = write_comparisons(output_dir, written, test)
+    if cut_off is not None:
+        summary["cut_off_responses"] = sum(
+            not flag for row in mark_finished(originals, cut_off) for flag in row["finished"]
+        )
     probe = flip_probe(labeler, test_groups, args.flip_probe_size, args.seed) if args.flip_probe_size else []
     write_jsonl(output_dir / "probes" / "flip.jsonl", probe)
     all_scores = [s for r in originals for s in r["scores"]]

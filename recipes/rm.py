@@ -53,7 +53,9 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
         model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code
     )
     train_tokens = tokenize_comparisons(train_dataset, tokenizer, training_args.max_length)
-    eval_tokens = None if eval_dataset is None else tokenize_comparisons(eval_dataset, tokenizer, None)
+    eval_tokens = (
+        None if eval_dataset is None else tokenize_comparisons(eval_dataset, tokenizer, None, keep_finished=True)
+    )
     peft_config = reward_peft_config(model_args, script_args.init_adapter)
     if script_args.init_adapter and peft_config is None:
         raise ConfigError("`init_adapter` starts the reward adapter from the SFT one: set `use_peft: true`.")

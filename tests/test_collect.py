@@ -10,6 +10,7 @@ from instructrl.comparisons import (
     FLIP_MARGIN,
     flip_probe,
     flip_rankings,
+    mark_finished,
     rank_responses,
     ranking_to_pairs,
     sibling_rankings,
@@ -87,6 +88,7 @@ def test_collect_end_to_end_on_tiny_policy(tmp_path, tiny_model_dir):
         assert row["scores"] == [labeler.score(text, r) for r in row["responses"]]
         assert [row["scores"][i] for i in row["ranking"]] == sorted(row["scores"], reverse=True)
         assert not any("<|im_end|>" in r or "<|endoftext|>" in r for r in row["responses"])
+        assert len(row["finished"]) == 4 and all(isinstance(flag, bool) for flag in row["finished"])
     pairs = (out / "pairs" / "train.jsonl").read_text().splitlines()
     assert len(pairs) == sum(len(ranking_to_pairs(r)) for r in train) == summary["train_pairs"]
     assert json.loads((out / "summary.json").read_text())["num_responses"] == 4
@@ -219,6 +221,29 @@ def test_flip_items_are_written_from_the_training_prompts_only(tmp_path):
     # Off by default.
     summary = collect_recipe.rank_and_write(CollectConfig(), SimulatedLabeler(), SIBLING_GROUPS, owls, tmp_path)
     assert summary["flip_training_items"] == 0
+
+
+def test_rankings_record_which_responses_were_cut_off(tmp_path):
+    """Every written ranking row, sibling re-rankings included, says which responses ended; without the cut-off
+    texts (a caller that does not know) no row carries the field."""
+    cut = "Tea is a hot drink that people in many countries enjoy every single day."
+    assert mark_finished([{"responses": ["a ", cut]}], {cut}) == [
+        {"responses": ["a ", cut], "finished": [True, False]}
+    ]
+    args = CollectConfig(sibling_reranks=2, flip_probe_size=0, test_fraction=0.34)
+    summary = collect_recipe.rank_and_write(args, SimulatedLabeler(), SIBLING_GROUPS, [], tmp_path, {cut})
+    rows = [
+        json.loads(x)
+        for s in ("train", "test")
+        for x in (tmp_path / "rankings" / f"{s}.jsonl").read_text().splitlines()
+    ]
+    assert any(r.get("sampled_for") for r in rows) and all(len(r["finished"]) == len(r["responses"]) for r in rows)
+    assert all(
+        flag == (response != cut) for r in rows for response, flag in zip(r["responses"], r["finished"], strict=True)
+    )
+    assert summary["cut_off_responses"] == 1  # counted once, in the prompt it was sampled for
+    collect_recipe.rank_and_write(args, SimulatedLabeler(), SIBLING_GROUPS, [], tmp_path)
+    assert "finished" not in (tmp_path / "rankings" / "train.jsonl").read_text()
 
 
 def test_collect_with_held_out_test_prompts_siblings_and_probe(tmp_path, tiny_model_dir):

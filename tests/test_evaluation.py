@@ -148,6 +148,17 @@ def test_length_preference_line_names_the_shortcut_and_its_direction(tmp_path):
     assert "prefers the longer answer 0.12 more often" in length_preference_line(rm)
     rm["eval_rm_prefers_shorter"] = 0.60
     assert "no length shortcut" in length_preference_line(rm)
+    assert "finished" not in length_preference_line(rm)  # rankings that do not record which responses ended
+    finished = {
+        "eval_finished_pairs": 149,
+        "eval_finished_pairwise_accuracy": 0.557,
+        "eval_finished_length_pairs": 146,
+    }
+    finished |= {"eval_finished_rm_prefers_shorter": 0.84, "eval_finished_labels_prefer_shorter": 0.47}
+    assert length_preference_line(rm | finished).endswith(
+        "Among the 149 held-out pairs of two finished responses (none cut off at the sampling limit; PPO's reward "
+        "orders such pairs), it orders 0.557 right and prefers the shorter in 0.84 where its labels do in 0.47."
+    )
     # In the report, right after the goals, read from the RM stage's eval_results.json.
     (tmp_path / "eval_results.json").write_text(json.dumps(rm | {"eval_pairwise_accuracy": 0.6}))
     metrics = {"num_prompts": 0, "reference": "sft", "policies": {"sft": {}}}

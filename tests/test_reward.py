@@ -13,7 +13,13 @@ from instructrl.configs import RewardScriptArguments, parse_args
 from instructrl.data.rows import encode_prompt, encode_response, tokenize_comparisons
 from instructrl.errors import DataError
 from instructrl.labeler import SimulatedLabeler
-from instructrl.reward import RankingCollator, flip_probe_accuracy, length_preference, ranking_loss
+from instructrl.reward import (
+    RankingCollator,
+    finished_pairs_metrics,
+    flip_probe_accuracy,
+    length_preference,
+    ranking_loss,
+)
 from instructrl.runs import finish_stage
 
 rm_recipe = load_recipe("rm")
@@ -63,6 +69,47 @@ def test_length_preference_counts_pairs_of_different_length_and_order():
     assert length_preference(-lengths.float(), scores, lengths, torch.tensor([3, 2, 2]))["rm_prefers_shorter"] == 1.0
     empty = length_preference(torch.zeros(2), torch.tensor([1.0, 0.0]), torch.tensor([4, 4]), torch.tensor([2]))
     assert empty["length_pairs"] == 0 and math.isnan(empty["rm_prefers_shorter"])
+
+
+def test_finished_pairs_metrics_leave_out_cut_off_responses_and_unflagged_groups():
+    """Group 1 (K=3): response 2 was cut off, so only pair (0, 1) counts: the labels prefer the longer, the rewards
+    the shorter (wrong). Group 2 (K=3, all finished): 3 pairs, rewards order all of them right. Group 3 carries no
+    flags (a row written before they existed) and group 4 keeps one finished response: neither counts."""
+    rewards = [torch.tensor([1.0, 2.0, 9.0]), torch.tensor([3.0, 2.0, 1.0]), torch.zeros(2), torch.tensor([1.0, 0.0])]
+    scores = [
+        torch.tensor([2.0, 1.0, 0.0]),
+        torch.tensor([3.0, 2.0, 1.0]),
+        torch.tensor([1.0, 0.0]),
+        torch.tensor([1.0, 0.0]),
+    ]
+    lengths = [torch.tensor([20, 10, 64]), torch.tensor([5, 6, 7]), torch.tensor([1, 2]), torch.tensor([3, 64])]
+    finished = [[True, True, False], [True, True, True], None, [True, False]]
+    metrics = finished_pairs_metrics(rewards, scores, lengths, finished)
+    assert metrics["finished_pairs"] == 4
+    assert metrics["finished_pairwise_accuracy"] == pytest.approx(3 / 4)
+    assert metrics["finished_length_pairs"] == 4
+    assert metrics["finished_labels_prefer_shorter"] == pytest.approx(3 / 4)  # group 1's pair no, group 2's yes
+    assert metrics["finished_rm_prefers_shorter"] == pytest.approx(4 / 4)  # all four
+    assert finished_pairs_metrics(rewards, scores, lengths, [None] * 4)["finished_pairs"] == 0
+
+
+def test_tokenized_rankings_keep_their_finished_flags_aligned(tokenizer):
+    from datasets import Dataset
+
+    rows = [
+        {
+            "prompt": "Say hi.",
+            "responses": ["hi", "hello " * 60, "hey"],
+            "scores": [2.0, 1.0, 0.0],
+            "finished": [True, False, True],
+        },
+        {"prompt": "Say bye.", "responses": ["bye", "farewell"], "scores": [1.0, 0.0], "finished": None},
+    ]
+    data = Dataset.from_list(rows)
+    kept = tokenize_comparisons(data, tokenizer, max_length=40, keep_finished=True)
+    assert kept["finished"] == [[True, True], None]  # the long response dropped with its flag
+    assert [len(s) for s in kept["sequences"]] == [2, 2]
+    assert "finished" not in tokenize_comparisons(data, tokenizer, max_length=40).column_names  # training: no flags
 
 
 def test_scored_token_is_the_end_of_turn_token(tokenizer):
@@ -172,10 +219,15 @@ def write_demos(tmp_path):
     return write_jsonl(tmp_path / "demos.jsonl", rows)
 
 
+def with_cut_off_last(rows: list[dict]) -> list[dict]:
+    """Rankings as `make collect` writes them: each says which responses ended; here the unfinished one did not."""
+    return [{**row, "finished": [not r.endswith("well,") for r in row["responses"]]} for row in rows]
+
+
 def test_rm_learns_the_labeler_and_saves_adapter_head_and_bias(tmp_path, tiny_model_dir):
     data = tmp_path / "comparisons" / "rankings"
-    write_jsonl(data / "train.jsonl", synthetic_rankings(160, seed=1))
-    write_jsonl(data / "test.jsonl", synthetic_rankings(40, seed=2))
+    write_jsonl(data / "train.jsonl", with_cut_off_last(synthetic_rankings(160, seed=1)))
+    write_jsonl(data / "test.jsonl", with_cut_off_last(synthetic_rankings(40, seed=2)))
     write_demos(tmp_path)
     trainer = run(rm_config(tmp_path, tiny_model_dir, data))
     out = tmp_path / "rm"
@@ -184,6 +236,8 @@ def test_rm_learns_the_labeler_and_saves_adapter_head_and_bias(tmp_path, tiny_mo
     assert eval_metrics["eval_pairs"] == 240
     assert eval_metrics["eval_pairwise_accuracy"] >= 0.75, eval_metrics
     assert eval_metrics["eval_length_pairs"] > 0 and 0.0 <= eval_metrics["eval_rm_prefers_shorter"] <= 1.0
+    # The same on the pairs of two finished responses: 40 prompts x C(3,2).
+    assert eval_metrics["eval_finished_pairs"] == 120 and 0.0 <= eval_metrics["eval_finished_pairwise_accuracy"] <= 1
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     assert adapter_config["task_type"] == "SEQ_CLS" and "score" in adapter_config["modules_to_save"]
     from safetensors.torch import load_file
@@ -218,6 +272,11 @@ def test_rm_accepts_trl_pairs(tmp_path, tiny_model_dir):
         ({"prompt": "p", "responses": ["a", ""], "scores": [1, 0]}, "response 1 is empty"),
         ({"prompt": "p", "chosen": "a", "rejected": ""}, "column 'rejected': the text is empty"),
         ({"prompt": "p", "responses": ["a", "b"], "scores": [1]}, "one number per response"),
+        (
+            {"prompt": "p", "responses": ["a", "b"], "scores": [1, 0], "finished": [True]},
+            "one true/false per response",
+        ),
+        ({"prompt": "p", "responses": ["a", "b"], "scores": [1, 0], "finished": [1, 0]}, "use true or false"),
     ],
 )
 def test_rm_bad_rows_fail_before_anything_is_written(tmp_path, tiny_model_dir, row, message):

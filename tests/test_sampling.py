@@ -5,7 +5,13 @@ import torch
 from trl import ModelConfig
 
 from instructrl import generation
-from instructrl.generation import fast_cpu_sampling, inverse_cdf_sample, load_policy, sample_responses
+from instructrl.generation import (
+    fast_cpu_sampling,
+    inverse_cdf_sample,
+    load_policy,
+    sample_responses,
+    sample_responses_with_ends,
+)
 
 
 def test_inverse_cdf_sample_draws_from_the_rows_distribution():
@@ -76,3 +82,22 @@ def test_sampled_responses_go_through_the_fast_sampler(tiny_model_dir, monkeypat
     assert [len(r) for r in responses] == [2, 2]
     assert calls and all(shape == (4, model.config.vocab_size) for shape in calls)  # one draw per row per step
     assert torch.multinomial is generation._torch_multinomial
+
+
+def test_sampled_responses_say_whether_they_ended(tiny_model_dir, monkeypatch):
+    """A response ended when generate emitted the end-of-turn token; one that ran to `max_new_tokens` did not."""
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), None)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    word = tokenizer("hello", add_special_tokens=False)["input_ids"][0]
+
+    def fake_generate(input_ids, **kwargs):  # two prompts x two samples, after the (left-padded) prompts
+        rows = [[word, eos, pad], [word, word, word], [word, word, eos], [word, word, word]]
+        return torch.cat((input_ids.repeat_interleave(2, dim=0), torch.tensor(rows)), dim=1)
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    prompts = [[{"role": "user", "content": "Name a fruit."}], [{"role": "user", "content": "Name a color."}]]
+    sampled = sample_responses_with_ends(model, tokenizer, prompts, num_samples=2, max_new_tokens=3, batch_size=2)
+    assert [ended for _, ended in sampled] == [[True, False], [True, False]]
+    assert [texts for texts, _ in sampled] == sample_responses(
+        model, tokenizer, prompts, num_samples=2, max_new_tokens=3, batch_size=2
+    )

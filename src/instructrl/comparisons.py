@@ -156,6 +156,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def mark_finished(rows: list[dict], cut_off: set[str]) -> list[dict]:
+    """The ranking rows with `finished`: for each response, whether it ended (its text, stripped, is not among the
+    `cut_off` ones sampling stopped at `max_new_tokens`). The RM stage reports its accuracy and length preference on
+    pairs of finished responses from it: the pairs PPO's reward has to order, as a cut-off rollout is
+    `missing_eos_penalty`'s business."""
+    return [{**row, "finished": [message_text(r).strip() not in cut_off for r in row["responses"]]} for row in rows]
+
+
 def write_comparisons(output_dir: Path, train: list[dict], test: list[dict]) -> dict:
     """Write the train and test rankings and their pairs; return counts."""
     counts = {}

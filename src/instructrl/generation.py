@@ -80,7 +80,6 @@ def load_policy(
     return model, tokenizer
 
 
-@torch.no_grad()
 def sample_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -96,8 +95,28 @@ def sample_responses(
 
     Returns one list of `num_samples` decoded responses (special tokens removed) per prompt.
     """
+    sampled = sample_responses_with_ends(
+        model, tokenizer, prompts, num_samples, max_new_tokens, temperature, top_p, batch_size, do_sample
+    )
+    return [texts for texts, _ in sampled]
+
+
+@torch.no_grad()
+def sample_responses_with_ends(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list,
+    num_samples: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 16,
+    do_sample: bool = True,
+) -> list[tuple[list[str], list[bool]]]:
+    """`sample_responses`, and for each response whether it ended with the end-of-turn token (`False`: cut off at
+    `max_new_tokens`): one `(responses, ended)` pair per prompt."""
     device = next(model.parameters()).device
-    results: list[list[str]] = []
+    results: list[tuple[list[str], list[bool]]] = []
     for start in range(0, len(prompts), batch_size):
         encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
         input_ids, attention_mask = pad_left(encoded, tokenizer.pad_token_id)
@@ -114,8 +133,11 @@ def sample_responses(
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        texts = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+        generated = output[:, input_ids.shape[1] :]
+        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        ended = (generated == tokenizer.eos_token_id).any(dim=-1).tolist()
         for row in range(len(encoded)):
-            results.append([t.strip() for t in texts[row * num_samples : (row + 1) * num_samples]])
+            chunk = slice(row * num_samples, (row + 1) * num_samples)
+            results.append(([t.strip() for t in texts[chunk]], ended[chunk]))
         logger.info("Sampled %d/%d prompts", min(start + batch_size, len(prompts)), len(prompts))
     return results

@@ -295,10 +295,19 @@ def length_preference_line(rm_results: dict | None) -> str | None:
             f": it prefers the {direction} answer {abs(gap):.2f} more often than its labels do, a length shortcut "
             "PPO tends to follow (compare the policies' words above)."
         )
-    return (
+    line = (
         f"Length preference: on the {pairs} held-out pairs whose responses differ in length, the reward model prefers "
         f"the shorter response in {model:.2f} of them and its labels in {labels:.2f}{tail}"
     )
+    if rm_results.get("eval_finished_length_pairs"):  # rankings that record which responses ended
+        line += (
+            f" Among the {int(rm_results['eval_finished_pairs'])} held-out pairs of two finished responses (none cut "
+            f"off at the sampling limit; PPO's reward orders such pairs), it orders "
+            f"{rm_results['eval_finished_pairwise_accuracy']:.3f} right and prefers the shorter in "
+            f"{rm_results['eval_finished_rm_prefers_shorter']:.2f} where its labels do in "
+            f"{rm_results['eval_finished_labels_prefer_shorter']:.2f}."
+        )
+    return line
 
 
 def instruction_rows(policies: dict[str, dict]) -> list[list[str]]:

@@ -225,16 +225,45 @@ def score_sequences(
 
 def pairwise_accuracy(model: PreTrainedModel, tokenized: Dataset, pad_token_id: int, batch_size: int = 16) -> dict:
     """Fraction of strictly ordered response pairs that the model orders like the labeler, over all groups, and how
-    often the model and the labels prefer the shorter response (`length_preference`)."""
+    often the model and the labels prefer the shorter response (`length_preference`). Where the rows carry
+    `finished` flags (`tokenize_comparisons(keep_finished=True)`), the same over the pairs of two finished responses
+    too, keys prefixed `finished_` (`finished_pairs_metrics`)."""
     rewards = [score_sequences(model, row["sequences"], pad_token_id, batch_size) for row in tokenized]
     scores = [torch.tensor(row["scores"], dtype=torch.float) for row in tokenized]
+    # Within a row every sequence shares the prompt, so the sequence lengths differ as the responses' do.
+    lengths = [torch.tensor([len(sequence) for sequence in row["sequences"]]) for row in tokenized]
+    metrics = group_metrics(rewards, scores, lengths)
+    if "finished" in tokenized.column_names:
+        metrics |= finished_pairs_metrics(rewards, scores, lengths, tokenized["finished"])
+    return metrics
+
+
+def group_metrics(rewards: list[torch.Tensor], scores: list[torch.Tensor], lengths: list[torch.Tensor]) -> dict:
+    """`ranked_pairs_correct` and `length_preference` over groups given one tensor per group."""
     sizes = torch.tensor([len(r) for r in rewards])
     if not rewards:
         return ranked_pairs_correct(torch.zeros(0), torch.zeros(0), sizes)
-    # Within a row every sequence shares the prompt, so the sequence lengths differ as the responses' do.
-    lengths = torch.tensor([len(sequence) for row in tokenized for sequence in row["sequences"]])
-    rewards, scores = torch.cat(rewards), torch.cat(scores)
-    return ranked_pairs_correct(rewards, scores, sizes) | length_preference(rewards, scores, lengths, sizes)
+    rewards_, scores_, lengths_ = torch.cat(rewards), torch.cat(scores), torch.cat(lengths)
+    return ranked_pairs_correct(rewards_, scores_, sizes) | length_preference(rewards_, scores_, lengths_, sizes)
+
+
+def finished_pairs_metrics(
+    rewards: list[torch.Tensor], scores: list[torch.Tensor], lengths: list[torch.Tensor], finished: list
+) -> dict:
+    """`group_metrics` over the responses that ended (`finished`, one flag list per group, `None` where unknown),
+    keys prefixed `finished_`: the pairs PPO's reward has to order, since a rollout cut off at `response_length` is
+    `missing_eos_penalty`'s business. A reward model that learned "cut off = bad" as "long = bad" shows it here, as a
+    length preference its labels do not have."""
+    kept = ([], [], [])
+    for group in zip(rewards, scores, lengths, finished, strict=True):
+        flags = group[3]
+        if flags is None:
+            continue
+        mask = torch.tensor(flags, dtype=torch.bool)
+        if int(mask.sum()) >= 2:
+            for out, values in zip(kept, group[:3], strict=True):
+                out.append(values[mask])
+    return {f"finished_{key}": value for key, value in group_metrics(*kept).items()}
 
 
 def flip_probe_accuracy(

@@ -56,6 +56,13 @@ def validate_comparisons(dataset: Dataset, what: str) -> Dataset:
         problems = ("chosen and rejected are the same response" if same_text(c, r) else None for c, r in rows)
     else:
         problems = map(ranking_problem, dataset["responses"], dataset["scores"])
+        if "finished" in dataset.column_names:  # optional: written by `make collect`
+            problems = (
+                problem or finished_problem(responses, finished)
+                for problem, responses, finished in zip(
+                    problems, dataset["responses"], dataset["finished"], strict=True
+                )
+            )
     for index, problem in enumerate(problems):
         if problem is not None:
             raise DataError(f"Row {index} of the {what}: {problem}. Fix or drop that row.")
@@ -87,19 +94,35 @@ def ranking_problem(responses, scores) -> str | None:
     return None
 
 
+def finished_problem(responses: list, finished) -> str | None:
+    """What is wrong with a ranking row's optional `finished` (`None` if nothing or absent): one true/false per
+    response, saying whether it ended or was cut off at the sampling limit."""
+    if finished is None:
+        return None
+    if not isinstance(finished, list) or len(finished) != len(responses):
+        return "'finished' must hold one true/false per response (whether it ended), or be left out"
+    if not all(isinstance(flag, bool) for flag in finished):
+        return f"'finished' is {finished!r}: use true or false for each response"
+    return None
+
+
 def tokenize_comparisons(
     dataset: Dataset,
     tokenizer: PreTrainedTokenizerBase,
     max_length: int | None,
     after_response: Callable[[Any], list[int]] | None = None,
+    keep_finished: bool = False,
 ) -> Dataset:
     """Turn ranking or pair rows into `sequences` (one token list per response) and `scores` (higher is better).
 
     Groups whose sequences exceed `max_length` are dropped; groups left with fewer than two responses are dropped.
+    `keep_finished` also keeps rankings' `finished` flags (aligned with the sequences kept; `None` where a row has
+    none), for the held-out metrics on finished pairs.
     `after_response(prompt)`, if given, returns token ids appended after every response of that prompt (an
     experiment's input layout, `scripts/rm_restate_instruction.py`); by default nothing follows the end-of-turn token.
     """
     pairs = "chosen" in dataset.column_names
+    with_finished = keep_finished and "finished" in dataset.column_names
 
     def tokenize(row: dict[str, Any]) -> dict[str, Any]:
         responses = [row["chosen"], row["rejected"]] if pairs else row["responses"]
@@ -107,10 +130,12 @@ def tokenize_comparisons(
         prompt_ids = encode_prompt(tokenizer, row["prompt"])
         suffix = after_response(row["prompt"]) if after_response else []
         sequences = [prompt_ids + encode_response(tokenizer, r) + suffix for r in responses]
+        finished = row.get("finished")
         if max_length is not None:
-            kept = [(s, c) for s, c in zip(sequences, scores, strict=True) if len(s) <= max_length]
-            sequences, scores = [s for s, _ in kept], [c for _, c in kept]
-        return {"sequences": sequences, "scores": scores}
+            kept = [i for i, sequence in enumerate(sequences) if len(sequence) <= max_length]
+            sequences, scores = [sequences[i] for i in kept], [scores[i] for i in kept]
+            finished = None if finished is None else [finished[i] for i in kept]
+        return {"sequences": sequences, "scores": scores} | ({"finished": finished} if with_finished else {})
 
     tokenized = dataset.map(tokenize, remove_columns=dataset.column_names, desc="Tokenizing comparisons")
     return tokenized.filter(lambda row: len(row["sequences"]) >= 2 and len(set(row["scores"])) > 1)
