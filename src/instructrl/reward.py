@@ -243,8 +243,9 @@ def group_metrics(rewards: list[torch.Tensor], scores: list[torch.Tensor], lengt
     sizes = torch.tensor([len(r) for r in rewards])
     if not rewards:
         return ranked_pairs_correct(torch.zeros(0), torch.zeros(0), sizes)
-    rewards_, scores_, lengths_ = torch.cat(rewards), torch.cat(scores), torch.cat(lengths)
-    return ranked_pairs_correct(rewards_, scores_, sizes) | length_preference(rewards_, scores_, lengths_, sizes)
+    flat_rewards, flat_scores, flat_lengths = torch.cat(rewards), torch.cat(scores), torch.cat(lengths)
+    accuracy = ranked_pairs_correct(flat_rewards, flat_scores, sizes)
+    return accuracy | length_preference(flat_rewards, flat_scores, flat_lengths, sizes)
 
 
 def finished_pairs_metrics(
@@ -254,15 +255,13 @@ def finished_pairs_metrics(
     keys prefixed `finished_`: the pairs PPO's reward has to order, since a rollout cut off at `response_length` is
     `missing_eos_penalty`'s business. A reward model that learned "cut off = bad" as "long = bad" shows it here, as a
     length preference its labels do not have."""
-    kept = ([], [], [])
-    for group in zip(rewards, scores, lengths, finished, strict=True):
-        flags = group[3]
-        if flags is None:
-            continue
+    kept: tuple[list, list, list] = ([], [], [])
+    for group_rewards, group_scores, group_lengths, flags in zip(rewards, scores, lengths, finished, strict=True):
+        if flags is None or sum(flags) < 2:
+            continue  # unknown, or fewer than two finished responses: no pair
         mask = torch.tensor(flags, dtype=torch.bool)
-        if int(mask.sum()) >= 2:
-            for out, values in zip(kept, group[:3], strict=True):
-                out.append(values[mask])
+        for out, values in zip(kept, (group_rewards, group_scores, group_lengths), strict=True):
+            out.append(values[mask])
     return {f"finished_{key}": value for key, value in group_metrics(*kept).items()}
 
 
