@@ -10,7 +10,9 @@ ensemble member):
 Prints and writes (`rm_eval.json`, `rm_eval.md` under `output_dir`) each member's held-out pairwise accuracy and
 flip-probe accuracy and, with several members, the same for their conservative combination (`reward_ensemble`,
 `reward_ensemble_coef`, as in the PPO config) and how the members' rewards correlate: the validation signals by which
-to decide whether `reward_adapters` pays before PPO spends its time on it.
+to decide whether `reward_adapters` pays before PPO spends its time on it. Where the rankings record which responses
+ended (`finished`, as `make collect` writes them), each row also gives the accuracy and length preference over pairs
+of two finished responses: the pairs PPO's reward has to order.
 """
 
 from pathlib import Path
@@ -29,6 +31,7 @@ from instructrl.reward_eval import (
     ENSEMBLE,
     RewardEvalConfig,
     RewardMembers,
+    comparison_finished,
     comparison_groups,
     markdown,
     member_correlation,
@@ -69,7 +72,15 @@ def main(args: RewardEvalConfig, model_args: ModelConfig) -> dict:
     flip = score_flip_probe(members, tokenizer, probe, args.batch_size)
     lengths = torch.tensor([len(response) for _, response in pairs])
     table = validation_table(
-        rewards, scores, sizes, flip, members.names, args.reward_ensemble, args.reward_ensemble_coef, lengths
+        rewards,
+        scores,
+        sizes,
+        flip,
+        members.names,
+        args.reward_ensemble,
+        args.reward_ensemble_coef,
+        lengths,
+        comparison_finished(dataset),
     )
     labels = dict(zip(members.names, paths, strict=True))
     labels[ENSEMBLE] = f"ensemble ({args.reward_ensemble}, coef {args.reward_ensemble_coef:g})"

@@ -13,7 +13,15 @@ from helpers import load_recipe, write_config, write_jsonl
 from instructrl.data.rows import tokenize_comparisons
 from instructrl.errors import ConfigError
 from instructrl.reward import pairwise_accuracy, score_sequences
-from instructrl.reward_eval import ENSEMBLE, RewardEvalConfig, comparison_groups, member_correlation, validation_table
+from instructrl.reward_eval import (
+    ENSEMBLE,
+    RewardEvalConfig,
+    comparison_finished,
+    comparison_groups,
+    markdown,
+    member_correlation,
+    validation_table,
+)
 from ppo_fixtures import make_adapters
 
 rm_eval_recipe = load_recipe("rm_eval")
@@ -58,6 +66,35 @@ def test_validation_table_flip_probe_per_member_and_ensemble():
     assert table["f"]["pairwise_accuracy"] == 0.0  # tied rewards order no pair right
 
 
+def test_validation_table_over_pairs_of_finished_responses():
+    # Ranking 1 (K=3): response 1 was cut off; ranking 2 (K=2) records nothing; ranking 3 (K=2): one cut off.
+    scores = torch.tensor([3.0, 2.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    sizes = torch.tensor([3, 2, 2])
+    lengths = torch.tensor([30, 5, 10, 4, 9, 3, 8])
+    rewards = torch.tensor([0.0, 9.0, 1.0, 1.0, 0.0, 1.0, 0.0])[:, None]  # finished pair (0, 2) ordered wrong
+    finished = [[True, False, True], None, [True, False]]
+    row = validation_table(rewards, scores, sizes, None, ["a"], lengths=lengths, finished=finished)["a"]
+    # All pairs: (0,1) wrong, (0,2) wrong, (1,2) right, ranking 2 right, ranking 3 right.
+    assert (row["pairwise_accuracy"], row["pairs"]) == (pytest.approx(3 / 5), 5)
+    # Finished pairs: only (0, 2) of ranking 1; the RM prefers the shorter (10 tokens), the labels the longer.
+    assert (row["finished_pairwise_accuracy"], row["finished_pairs"]) == (0.0, 1)
+    assert (row["finished_rm_prefers_shorter"], row["finished_labels_prefer_shorter"]) == (1.0, 0.0)
+    assert "| 0.000 ± " in markdown({"a": row}, {}) and "of 1, 1.00 (0.00) |" in markdown({"a": row}, {})
+    # Without flags: no finished keys, and an empty column.
+    plain = validation_table(rewards, scores, sizes, None, ["a"], lengths=lengths)["a"]
+    assert not any(key.startswith("finished_") for key in plain)
+    assert markdown({"a": plain}, {}).splitlines()[-1].endswith("|  |")
+
+
+def test_comparison_finished_reads_rankings_flags(tokenizer):
+    prompt = [{"role": "user", "content": "Name a fruit."}]
+    ranked = {"prompt": prompt, "responses": ["Apple.", "Pear."], "scores": [1, 0], "finished": [True, False]}
+    assert comparison_finished(Dataset.from_list([ranked])) == [[True, False]]
+    unflagged = {"prompt": prompt, "responses": ["Apple.", "Pear."], "scores": [1, 0]}
+    assert comparison_finished(Dataset.from_list([unflagged])) is None
+    assert comparison_finished(Dataset.from_list([ranked, unflagged | {"finished": None}])) == [[True, False], None]
+
+
 def test_member_correlation():
     r = torch.tensor([[1.0, -1.0, 2.0], [2.0, -2.0, 2.0], [3.0, -3.0, 2.1]])
     corr = member_correlation(r)
@@ -100,7 +137,12 @@ def test_recipe_matches_the_rm_stage_reading_and_scores_the_ensemble(tmp_path, t
     negated = _negated_reward_model(rm_dir, tmp_path / "rm_negated")
     prompts = [[{"role": "user", "content": f"Describe topic {i} briefly."}] for i in range(4)]
     rows = [
-        {"prompt": p, "responses": [f"Answer {i}.", f"Longer answer {i} here.", f"No {i}"], "scores": [0.9, 0.5, 0.1]}
+        {
+            "prompt": p,
+            "responses": [f"Answer {i}.", f"Longer answer {i} here.", f"No {i}"],
+            "scores": [0.9, 0.5, 0.1],
+            "finished": [True, i % 2 == 0, True],
+        }
         for i, p in enumerate(prompts)
     ]
     data = write_jsonl(tmp_path / "comparisons" / "test.jsonl", rows)
@@ -125,16 +167,21 @@ def test_recipe_matches_the_rm_stage_reading_and_scores_the_ensemble(tmp_path, t
     assert saved["rows"] == result["rows"]
     markdown_text = (tmp_path / "out" / "rm_eval.md").read_text()
     assert markdown_text.count("\n") == 5  # header, rule, 2 members, ensemble
-    assert "prefers the shorter (labels)" in markdown_text
+    assert "prefers the shorter (labels)" in markdown_text and "finished pairs" in markdown_text
 
     # The member's accuracy is the RM stage's own: the classifier with the adapter, read at the same token.
     classifier = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     classifier.config.pad_token_id = tokenizer.pad_token_id
     classifier = PeftModel.from_pretrained(classifier, str(rm_dir)).eval()
-    tokenized = tokenize_comparisons(Dataset.from_list(rows), tokenizer, None)
+    tokenized = tokenize_comparisons(Dataset.from_list(rows), tokenizer, None, keep_finished=True)
     expected = pairwise_accuracy(classifier, tokenized, tokenizer.pad_token_id)
     member, other = result["rows"]["reward"], result["rows"]["reward_1"]
     assert member["pairwise_accuracy"] == expected["pairwise_accuracy"] and member["pairs"] == 12
+    # Pairs of two finished responses: 3 in the two rankings with all three ended, 1 in each of the other two.
+    assert member["finished_pairs"] == expected["finished_pairs"] == 8
+    for key in ("finished_pairwise_accuracy", "finished_rm_prefers_shorter", "finished_labels_prefer_shorter"):
+        assert member[key] == pytest.approx(expected[key]), key
+    assert other["finished_pairwise_accuracy"] == pytest.approx(1.0 - member["finished_pairwise_accuracy"])
     # The length preference reads the same in both places, and the negated head prefers the other response.
     for key in ("rm_prefers_shorter", "labels_prefer_shorter", "length_pairs"):
         assert member[key] == pytest.approx(expected[key]), key

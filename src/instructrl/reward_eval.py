@@ -21,6 +21,7 @@ from .evaluation import reward_scores
 from .reward import (
     check_ensemble,
     ensemble_reward,
+    finished_pairs_metrics,
     flip_probe_counts,
     flip_probe_sequences,
     length_preference,
@@ -120,6 +121,14 @@ def comparison_groups(
     return pairs, torch.tensor(scores, dtype=torch.float), torch.tensor(sizes, dtype=torch.long)
 
 
+def comparison_finished(dataset: Dataset) -> list | None:
+    """Each comparison row's `finished` flags (`comparison_groups`' order; `None` for a row without them), or `None`
+    when no row has the column (pairs, or rankings written before `make collect` recorded it)."""
+    if "finished" not in dataset.column_names:
+        return None
+    return [row.get("finished") if "responses" in row else None for row in dataset]
+
+
 def validation_table(
     rewards: torch.Tensor,
     scores: torch.Tensor,
@@ -129,6 +138,7 @@ def validation_table(
     method: str = "mean_minus_std",
     coef: float = 1.0,
     lengths: torch.Tensor | None = None,
+    finished: list | None = None,
 ) -> dict[str, dict]:
     """Held-out pairwise accuracy and flip-probe statistics of each member and, with two or more, their ensemble.
 
@@ -145,6 +155,9 @@ def validation_table(
             How the ensemble combines the members (`instructrl.reward.ensemble_reward`).
         lengths (`torch.Tensor`, *optional*):
             The held-out responses' lengths in tokens: adds `instructrl.reward.length_preference` to every row.
+        finished (`list`, *optional*):
+            Per comparison, whether each response ended (`comparison_finished`); with `lengths`, adds the accuracy
+            and length preference over pairs of two finished responses (`instructrl.reward.finished_pairs_metrics`).
     """
     columns = {
         name: (rewards[:, m], None if flip_rewards is None else flip_rewards[:, m]) for m, name in enumerate(names)
@@ -157,6 +170,9 @@ def validation_table(
         table[name] = ranked_pairs_correct(held_out, scores, group_sizes)
         if lengths is not None:
             table[name].update(length_preference(held_out, scores, lengths, group_sizes))
+            if finished is not None:
+                groups = [values.split(group_sizes.tolist()) for values in (held_out, scores, lengths)]
+                table[name].update(finished_pairs_metrics(*groups, finished))
         if flip is not None:
             table[name].update(flip_probe_counts(flip.view(-1, 4)))
     return table
@@ -174,18 +190,25 @@ def markdown(table: dict[str, dict], labels: dict[str, str]) -> str:
     """`validation_table` as a markdown table, rows labelled by `labels` (row name -> what it is)."""
     lines = [
         "| reward | held-out pairwise accuracy | pairs | flip probe | flip: both orders right | prefers the shorter "
-        "(labels) |",
-        "|---|---|---|---|---|---|",
+        "(labels) | finished pairs: accuracy, prefers the shorter (labels) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
-        flip, both, shorter = "", "", ""
+        flip, both, shorter, finished = "", "", "", ""
         if "rm_prefers_shorter" in row:
             shorter = f"{row['rm_prefers_shorter']:.2f} ({row['labels_prefer_shorter']:.2f})"
+        if row.get("finished_pairs"):
+            finished = f"{row['finished_pairwise_accuracy']:.3f} ± {row['finished_ci95_half_width']:.3f}"
+            finished += f" of {row['finished_pairs']}"
+            if row.get("finished_length_pairs"):
+                finished += f", {row['finished_rm_prefers_shorter']:.2f} ({row['finished_labels_prefer_shorter']:.2f})"
         if "flip_probe_accuracy" in row:
             flip = f"{row['flip_probe_accuracy']:.3f} ± {row['flip_probe_ci95_half_width']:.3f}"
             both = f"{row['flip_probe_both_right']:.0%}"
         accuracy = f"{row['pairwise_accuracy']:.3f} ± {row['ci95_half_width']:.3f}"
-        lines.append(f"| {labels.get(name, name)} | {accuracy} | {row['pairs']} | {flip} | {both} | {shorter} |")
+        lines.append(
+            f"| {labels.get(name, name)} | {accuracy} | {row['pairs']} | {flip} | {both} | {shorter} | {finished} |"
+        )
     return "\n".join(lines) + "\n"
 
 
