@@ -71,6 +71,7 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[DivergenceGuard()],
+        length_decorrelation=script_args.length_decorrelation,
     )
     if script_args.init_adapter and resume is None:
         load_init_adapter(trainer.model, script_args.init_adapter)

@@ -3,6 +3,8 @@
 import json
 import math
 import random
+from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,14 +13,16 @@ from helpers import load_recipe, write_config, write_jsonl
 from instructrl.comparisons import rank_responses, ranking_to_pairs
 from instructrl.configs import RewardScriptArguments, parse_args
 from instructrl.data.rows import encode_prompt, encode_response, tokenize_comparisons
-from instructrl.errors import DataError
+from instructrl.errors import ConfigError, DataError
 from instructrl.labeler import SimulatedLabeler
 from instructrl.reward import (
     RankingCollator,
+    RankingRewardTrainer,
     finished_pairs_metrics,
     flip_probe_accuracy,
     length_preference,
     ranking_loss,
+    within_group_length_correlation,
 )
 from instructrl.runs import finish_stage
 
@@ -52,6 +56,75 @@ def test_ranking_loss_of_two_groups_averages_per_group():
     g2 = -torch.nn.functional.logsigmoid(torch.tensor([2.0, 1.0, -1.0])).mean()
     assert loss.item() == pytest.approx(((g1 + g2) / 2).item(), rel=1e-6)
     assert int(pairs) == 4
+
+
+def test_within_group_length_correlation_on_hand_made_tensors():
+    # One group: against torch's own Pearson correlation.
+    rewards, lengths = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1, 2, 4])
+    expected = torch.corrcoef(torch.stack([rewards, lengths.float()]))[0, 1]
+    got = within_group_length_correlation(rewards, lengths, torch.tensor([3]))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    # Each prompt's mean comes out: across two groups longer answers score higher, within each they score lower.
+    rewards, lengths = torch.tensor([3.0, 2.0, 1.0, 103.0, 102.0, 101.0]), torch.tensor([10, 20, 30, 110, 120, 130])
+    assert within_group_length_correlation(rewards, lengths, torch.tensor([3, 3])).item() == pytest.approx(-1.0)
+    assert torch.corrcoef(torch.stack([rewards, lengths.float()]))[0, 1] > 0.9
+    # Opposite preferences under two prompts cancel; no spread in length, or groups of one, give 0.
+    lengths = torch.tensor([10, 20, 10, 20])
+    assert within_group_length_correlation(torch.tensor([1.0, 0.0, 0.0, 1.0]), lengths, torch.tensor([2, 2])) == 0
+    assert within_group_length_correlation(torch.tensor([1.0, 0.0]), torch.tensor([5, 5]), torch.tensor([2])) == 0
+    assert within_group_length_correlation(torch.tensor([1.0, 2.0]), torch.tensor([5, 6]), torch.tensor([1, 1])) == 0
+
+
+def test_length_decorrelation_gradient_takes_the_length_preference_out():
+    lengths = torch.tensor([10, 20, 30, 40, 12, 25, 31, 44])
+    sizes = torch.tensor([4, 4])
+    rewards = torch.tensor([2.0, 1.5, 0.2, -1.0, 0.5, 1.0, 0.0, -0.5], requires_grad=True)
+    before = within_group_length_correlation(rewards, lengths, sizes)
+    before.square().backward()
+    assert torch.isfinite(rewards.grad).all()
+    after = within_group_length_correlation(rewards.detach() - 0.5 * rewards.grad, lengths, sizes)
+    assert before.item() < -0.5 and abs(after.item()) < abs(before.item())
+    equal = torch.zeros(4, requires_grad=True)  # every reward equal: the gradient stays finite
+    within_group_length_correlation(equal, lengths[:4], sizes[:1]).square().backward()
+    assert torch.isfinite(equal.grad).all()
+
+
+def test_reward_trainer_adds_the_weighted_length_penalty_and_logs_the_correlation():
+    # compute_loss as the trainer runs it, on a stand-in model whose rewards prefer the shorter answer.
+    rewards = torch.tensor([1.0, 0.0, 0.5, 2.0, 1.0, 0.0])
+    mask = torch.zeros(6, 8, dtype=torch.long)
+    for row, length in enumerate([3, 6, 4, 4, 5, 8]):
+        mask[row, :length] = 1
+    inputs = {
+        "input_ids": torch.zeros(6, 8, dtype=torch.long),
+        "attention_mask": mask,
+        "scores": torch.tensor([0.0, 1.0, 0.5, 1.0, 0.5, 0.0]),
+        "group_sizes": torch.tensor([3, 3]),
+    }
+
+    def model(input_ids, attention_mask, use_cache):
+        return SimpleNamespace(logits=rewards[:, None])
+
+    model.training = True
+    losses = {}
+    for weight in (0.0, 2.0):
+        trainer = SimpleNamespace(
+            model=model,
+            length_decorrelation=weight,
+            accelerator=SimpleNamespace(gather_for_metrics=lambda x: x),
+            _metrics={"train": defaultdict(list)},
+        )
+        losses[weight] = RankingRewardTrainer.compute_loss(trainer, model, inputs)
+        logged = trainer._metrics["train"]["length_correlation"]
+    correlation = within_group_length_correlation(rewards, mask.sum(-1), inputs["group_sizes"])
+    assert losses[0.0] == pytest.approx(ranking_loss(rewards, inputs["scores"], inputs["group_sizes"])[0].item())
+    assert (losses[2.0] - losses[0.0]).item() == pytest.approx(2.0 * correlation.item() ** 2, rel=1e-5)
+    assert logged == [pytest.approx(correlation.item())] and correlation < -0.5
+
+
+def test_length_decorrelation_must_not_be_negative():
+    with pytest.raises(ConfigError, match="length_decorrelation"):
+        RewardScriptArguments(length_decorrelation=-0.1)
 
 
 def test_length_preference_counts_pairs_of_different_length_and_order():
@@ -258,8 +331,11 @@ def test_rm_accepts_trl_pairs(tmp_path, tiny_model_dir):
     rows = [p for r in synthetic_rankings(12, seed=3) for p in ranking_to_pairs(r)]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     write_demos(tmp_path)
-    run(rm_config(tmp_path, tiny_model_dir, data, num_train_epochs=1))
+    trainer = run(rm_config(tmp_path, tiny_model_dir, data, num_train_epochs=1, length_decorrelation=0.5))
     assert (tmp_path / "rm" / "adapter_model.safetensors").is_file()
+    # The penalty's weight reaches the trainer, and the correlation it penalizes is logged.
+    assert trainer.length_decorrelation == 0.5
+    assert any("length_correlation" in entry for entry in trainer.state.log_history)
 
 
 @pytest.mark.parametrize(

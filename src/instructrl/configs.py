@@ -116,6 +116,10 @@ class RewardScriptArguments(ScriptArguments):
             A LoRA adapter (the SFT stage's output) whose weights the reward model's adapter starts from, as
             InstructGPT starts its reward model from the SFT model; its rank, alpha and target modules replace the
             `lora_*` settings. `None` starts from the base model (a fresh adapter).
+        length_decorrelation (`float`, *optional*, defaults to `0.0`):
+            Adds this times the square of the rewards' correlation with response length within each prompt's
+            responses (`instructrl.reward.within_group_length_correlation`) to the ranking loss, so that the reward
+            does not prefer shorter (or longer) answers across the board; 0 leaves the loss as InstructGPT's.
     """
 
     dataset_name: str | None = field(default=None, metadata={"help": "Comparisons (rankings or pairs)."})
@@ -123,6 +127,13 @@ class RewardScriptArguments(ScriptArguments):
     init_adapter: str | None = field(default=None, metadata={"help": "Adapter to start from (the SFT output)."})
     normalization_dataset_name: str | None = field(default="builtin:demonstrations")
     normalization_samples: int = field(default=256)
+    length_decorrelation: float = field(default=0.0)
+
+    def __post_init__(self):
+        if not self.length_decorrelation >= 0:  # NaN too
+            raise ConfigError(
+                f"`length_decorrelation: {self.length_decorrelation}` weighs a penalty: use 0 (off) or more."
+            )
 
 
 @dataclass

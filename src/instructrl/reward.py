@@ -95,6 +95,28 @@ def ranking_loss(
     return torch.stack(losses).mean(), correct, total
 
 
+def within_group_length_correlation(
+    rewards: torch.Tensor, lengths: torch.Tensor, group_sizes: torch.Tensor
+) -> torch.Tensor:
+    """Pearson correlation of rewards with lengths after taking each group's (prompt's) mean out of both, in
+    `ranking_loss`' layout: how much of the reward's spread among one prompt's responses is their length. 0 when no
+    group has two responses of different lengths. Differentiable in `rewards`: `length_decorrelation` penalizes its
+    square, after ODIN (Chen et al. 2024), which keeps the reward's length part out of what PPO optimizes; here it is
+    one head, so the penalty asks the reward to carry no length preference *on average over instructions*, while an
+    instruction that asks for a length can still move it either way."""
+    sizes = group_sizes.tolist()
+    groups = zip(rewards.split(sizes), lengths.to(rewards.dtype).split(sizes), strict=True)
+    centered = [(r - r.mean(), n - n.mean()) for r, n in groups if len(r) > 1]
+    if not centered:
+        return rewards.sum() * 0.0
+    r, n = torch.cat([c[0] for c in centered]), torch.cat([c[1] for c in centered])
+    length_spread = n.square().sum()
+    if length_spread == 0:
+        return rewards.sum() * 0.0
+    # eps: the square root's gradient stays finite when every reward in a group is equal.
+    return (r * n).sum() / ((r.square().sum() + 1e-12).sqrt() * length_spread.sqrt())
+
+
 def _mean_minus_std(scores: torch.Tensor, coef: float) -> torch.Tensor:
     # Population std (the members are the whole ensemble, not a sample): two members a, b give mean - coef*|a-b|/2.
     return scores.mean(dim=-1) - coef * scores.std(dim=-1, correction=0)
@@ -178,7 +200,13 @@ def load_init_adapter(model: PeftModel, path: str) -> int:
 
 
 class RankingRewardTrainer(RewardTrainer):
-    """TRL's `RewardTrainer` trained on K-way rankings (pairs being K=2) with `ranking_loss`."""
+    """TRL's `RewardTrainer` trained on K-way rankings (pairs being K=2) with `ranking_loss`, plus
+    `length_decorrelation` x the square of `within_group_length_correlation` (logged as `length_correlation` in either
+    case)."""
+
+    def __init__(self, *args, length_decorrelation: float = 0.0, **kwargs):
+        self.length_decorrelation = length_decorrelation
+        super().__init__(*args, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if "sequences" in dataset.column_names:
@@ -194,7 +222,13 @@ class RankingRewardTrainer(RewardTrainer):
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         rewards = outputs.logits.squeeze(-1)
         loss, correct, pairs = ranking_loss(rewards, inputs["scores"], inputs["group_sizes"])
+        # Right-padded sequences of one group share their prompt: their lengths differ as the responses' do.
+        lengths = inputs["attention_mask"].sum(dim=-1)
+        length_correlation = within_group_length_correlation(rewards, lengths, inputs["group_sizes"])
+        if self.length_decorrelation:
+            loss = loss + self.length_decorrelation * length_correlation.square()
         with torch.no_grad():
+            self._metrics[mode]["length_correlation"].append(length_correlation.item())
             correct = self.accelerator.gather_for_metrics(correct.reshape(1)).sum().item()
             pairs = self.accelerator.gather_for_metrics(pairs.reshape(1)).sum().item()
             self._metrics[mode]["pairs"].append(pairs)
