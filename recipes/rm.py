@@ -52,7 +52,7 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     tokenizer = load_tokenizer(
         model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code
     )
-    train_tokens = tokenize_comparisons(train_dataset, tokenizer, training_args.max_length)
+    train_tokens = tokenize_comparisons(train_dataset, tokenizer, training_args.max_length, keep_finished=True)
     eval_tokens = (
         None if eval_dataset is None else tokenize_comparisons(eval_dataset, tokenizer, None, keep_finished=True)
     )

@@ -73,6 +73,13 @@ def test_within_group_length_correlation_on_hand_made_tensors():
     assert within_group_length_correlation(torch.tensor([1.0, 0.0, 0.0, 1.0]), lengths, torch.tensor([2, 2])) == 0
     assert within_group_length_correlation(torch.tensor([1.0, 0.0]), torch.tensor([5, 5]), torch.tensor([2])) == 0
     assert within_group_length_correlation(torch.tensor([1.0, 2.0]), torch.tensor([5, 6]), torch.tensor([1, 1])) == 0
+    # `keep`: only the kept (finished) responses count; here the cut-off one is the longest and the worst.
+    rewards, lengths = torch.tensor([1.0, 0.0, -5.0, 0.0, 1.0, 2.0]), torch.tensor([10, 20, 64, 10, 15, 30])
+    keep = torch.tensor([True, True, False, True, True, True])
+    subset = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0]), torch.tensor([10, 20, 10, 15, 30]), torch.tensor([2, 3])
+    got = within_group_length_correlation(rewards, lengths, torch.tensor([3, 3]), keep)
+    assert got.item() == pytest.approx(within_group_length_correlation(*subset).item())
+    assert got.item() != pytest.approx(within_group_length_correlation(rewards, lengths, torch.tensor([3, 3])).item())
 
 
 def test_length_decorrelation_gradient_takes_the_length_preference_out():
@@ -120,6 +127,23 @@ def test_reward_trainer_adds_the_weighted_length_penalty_and_logs_the_correlatio
     assert losses[0.0] == pytest.approx(ranking_loss(rewards, inputs["scores"], inputs["group_sizes"])[0].item())
     assert (losses[2.0] - losses[0.0]).item() == pytest.approx(2.0 * correlation.item() ** 2, rel=1e-5)
     assert logged == [pytest.approx(correlation.item())] and correlation < -0.5
+    # With the rankings' `finished` flags, only the finished responses count (the longest one here was cut off).
+    inputs["finished"] = torch.tensor([True, True, True, True, True, False])
+    trainer.length_decorrelation = 1.0
+    with_flags = RankingRewardTrainer.compute_loss(trainer, model, inputs)
+    among_finished = within_group_length_correlation(rewards, mask.sum(-1), inputs["group_sizes"], inputs["finished"])
+    assert (with_flags - losses[0.0]).item() == pytest.approx(among_finished.item() ** 2, rel=1e-5)
+    assert among_finished.item() != pytest.approx(correlation.item())
+
+
+def test_collator_carries_finished_flags_where_rows_have_them():
+    collate = RankingCollator(pad_token_id=0)
+    rows = [
+        {"sequences": [[5, 6], [7]], "scores": [1.0, 0.0], "finished": [True, False]},
+        {"sequences": [[8], [9], [4]], "scores": [2.0, 1.0, 0.0], "finished": None},
+    ]
+    assert collate(rows)["finished"].tolist() == [True, False, True, True, True]
+    assert "finished" not in collate([{"sequences": [[5], [6]], "scores": [1.0, 0.0]}])
 
 
 def test_length_decorrelation_must_not_be_negative():
@@ -311,6 +335,9 @@ def test_rm_learns_the_labeler_and_saves_adapter_head_and_bias(tmp_path, tiny_mo
     assert eval_metrics["eval_length_pairs"] > 0 and 0.0 <= eval_metrics["eval_rm_prefers_shorter"] <= 1.0
     # The same on the pairs of two finished responses: 40 prompts x C(3,2).
     assert eval_metrics["eval_finished_pairs"] == 120 and 0.0 <= eval_metrics["eval_finished_pairwise_accuracy"] <= 1
+    # Training batches carry the flags too (`length_decorrelation` counts finished responses only).
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["finished"].shape == batch["scores"].shape and not batch["finished"].all()
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     assert adapter_config["task_type"] == "SEQ_CLS" and "score" in adapter_config["modules_to_save"]
     from safetensors.torch import load_file

@@ -119,7 +119,8 @@ class RewardScriptArguments(ScriptArguments):
         length_decorrelation (`float`, *optional*, defaults to `0.0`):
             Adds this times the square of the rewards' correlation with response length within each prompt's
             responses (`instructrl.reward.within_group_length_correlation`) to the ranking loss, so that the reward
-            does not prefer shorter (or longer) answers across the board; 0 leaves the loss as InstructGPT's.
+            does not prefer shorter (or longer) answers across the board; over the finished responses only where the
+            rankings record which ended (`make collect`'s `finished`). 0 leaves the loss as InstructGPT's.
     """
 
     dataset_name: str | None = field(default=None, metadata={"help": "Comparisons (rankings or pairs)."})

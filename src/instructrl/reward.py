@@ -43,12 +43,17 @@ class RankingCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = pad_right([s for ex in examples for s in ex["sequences"]], self.pad_token_id)
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "scores": torch.tensor([s for ex in examples for s in ex["scores"]], dtype=torch.float),
             "group_sizes": torch.tensor([len(ex["sequences"]) for ex in examples]),
         }
+        if any(ex.get("finished") is not None for ex in examples):
+            # Which responses ended (a row without flags: all of them, as nothing says otherwise).
+            flags = [f for ex in examples for f in (ex.get("finished") or [True] * len(ex["sequences"]))]
+            batch["finished"] = torch.tensor(flags, dtype=torch.bool)
+        return batch
 
 
 def ordered_pairs(scores: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -96,17 +101,21 @@ def ranking_loss(
 
 
 def within_group_length_correlation(
-    rewards: torch.Tensor, lengths: torch.Tensor, group_sizes: torch.Tensor
+    rewards: torch.Tensor, lengths: torch.Tensor, group_sizes: torch.Tensor, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Pearson correlation of rewards with lengths after taking each group's (prompt's) mean out of both, in
     `ranking_loss`' layout: how much of the reward's spread among one prompt's responses is their length. 0 when no
     group has two responses of different lengths. Differentiable in `rewards`: `length_decorrelation` penalizes its
     square, after ODIN (Chen et al. 2024), which keeps the reward's length part out of what PPO optimizes; here it is
     one head, so the penalty asks the reward to carry no length preference *on average over instructions*, while an
-    instruction that asks for a length can still move it either way."""
+    instruction that asks for a length can still move it either way. `keep` (bool, one per response) restricts it to
+    those responses: the finished ones, among which the labels have no length preference of their own, whereas a
+    response cut off at the sampling limit is rightly worse, and longer."""
     sizes = group_sizes.tolist()
-    groups = zip(rewards.split(sizes), lengths.to(rewards.dtype).split(sizes), strict=True)
-    centered = [(r - r.mean(), n - n.mean()) for r, n in groups if len(r) > 1]
+    if keep is None:
+        keep = torch.ones_like(rewards, dtype=torch.bool)
+    groups = zip(rewards.split(sizes), lengths.to(rewards.dtype).split(sizes), keep.split(sizes), strict=True)
+    centered = [(r[k] - r[k].mean(), n[k] - n[k].mean()) for r, n, k in groups if k.sum() > 1]
     if not centered:
         return rewards.sum() * 0.0
     r, n = torch.cat([c[0] for c in centered]), torch.cat([c[1] for c in centered])
@@ -202,7 +211,7 @@ def load_init_adapter(model: PeftModel, path: str) -> int:
 class RankingRewardTrainer(RewardTrainer):
     """TRL's `RewardTrainer` trained on K-way rankings (pairs being K=2) with `ranking_loss`, plus
     `length_decorrelation` x the square of `within_group_length_correlation` (logged as `length_correlation` in either
-    case)."""
+    case), over the finished responses where the rankings say which ended (`finished`), else over all."""
 
     def __init__(self, *args, length_decorrelation: float = 0.0, **kwargs):
         self.length_decorrelation = length_decorrelation
@@ -215,7 +224,7 @@ class RankingRewardTrainer(RewardTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["sequences", "scores"]
+            self._signature_columns = ["sequences", "scores", "finished"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -224,7 +233,9 @@ class RankingRewardTrainer(RewardTrainer):
         loss, correct, pairs = ranking_loss(rewards, inputs["scores"], inputs["group_sizes"])
         # Right-padded sequences of one group share their prompt: their lengths differ as the responses' do.
         lengths = inputs["attention_mask"].sum(dim=-1)
-        length_correlation = within_group_length_correlation(rewards, lengths, inputs["group_sizes"])
+        length_correlation = within_group_length_correlation(
+            rewards, lengths, inputs["group_sizes"], inputs.get("finished")
+        )
         if self.length_decorrelation:
             loss = loss + self.length_decorrelation * length_correlation.square()
         with torch.no_grad():

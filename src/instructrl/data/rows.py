@@ -117,7 +117,7 @@ def tokenize_comparisons(
 
     Groups whose sequences exceed `max_length` are dropped; groups left with fewer than two responses are dropped.
     `keep_finished` also keeps rankings' `finished` flags (aligned with the sequences kept; `None` where a row has
-    none), for the held-out metrics on finished pairs.
+    none), for the held-out metrics on finished pairs and `length_decorrelation` over finished responses.
     `after_response(prompt)`, if given, returns token ids appended after every response of that prompt (an
     experiment's input layout, `scripts/rm_restate_instruction.py`); by default nothing follows the end-of-turn token.
     """
