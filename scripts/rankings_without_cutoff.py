@@ -9,10 +9,12 @@ python recipes/rm_eval.py --config recipes/smollm2-135m/rm_eval/config_default.y
     --reward_model_path /tmp/rm_fin --dataset_name /tmp/fin/finished_only   # metrics on finished pairs only
 ```
 
-Writes two datasets of `train.jsonl` / `test.jsonl` rankings: `train_set` (the training rankings without cut-off
-responses, the held-out ones unchanged, so the RM stage's held-out accuracy stays comparable with the default's)
-and `finished_only` (both splits without cut-off responses: the pairs PPO's reward model has to order, since a
-cut-off rollout is PPO's `missing_eos_penalty`'s business). The rankings do not record whether a response ended;
+Writes three datasets of `train.jsonl` / `test.jsonl` rankings: `train_set` (the training rankings without cut-off
+responses, the held-out ones unchanged, so the RM stage's held-out accuracy stays comparable with the default's),
+`finished_only` (both splits without cut-off responses: the pairs PPO's reward model has to order, since a
+cut-off rollout is PPO's `missing_eos_penalty`'s business) and `flagged` (every ranking, with the `finished` flags
+that `make collect` now writes itself, for rankings collected before it did: `length_decorrelation` and the
+finished-pair metrics read them). The rankings do not record whether a response ended;
 a response counts as cut off when it re-tokenizes to at least `--max_tokens` tokens (the collection's 64 less a
 margin for re-tokenization). A ranking left with fewer than two responses, or with all of them tied, is dropped.
 """
@@ -48,7 +50,9 @@ def main() -> None:
     for split in ("train", "test"):
         rows = [json.loads(line) for line in (args.rankings / f"{split}.jsonl").read_text().splitlines() if line]
         kept = [r for r in (without_cutoff(row, token_count, args.max_tokens) for row in rows) if r is not None]
-        for name, chosen in (("train_set", kept if split == "train" else rows), ("finished_only", kept)):
+        flagged = [{"finished": [token_count(r) < args.max_tokens for r in row["responses"]], **row} for row in rows]
+        outputs = (("train_set", kept if split == "train" else rows), ("finished_only", kept), ("flagged", flagged))
+        for name, chosen in outputs:
             (args.output / name).mkdir(parents=True, exist_ok=True)
             (args.output / name / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
         print(f"{split}: {len(kept)} of {len(rows)} rankings keep two or more untied finished responses")
