@@ -101,3 +101,26 @@ def test_sampled_responses_say_whether_they_ended(tiny_model_dir, monkeypatch):
     assert [texts for texts, _ in sampled] == sample_responses(
         model, tokenizer, prompts, num_samples=2, max_new_tokens=3, batch_size=2
     )
+
+
+def test_the_first_generate_of_a_process_is_a_greedy_warm_up_that_draws_no_random_number(tiny_model_dir, monkeypatch):
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), None)
+    monkeypatch.setattr(generation, "_WARMED_UP", set())  # as in a new process
+    calls = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: calls.append(kw) or real(**kw))
+    prompts = [[{"role": "user", "content": "Name a fruit."}]]
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    assert generation.warm_up_generation(model, tokenizer)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's seeded sampling is not shifted
+    assert calls[0]["do_sample"] is False and calls[0]["max_new_tokens"] == 4
+    # Once per process and kind of device; sampling afterwards goes straight to its own generate.
+    assert not generation.warm_up_generation(model, tokenizer)
+    sample_responses(model, tokenizer, prompts, max_new_tokens=3)
+    assert len(calls) == 2 and calls[1]["do_sample"] is True
+    # A fresh process: sampling warms up first, then samples.
+    monkeypatch.setattr(generation, "_WARMED_UP", set())
+    calls.clear()
+    sample_responses(model, tokenizer, prompts, max_new_tokens=3)
+    assert [c["do_sample"] for c in calls] == [False, True]
