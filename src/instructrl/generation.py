@@ -88,12 +88,12 @@ def warm_up_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     """Run one greedy 4-token `generate` the first time this process generates on the model's kind of device.
 
     Observed on a 2-core Xeon in bf16 (AMX), the SFT and reward adapters held on one base as `make eval` holds them:
-    the first sampling call of a process gave other responses than every later call with the same seed (4 of 4
-    processes; the later calls all agreed), and two `make eval` runs of one config differed in their first policy's
-    samples (the reference, on which every win rate rests) while the later policies' matched. With this warm-up first,
-    0 of 5 processes differed. The cause is not known (a first plain forward is exact, and a child-process check of
-    the same setup did not reproduce it; README, 2026-12-04 09:20), so this is a cheap guard, not an explanation. No
-    random number is drawn, so the caller's seeded state is untouched. Returns whether it ran now.
+    the first sampling call of a process gave other responses than every later call with the same seed in 8 of 21
+    processes, at random (not tied to `PYTHONHASHSEED`; the later calls always agreed), so `make eval` runs of one
+    config could differ in their first policy's samples: the reference, on which every win rate rests. With this
+    warm-up first, 0 of 8 processes differed (README, 2026-12-04 09:20). The cause is not known (a first plain forward
+    is exact), so this is a cheap guard, not an explanation. No random number is drawn, so the caller's seeded state
+    is untouched. Returns whether it ran now.
     """
     device = next(model.parameters()).device
     if device.type in _WARMED_UP:
