@@ -26,9 +26,9 @@ from pathlib import Path
 from instructrl.modeling import load_embedded_tokenizer
 
 
-def without_cutoff(row: dict, token_count, max_tokens: int) -> dict | None:
-    """`row` (a ranking) without its responses of `max_tokens` tokens or more; `None` when it no longer ranks."""
-    keep = [i for i, text in enumerate(row["responses"]) if token_count(text) < max_tokens]
+def without_cutoff(row: dict, finished: list[bool]) -> dict | None:
+    """`row` (a ranking) without its responses not `finished`; `None` when it no longer ranks."""
+    keep = [i for i, ended in enumerate(finished) if ended]
     scores = [row["scores"][i] for i in keep]
     if len(keep) < 2 or len(set(scores)) < 2:
         return None
@@ -49,8 +49,10 @@ def main() -> None:
 
     for split in ("train", "test"):
         rows = [json.loads(line) for line in (args.rankings / f"{split}.jsonl").read_text().splitlines() if line]
-        kept = [r for r in (without_cutoff(row, token_count, args.max_tokens) for row in rows) if r is not None]
-        flagged = [{"finished": [token_count(r) < args.max_tokens for r in row["responses"]], **row} for row in rows]
+        # A response ended when it re-tokenizes to fewer than `max_tokens` tokens: counted once, used twice.
+        flags = [[token_count(text) < args.max_tokens for text in row["responses"]] for row in rows]
+        kept = [r for r in (without_cutoff(row, f) for row, f in zip(rows, flags, strict=True)) if r is not None]
+        flagged = [{"finished": f, **row} for row, f in zip(rows, flags, strict=True)]
         outputs = (("train_set", kept if split == "train" else rows), ("finished_only", kept), ("flagged", flagged))
         for name, chosen in outputs:
             (args.output / name).mkdir(parents=True, exist_ok=True)
