@@ -17,7 +17,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 from instructrl.cli import run_recipe
 from instructrl.configs import ScriptArguments
 from instructrl.divergence import DivergenceGuard
-from instructrl.modeling import load_base_model, load_tokenizer
+from instructrl.modeling import keep_trainable_weights_fp32, load_base_model, load_tokenizer
 from instructrl.runs import announce, finish_stage, prepare_run, resolve_resume, start_stage
 from instructrl.sft import load_sft_datasets
 
@@ -42,6 +42,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         peft_config=get_peft_config(model_args),
         callbacks=[DivergenceGuard()],
     )
+    keep_trainable_weights_fp32(trainer.model)  # TRL makes QLoRA adapters bf16; ours stay fp32
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_result.metrics)
     if eval_dataset is not None:

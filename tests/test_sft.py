@@ -136,3 +136,14 @@ def test_sft_rejects_a_tokenizer_from_another_model(tmp_path, tiny_model_dir, to
     data = write_jsonl(tmp_path / "demos.jsonl", demo_rows(4))
     with pytest.raises(ModelLoadError, match="does not belong to this model"):
         run(sft_config(tmp_path, model_dir, data))
+
+
+def test_qlora_sft_keeps_the_lora_weights_fp32(tmp_path, tiny_model_dir):
+    """TRL casts a 4-bit model's LoRA weights to bf16; the recipe casts them back before the optimizer exists."""
+    data = write_jsonl(tmp_path / "demos.jsonl", demo_rows(16))
+    trainer = run(sft_config(tmp_path, tiny_model_dir, data, load_in_4bit=True, dtype="float32", max_steps=2))
+    lora = {name: param for name, param in trainer.model.named_parameters() if "lora_" in name}
+    assert lora and all(param.requires_grad and param.dtype == torch.float32 for param in lora.values())
+    assert {p.dtype for group in trainer.optimizer.param_groups for p in group["params"]} == {torch.float32}
+    saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert saved and {t.dtype for t in saved.values()} == {torch.float32}

@@ -438,6 +438,22 @@ def load_base_model(
     return model
 
 
+def keep_trainable_weights_fp32(model: nn.Module) -> int:
+    """Cast every trainable parameter back to fp32; returns how many were not fp32.
+
+    TRL's `SFTTrainer` casts a quantized model's LoRA weights to bf16 (QLoRA's recipe). With AdamW at the usual
+    learning rates each step moves a weight by about `lr`, which for LoRA weights of size ~0.01-0.05 is below bf16's
+    relative resolution (2^-8): most updates would round away. This project keeps trainable weights in fp32 in every
+    stage and lets the frozen base and the activations carry the half precision. Call it before the optimizer exists.
+    """
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
 def keep_4bit_weights_trainable_on_cpu(model: PreTrainedModel) -> None:
     """Stop bitsandbytes from repacking 4-bit weights for its CPU bf16 inference kernel.
 
