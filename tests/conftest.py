@@ -8,6 +8,8 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' own `from_pretrained` calls: no Hub kernels on a GPU (the package's loaders pass `use_kernels=False`).
+os.environ.setdefault("USE_HUB_KERNELS", "0")
 # `dtype: auto` is measured here, per test as configured, not fixed by a caller's `make pipeline` or shell.
 os.environ.pop("INSTRUCTRL_AUTO_DTYPE", None)
 

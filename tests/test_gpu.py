@@ -12,9 +12,11 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from safetensors.torch import load_file
+from trl import ModelConfig
 
 from conftest import build_tiny_model
 from helpers import write_jsonl
+from instructrl.generation import load_policy, sample_responses_with_ends
 from instructrl.modeling import torch_dtype
 from ppo_fixtures import make_adapters, ppo_config
 from ppo_fixtures import run as run_ppo
@@ -148,3 +150,13 @@ def test_ppo_ptx_on_cuda_trains_the_policy_on_one_base(tmp_path, model_dir, toke
     before = load_file(sft / "adapter_model.safetensors")
     assert any(not torch.equal(policy[k], before[k]) for k in before), "the policy did not move"
     assert all(t.dtype == torch.float32 for t in policy.values())
+
+
+def test_sampling_stages_load_the_policy_onto_the_gpu_and_sample_there(tmp_path, model_dir, tokenizer):
+    """`make collect` and `make eval` load through `load_policy`, without a trainer to move the model."""
+    sft, _ = make_adapters(model_dir, tmp_path / "adapters", tokenizer)
+    model, policy_tokenizer = load_policy(ModelConfig(model_name_or_path=str(model_dir), dtype="auto"), str(sft))
+    assert {p.device for p in model.parameters()} == {CUDA}
+    prompts = [[{"role": "user", "content": "Describe tea."}], [{"role": "user", "content": "Why is the sky blue?"}]]
+    sampled = sample_responses_with_ends(model, policy_tokenizer, prompts, num_samples=3, max_new_tokens=6)
+    assert [len(texts) for texts, _ in sampled] == [3, 3] and [len(ended) for _, ended in sampled] == [3, 3]

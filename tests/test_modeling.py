@@ -213,3 +213,38 @@ def test_real_conversion_answers_a_question(cache):
         output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
     reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in reply, reply
+
+
+class _SecondProcess:
+    """`accelerate.PartialState` as the second process of a multi-GPU launch sees it."""
+
+    local_process_index = 1
+
+
+class _Loaded(Exception):
+    pass
+
+
+def test_on_a_gpu_every_model_loads_onto_its_processs_gpu(monkeypatch, tiny_model_dir, tokenizer):
+    """`make collect`, `make eval` and `make rm-eval` have no trainer to move the model: the loader places it."""
+    monkeypatch.setattr(modeling.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(modeling, "PartialState", _SecondProcess)
+    assert modeling.load_device_map(quantized=False) == {"": 1}
+    assert modeling.load_device_map(quantized=True) == {"": 1}
+    seen = {}
+
+    def spy(path, **kwargs):
+        seen.update(kwargs)
+        raise _Loaded
+
+    monkeypatch.setattr(modeling.AutoModelForCausalLM, "from_pretrained", spy)
+    with pytest.raises(_Loaded):
+        modeling.load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), tokenizer)
+    assert seen["device_map"] == {"": 1}
+    assert seen["use_kernels"] is False  # no compiled layers fetched from the Hub at load time
+
+
+def test_on_a_cpu_only_4bit_weights_are_placed_at_load(monkeypatch):
+    monkeypatch.setattr(modeling.torch.cuda, "is_available", lambda: False)
+    assert modeling.load_device_map(quantized=False) is None
+    assert modeling.load_device_map(quantized=True) == {"": "cpu"}

@@ -50,8 +50,8 @@ def dequantized_reference(path: Path, quantized: PreTrainedModel) -> PreTrainedM
     replaced = 0
     for name, module in quantized.named_modules():
         if isinstance(module, bnb.nn.Linear4bit):
-            weight = dequantize_4bit(module.weight.data, module.weight.quant_state)
             target = reference.get_submodule(name).weight
+            weight = dequantize_4bit(module.weight.data, module.weight.quant_state).to(target.device)
             assert weight.shape == target.shape and weight.dtype == torch.float32
             assert not torch.equal(weight, target), f"{name}: nf4 must change the weights, or nothing was quantized"
             with torch.no_grad():

@@ -111,7 +111,9 @@ def convert_embedded_model(name: str, force: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=target.parent))
     try:
         tokenizer = load_embedded_tokenizer(name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            package_dir, gguf_file=gguf_file, dtype=torch.float32, use_kernels=False
+        )
         # GGUF-loaded models refuse save_pretrained; rebuild a plain model from the config without its
         # quantization_config and copy the dequantized weights in.
         config = gguf_model.config
@@ -382,6 +384,20 @@ def compute_logits_in_fp32(model: PreTrainedModel) -> None:
         score.forward = MethodType(_float32_logits, score)
 
 
+def load_device_map(quantized: bool) -> dict[str, int | str] | None:
+    """Where `load_base_model` puts the weights: this process's GPU where there is one, else the CPU (None: as loaded).
+
+    On a GPU every model goes to its process's own device at load time (`local_process_index` under a multi-GPU
+    launch): the trainers would move a CPU model there themselves, but the sampling and scoring stages (`make
+    collect`, `make eval`, `make rm-eval`) have no trainer, and without this they sampled on the CPU of a GPU machine
+    (seen on an H200, 2026-12-04). k-bit weights must be placed at load in any case; "auto" would spread them over
+    every GPU.
+    """
+    if torch.cuda.is_available():
+        return {"": PartialState().local_process_index}
+    return {"": "cpu"} if quantized else None
+
+
 def load_base_model(
     model_args: ModelConfig,
     tokenizer: PreTrainedTokenizerBase,
@@ -417,11 +433,15 @@ def load_base_model(
         attn_implementation=model_args.attn_implementation,
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
+        # transformers >= 5.2x fetches compiled layers from the Hub on a GPU by default ("hub kernels"): code from
+        # the network at load time, and a failure offline. Off, as `trust_remote_code` is.
+        use_kernels=False,
     )
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        # k-bit weights must sit on this process's device; "auto" would spread them over every GPU.
-        kwargs["device_map"] = {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
+    device_map = load_device_map(quantized=quantization_config is not None)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if task == "causal_lm":
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     elif task == "reward":
