@@ -92,7 +92,7 @@ def test_qlora_grads_on_cuda_match_the_dequantized_model(model_dir, tokenizer):
     reference = dequantized_reference(model_dir, quantized).to(CUDA)
     quantized, reference = with_lora(quantized), with_lora(reference)
     randomize_lora(quantized, reference)
-    quantized.to(CUDA)  # the LoRA weights peft added; the 4-bit base is already there
+    assert_lora_fp32_on_cuda(quantized)  # peft puts each LoRA weight beside its 4-bit base layer
     batch = on_cuda(lm_batch(tokenizer))
     loss_4bit, grads_4bit = lora_grads(quantized, batch)
     loss_ref, grads_ref = lora_grads(reference, batch)
