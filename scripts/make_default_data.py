@@ -62,6 +62,9 @@ DEFAULT_OUT = REPO_ROOT / "src" / "instructrl" / "data" / "default"
 N_SFT_TRAIN = 600
 N_SFT_EVAL = 60
 N_COMPARISON = 400
+# More comparison prompts, drawn after every other split so that the others stay as they were: the reward model's
+# held-out accuracy rose from 0.58 to 0.81 with 1200 prompts' rankings instead of 300 (README, 2026-12-04 15:00).
+N_COMPARISON_MORE = 800
 N_PPO = 400
 N_EVAL = 100
 N_HELDOUT_TOPICS = 12
@@ -381,6 +384,7 @@ def make_prompt_splits(seed: int) -> tuple[dict[str, list[dict]], dict[str, int]
         "ppo_prompts": draw("ppo_prompts", N_PPO, train_topics, with_demo=False),
         "eval_prompts": draw("eval_prompts", N_EVAL, sorted(heldout), with_demo=False),
     }
+    splits["comparison_prompts"] += draw("comparison_prompts_more", N_COMPARISON_MORE, train_topics, with_demo=False)
     stats["heldout_topics"] = sorted(heldout)  # type: ignore[assignment]
     return splits, stats
 
