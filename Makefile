@@ -28,9 +28,10 @@ setup: $(STAMP)
 sft: setup
 	$(LAUNCH) recipes/sft.py --config $(MODEL_DIR)/sft/config_lora.yaml
 
-# LABELER=human writes the responses as tasks for `make label` instead of ranking them with the simulated labeler.
+# LABELER=human writes the responses as tasks for `make label` instead of ranking them with the simulated labeler;
+# PROMPTS=N collects for the first N comparison prompts instead of the config's num_prompts (1200).
 collect: setup
-	$(LAUNCH) recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml $(if $(LABELER),--labeler $(LABELER))
+	$(LAUNCH) recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml $(if $(LABELER),--labeler $(LABELER)) $(if $(PROMPTS),--num_prompts $(PROMPTS))
 
 # The human ranking page (http://127.0.0.1:8765); its rankings are what `make rm` then trains on.
 label: setup
