@@ -13,6 +13,10 @@ policy sampling from the same random state. Only the reward model judges here: n
 signal a user without a gold labeler has too.
 """
 
+import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
+
+# isort: split
+
 import argparse
 import json
 from pathlib import Path

@@ -13,6 +13,10 @@ end-of-turn token at PPO's first update. When it is large and positive in nearly
 first updates reinforce everywhere, whatever the response says. Only the reward model and the SFT policy are used.
 """
 
+import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
+
+# isort: split
+
 import argparse
 import json
 

@@ -13,6 +13,10 @@ summary gives the share of comparison pairs each labeler criterion decides. The 
 `instructrl.labeling`).
 """
 
+import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
+
+# isort: split
+
 import time
 from pathlib import Path
 

@@ -11,6 +11,10 @@ Any model and prompts work: list the policies as `name=adapter_dir` (a bare name
 writes `report.md` (see `instructrl.report`).
 """
 
+import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
+
+# isort: split
+
 import json
 import time
 from dataclasses import asdict

@@ -13,6 +13,10 @@ RM adapter with its score head and normalization bias, and the value function st
 `reward_adapters` the reward is a conservative ensemble of several reward models, each one more adapter of the base.
 """
 
+import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
+
+# isort: split
+
 import json
 import logging
 

@@ -14,6 +14,10 @@ pairwise accuracy against the labeler and saves `reward_normalization.json`, the
 demonstrations score mean 0.
 """
 
+import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
+
+# isort: split
+
 from trl import ModelConfig, RewardConfig
 
 from instructrl.cli import run_recipe

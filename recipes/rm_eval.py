@@ -15,6 +15,10 @@ ended (`finished`, as `make collect` writes them), each row also gives the accur
 of two finished responses: the pairs PPO's reward has to order.
 """
 
+import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
+
+# isort: split
+
 from pathlib import Path
 
 import torch

@@ -10,6 +10,10 @@ Any model (built-in name, local directory or Hub id) and data (built-in name, js
 work through `--model_name_or_path` and `--dataset_name`. Prompt/completion rows train on the completion only.
 """
 
+import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
+
+# isort: split
+
 import math
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config

@@ -19,6 +19,10 @@ attend back to the response. PPO and the evaluation still score `prompt + respon
 is for reading its metrics, not for `make ppo` (README, "2026-12-03 08:30 UTC").
 """
 
+import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
+
+# isort: split
+
 import importlib.util
 from functools import partial
 from pathlib import Path
