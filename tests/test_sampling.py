@@ -5,8 +5,11 @@ import torch
 from trl import ModelConfig
 
 from instructrl import generation
+from instructrl.batching import pad_left
+from instructrl.data.rows import encode_prompt
 from instructrl.generation import (
     fast_cpu_sampling,
+    generate_sharing_prompts,
     inverse_cdf_sample,
     load_policy,
     sample_responses,
@@ -90,9 +93,10 @@ def test_sampled_responses_say_whether_they_ended(tiny_model_dir, monkeypatch):
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     word = tokenizer("hello", add_special_tokens=False)["input_ids"][0]
 
-    def fake_generate(input_ids, **kwargs):  # two prompts x two samples, after the (left-padded) prompts
+    def fake_generate(input_ids, **kwargs):  # two prompts x two samples, after the (left-padded, repeated) prompts
         rows = [[word, eos, pad], [word, word, word], [word, word, eos], [word, word, word]]
-        return torch.cat((input_ids.repeat_interleave(2, dim=0), torch.tensor(rows)), dim=1)
+        repeated = input_ids.repeat_interleave(kwargs.get("num_return_sequences", 1), dim=0)
+        return torch.cat((repeated, torch.tensor(rows)), dim=1)
 
     monkeypatch.setattr(model, "generate", fake_generate)
     prompts = [[{"role": "user", "content": "Name a fruit."}], [{"role": "user", "content": "Name a color."}]]
@@ -124,3 +128,56 @@ def test_the_first_generate_of_a_process_is_a_greedy_warm_up_that_draws_no_rando
     calls.clear()
     sample_responses(model, tokenizer, prompts, max_new_tokens=3)
     assert [c["do_sample"] for c in calls] == [False, True]
+
+
+PROMPTS = [
+    [{"role": "user", "content": "Name a fruit."}],
+    [{"role": "user", "content": "Write two sentences about the sea, in the voice of an old sailor."}],
+    [{"role": "user", "content": "Say hi."}],
+]
+
+
+def test_each_prompt_is_prefilled_once_and_the_tokens_are_the_plain_generates(tiny_model_dir):
+    """K samples per prompt: the prompt goes through the model once, not K times, and nothing else changes."""
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), None)
+    input_ids, attention_mask = pad_left([encode_prompt(tokenizer, p) for p in PROMPTS], tokenizer.pad_token_id)
+    assert (attention_mask == 0).any()  # prompts of different lengths: left padding, whose positions must be right
+    common = dict(max_new_tokens=6, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+    shapes = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    try:
+        torch.manual_seed(5)
+        shared = generate_sharing_prompts(model, input_ids, attention_mask, 4, **sampling, **common)
+    finally:
+        hook.remove()
+    batch, length = input_ids.shape
+    assert shapes[0] == (batch, length - 1)  # the prompts once, without their last token
+    assert all(rows == batch * 4 and width == 1 for rows, width in shapes[1:])  # then one token at a time
+    torch.manual_seed(5)
+    plain = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=4, **sampling, **common
+    )
+    assert torch.equal(shared, plain)  # same draws in the same row order (this tiny model: the same logits to the bit)
+    # The same next-token distributions at every step, to float precision (a tiny random model's tokens alone could
+    # hide a wrong position of the cached prompt).
+    scored = dict(do_sample=False, output_logits=True, return_dict_in_generate=True, **common)
+    greedy = generate_sharing_prompts(model, input_ids, attention_mask, 2, **scored)
+    expected = model.generate(
+        input_ids=input_ids.repeat_interleave(2, dim=0),
+        attention_mask=attention_mask.repeat_interleave(2, dim=0),
+        **scored,
+    )
+    assert torch.equal(greedy.sequences, expected.sequences)
+    for got, want in zip(greedy.logits, expected.logits, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_one_sample_per_prompt_is_the_plain_generate(tiny_model_dir, monkeypatch):
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), None)
+    input_ids, attention_mask = pad_left([encode_prompt(tokenizer, p) for p in PROMPTS], tokenizer.pad_token_id)
+    calls = []
+    monkeypatch.setattr(model, "forward", lambda **kw: calls.append(kw) or pytest.fail("no separate prefill"))
+    monkeypatch.setattr(model, "generate", lambda **kw: calls.append(kw) or kw["input_ids"])
+    generate_sharing_prompts(model, input_ids, attention_mask, 1, max_new_tokens=3)
+    assert len(calls) == 1 and "num_return_sequences" not in calls[0]
