@@ -81,3 +81,27 @@ def test_recipes_install_the_guard_before_bitsandbytes_is_imported(recipe):
     if "avx512bf16 True" in lines:
         # Where bitsandbytes does ask (AVX512-BF16 CPUs), it caught the refusal and logged it: nothing downloaded.
         assert "instructrl did not download the compiled kernel" in out.stderr, out.stderr[-2000:]
+
+
+FORCE_AVX512BF16 = """
+import runpy, sys
+
+class Spy:  # bitsandbytes asks for its Hub kernel only on AVX512-BF16 CPUs: make this one look like one
+    def find_spec(self, name, path, target=None):
+        if name == "bitsandbytes.backends.cpu.ops":
+            sys.modules["bitsandbytes.functional"].has_avx512bf16 = lambda: True
+        return None
+
+sys.meta_path.insert(0, Spy())
+runpy.run_path("recipes/ppo.py", run_name="not_main")
+import bitsandbytes.backends.cpu.ops as ops
+print("kernel", ops.gemm_4bit_forward_kernel)
+"""
+
+
+def test_bitsandbytes_asking_for_its_kernel_is_refused_before_any_download():
+    out = run_python(FORCE_AVX512BF16)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "kernel None" in out.stdout.split("\n")
+    # bitsandbytes caught the refusal and logged it: the call never reached the Hub.
+    assert "instructrl did not download the compiled kernel 'kernels-community/" in out.stderr, out.stderr[-2000:]
