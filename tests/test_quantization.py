@@ -16,9 +16,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from trl import ModelConfig
 
 from conftest import build_tiny_model
-from instructrl.batching import pad_left
-from instructrl.data.rows import encode_prompt
-from instructrl.generation import generate_sharing_prompts
+from helpers import assert_shared_prefill_is_generate
 from instructrl.modeling import compute_dtype, load_base_model
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -215,16 +213,4 @@ def test_k_samples_from_one_prefill_on_a_4bit_model_with_lora(model_dir, tokeniz
     """The shared prompt prefill goes through peft and the 4-bit layers like `generate` itself does."""
     model = with_lora(load_nf4(model_dir, tokenizer)).eval()
     prompts = [[{"role": "user", "content": "Name a fruit."}], [{"role": "user", "content": "Say hi to the crew."}]]
-    input_ids, attention_mask = pad_left([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
-    common = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    common.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    with torch.no_grad():
-        shared = generate_sharing_prompts(model, input_ids, attention_mask, 3, **common)
-        plain = model.generate(
-            input_ids=input_ids.repeat_interleave(3, dim=0),
-            attention_mask=attention_mask.repeat_interleave(3, dim=0),
-            **common,
-        )
-    assert torch.equal(shared.sequences, plain.sequences)
-    for got, want in zip(shared.logits, plain.logits, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert_shared_prefill_is_generate(model, tokenizer, prompts, num_samples=3, max_new_tokens=4, tol=1e-4)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from trl import ModelConfig
 
+from helpers import assert_shared_prefill_is_generate
 from instructrl import generation
 from instructrl.batching import pad_left
 from instructrl.data.rows import encode_prompt
@@ -159,18 +160,8 @@ def test_each_prompt_is_prefilled_once_and_the_tokens_are_the_plain_generates(ti
         input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=4, **sampling, **common
     )
     assert torch.equal(shared, plain)  # same draws in the same row order (this tiny model: the same logits to the bit)
-    # The same next-token distributions at every step, to float precision (a tiny random model's tokens alone could
-    # hide a wrong position of the cached prompt).
-    scored = dict(do_sample=False, output_logits=True, return_dict_in_generate=True, **common)
-    greedy = generate_sharing_prompts(model, input_ids, attention_mask, 2, **scored)
-    expected = model.generate(
-        input_ids=input_ids.repeat_interleave(2, dim=0),
-        attention_mask=attention_mask.repeat_interleave(2, dim=0),
-        **scored,
-    )
-    assert torch.equal(greedy.sequences, expected.sequences)
-    for got, want in zip(greedy.logits, expected.logits, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # The same next-token distributions at every step, to float precision.
+    assert_shared_prefill_is_generate(model, tokenizer, PROMPTS, num_samples=2, max_new_tokens=6, tol=1e-5)
 
 
 def test_one_sample_per_prompt_is_the_plain_generate(tiny_model_dir, monkeypatch):
