@@ -16,7 +16,9 @@ held-out scoring. Variants:
 - `default-fp32`: the same with the frozen base forced to fp32, so that on a machine where `dtype: auto` picks bf16
   the two show what bf16 buys at the shipped shape;
 - `default-before`: `default` with the code as it was before 2026-12-02: tokens drawn by torch's `multinomial`
-  (not `fast_cpu_sampling`) and the ptx loss's logits in fp32 (not `lm_logits_in_model_dtype`).
+  (not `fast_cpu_sampling`) and the ptx loss's logits in fp32 (not `lm_logits_in_model_dtype`);
+- `default-full-logits`: `default` with the output layer run over the prompt positions too in the reference, rollout
+  and training forwards, as before 2026-12-05 (`instructrl.ppo.response_logits_only` off).
 
 `--plain` runs the plain-PPO config (`config_ppo.yaml`, no ptx) instead of PPO-ptx.
 
@@ -54,8 +56,10 @@ VARIANTS = {
     "default-fp32": ["--dtype", "float32"],
     "default-generate": ["--dtype", "bfloat16", "--rollout_logprobs", "generate"],  # TRL's rollout log-probs in bf16
     "default-before": [],
+    "default-full-logits": [],
 }
 BEFORE = {"fp32-8", "bf16-8", "default-before"}  # run with the sampler and ptx logits of before 2026-12-02
+FULL_LOGITS = BEFORE | {"default-full-logits"}  # the output layer over the prompts too (before 2026-12-05)
 
 
 def run_variant(name: str, args: argparse.Namespace) -> dict:
@@ -117,6 +121,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     InstructPPOTrainer.log = log
     if name in BEFORE:
         ppo_module.fast_cpu_sampling = ppo_module.lm_logits_in_model_dtype = contextlib.nullcontext
+    if name in FULL_LOGITS:
+        ppo_module.response_logits_only = contextlib.nullcontext
     spec = importlib.util.spec_from_file_location("ppo_recipe", ROOT / "recipes/ppo.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)

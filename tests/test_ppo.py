@@ -1,5 +1,6 @@
 """PPO on one shared base: single copy of the weights, exact gradients, the ptx hook, clipping, saving, resuming."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ from instructrl.modeling import load_base_model
 from instructrl.ppo import InstructPPOTrainer
 from instructrl.ptx import PretrainingStream, predicted_tokens, ptx_loss
 from instructrl.reward_shaping import LengthCorrection
-from instructrl.shared_base import SharedBase
+from instructrl.shared_base import SharedBase, logits_from
 from ppo_fixtures import make_adapters, ppo_config, ppo_recipe, run
 
 
@@ -129,6 +130,93 @@ def test_shared_layout_gradients_equal_separate_models(tiny_model_dir, adapters,
         torch.testing.assert_close(got[shared_key], expected[key].reshape(got[shared_key].shape), rtol=1e-4, atol=1e-6)
     # Frozen adapters received nothing.
     assert not any(".reference." in k or ".reward." in k for k in got)
+
+
+def output_layer_rows(model) -> list[int]:
+    """Rows (batch x positions) each call of `model`'s output layer computes, appended as it runs."""
+    rows: list[int] = []
+    head = model.get_base_model().get_output_embeddings()
+    head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0] * args[0].shape[1]))
+    return rows
+
+
+def policy_value_forward(model_dir, sft, rm, tokenizer, four_bit: bool, skip_prompt: bool):
+    """One PPO micro-batch's forward/backward through TRL's `forward`, with or without `logits_from`: the rows the
+    output layer computed, the logits and the gradients."""
+    qr, context = query_responses(tokenizer)
+    pad = tokenizer.pad_token_id
+    shared = SharedBase(load_base_model(model_args(model_dir, four_bit), tokenizer), rm, sft)
+    rows = output_layer_rows(shared.shared)
+    wrapper = PolicyAndValueWrapper(shared.policy(), shared.value_model())
+    with logits_from(context - 1) if skip_prompt else contextlib.nullcontext():
+        output, values = forward(wrapper, qr, pad)
+    ppo_like_loss(output.logits, values, qr, context, pad).backward()
+    grads = {n: p.grad.clone() for n, p in shared.shared.named_parameters() if p.grad is not None}
+    return shared, rows, output.logits.detach(), grads
+
+
+@pytest.mark.parametrize("four_bit", [False, True], ids=["fp32", "nf4"])
+def test_logits_from_the_prompts_end_are_the_full_forwards_with_the_same_gradients(
+    tiny_model_dir, adapters, tokenizer, four_bit
+):
+    """`logits_from(context - 1)`: the output layer runs over the response positions only, and what PPO reads of
+    the logits (from the prompt's last position on), and the policy and value gradients, are the full forward's."""
+    sft, rm = adapters
+    qr, context = query_responses(tokenizer)
+    _, full_rows, full, full_grads = policy_value_forward(tiny_model_dir, sft, rm, tokenizer, four_bit, False)
+    shared, rows, kept, grads = policy_value_forward(tiny_model_dir, sft, rm, tokenizer, four_bit, True)
+    batch, width = qr.shape
+    assert full_rows == [batch * width] and rows == [batch * (width - context + 1)]
+    assert kept.shape == full.shape and kept[:, : context - 1].eq(0).all()
+    torch.testing.assert_close(kept[:, context - 1 :], full[:, context - 1 :], rtol=1e-5, atol=1e-5)
+    assert grads.keys() == full_grads.keys() and any(".policy." in k for k in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], rtol=1e-4, atol=1e-6)
+    # Outside the block, and for a call that asks for its own `logits_to_keep`, the view runs whole.
+    view = shared.policy()
+    assert view(input_ids=qr).logits.shape[1] == width
+    with logits_from(context - 1):
+        assert view(input_ids=qr, logits_to_keep=1).logits.shape[1] == 1
+
+
+def ppo_update(tmp_path, model_dir, sft, rm, monkeypatch, skip_prompt: bool):
+    """One PPO update (no ptx) with or without `response_logits_only`: the output layer's rows, the update's log
+    and the policy's weights."""
+    rows: list[list[int]] = []
+    real_train = InstructPPOTrainer.train
+
+    def train(trainer, *args, **kwargs):
+        policy = trainer.shared.adapter_parameters("policy")
+        before = [p.detach().clone() for p in policy]
+        rows.append(output_layer_rows(trainer.shared.shared))
+        result = real_train(trainer, *args, **kwargs)
+        assert any(not torch.equal(a, b) for a, b in zip(before, policy, strict=True))  # the update trained it
+        return result
+
+    monkeypatch.setattr(InstructPPOTrainer, "train", train)
+    if not skip_prompt:
+        monkeypatch.setattr(ppo_module, "response_logits_only", contextlib.nullcontext)
+    config = dict(ptx_coef=0.0, total_episodes=4, save_strategy="no", score_heldout=False, rollout_logprobs="forward")
+    trainer = run(ppo_config(tmp_path, model_dir, sft, rm, **config))
+    (log,) = [log for log in trainer.state.log_history if "objective/scores" in log]
+    (counted,) = rows
+    return counted, log, [p.detach().clone() for p in trainer.shared.adapter_parameters("policy")]
+
+
+def test_ppo_skips_the_prompts_output_layer_and_trains_the_same_policy(
+    tmp_path_factory, tiny_model_dir, adapters, monkeypatch
+):
+    """An update with `response_logits_only` (the default) against one with the output layer over whole sequences:
+    the same rollouts, statistics and trained weights, with fewer positions through the output layer."""
+    sft, rm = adapters
+    rows, log, policy = ppo_update(tmp_path_factory.mktemp("skip"), tiny_model_dir, sft, rm, monkeypatch, True)
+    full = ppo_update(tmp_path_factory.mktemp("full"), tiny_model_dir, sft, rm, monkeypatch, False)
+    full_rows, full_log, full_policy = full
+    assert rows and sum(rows) < sum(full_rows)
+    for key in ("objective/scores", "objective/kl", "policy/approxkl_avg", "loss/policy_avg", "val/ratio"):
+        assert log[key] == pytest.approx(full_log[key], rel=1e-4, abs=1e-6), key
+    for got, expected in zip(policy, full_policy, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_reward_ensemble_on_one_base_combines_each_members_reward(tiny_model_dir, adapters, tokenizer, tmp_path):

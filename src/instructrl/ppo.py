@@ -49,7 +49,7 @@ from .reward_shaping import (
     neutralize_truncated,
     shaped_rewards,
 )
-from .shared_base import POLICY, VALUE, VALUE_HEAD_INITS, SharedBase
+from .shared_base import POLICY, VALUE, VALUE_HEAD_INITS, SharedBase, logits_from
 from .stats import mean_ci, win_rate
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,36 @@ def rollout_logprobs_from_forward() -> Iterator[None]:
         return query_responses, torch.cat(logits)
 
     with mock.patch.object(trl_ppo, "batch_generation", batch_generation):
+        yield
+
+
+@contextmanager
+def response_logits_only() -> Iterator[None]:
+    """Within this block TRL's PPO loop runs the policy's and the reference's output layer over the responses only.
+
+    TRL's `forward` returns logits for every position of prompt + response, and every caller in its loop (reference
+    and rollout log-probabilities, the training forward) reads them from the prompt's last position on. Here
+    `forward` runs under `shared_base.logits_from(prompt width - 1)`, the width taken from the update's
+    `batch_generation` call, which precedes the update's forwards (TRL's `context_length` is the same
+    `queries.shape[1]`). The value and reward models have no output layer and are unaffected. Restored on exit.
+    """
+    generation, forward = trl_ppo.batch_generation, trl_ppo.forward
+    prompt: dict[str, int] = {}
+
+    def batch_generation(model, queries, *args, **kwargs):
+        prompt["width"] = queries.shape[1]
+        return generation(model, queries, *args, **kwargs)
+
+    def response_forward(model, query_responses, pad_token_id):
+        if "width" not in prompt:
+            return forward(model, query_responses, pad_token_id)
+        with logits_from(prompt["width"] - 1):
+            return forward(model, query_responses, pad_token_id)
+
+    with (
+        mock.patch.object(trl_ppo, "batch_generation", batch_generation),
+        mock.patch.object(trl_ppo, "forward", response_forward),
+    ):
         yield
 
 
@@ -373,6 +403,7 @@ class InstructPPOTrainer(PPOTrainer):
             stack.enter_context(fast_cpu_sampling())
             if self.args.length_correction == "sft":  # before any patch below: it samples and scores as TRL does
                 self.length_correction = self.fit_length_correction()
+            stack.enter_context(response_logits_only())  # before the rollout patch below, which calls `forward`
             if self.rollout_logprobs_source() == "forward":
                 stack.enter_context(rollout_logprobs_from_forward())
             shaping = self.reward_shaping()
