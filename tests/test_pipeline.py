@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 import yaml
 
 from helpers import write_config, write_jsonl
@@ -24,7 +26,7 @@ from instructrl.pipeline import (
     stage_state,
     subprocess_runner,
 )
-from instructrl.runs import COMPLETE, RUNNING, start_stage
+from instructrl.runs import COMPLETE, RUNNING, latest_complete_checkpoint, start_stage
 from test_sft import demo_rows, sft_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +115,77 @@ def test_a_stage_whose_settings_changed_runs_again(tiny_pipeline):
     assert [reason for _, reason in plan(stages)] == ["skip", "skip"]
 
 
+def test_finished_stages_ignore_bookkeeping_settings_and_old_records_still_match(tiny_pipeline):
+    stages = load_pipeline(tiny_pipeline, root=REPO)
+    run_pipeline(stages, runner=in_process_runner, launcher=[])
+    sft = stages[0]
+    original = sft.config.read_text()
+    values = yaml.safe_load(original)
+    # How often a stage checkpoints or logs is not what it computes: nothing to redo.
+    sft.config.write_text(yaml.safe_dump({**values, "save_strategy": "steps", "save_steps": 7, "logging_steps": 3}))
+    assert [reason for _, reason in plan(stages)] == ["skip", "skip"]
+    sft.config.write_text(original)
+    # A record written before the bookkeeping keys were left out (no version) is compared the old way.
+    record = sft.output_dir / ".instructrl-config.json"
+    assert json.loads(record.read_text())["version"] == 2
+    record.write_text(json.dumps({"config": str(sft.config), "sha256": sft.settings_digest(version=1)}))
+    assert [reason for _, reason in plan(stages)] == ["skip", "skip"]
+    record.write_text(json.dumps({"config": str(sft.config), "sha256": sft.settings_digest(version=2)}))
+    assert [reason for _, reason in plan(stages)] == ["changed", "stale"]
+
+
+def interrupt_after(stage, step: int) -> None:
+    """Turn a finished stage into one interrupted after checkpoint `step`: later checkpoints and the final outputs
+    gone, the running marker (settings as the pipeline recorded them) left by a process that no longer exists."""
+    for path in stage.output_dir.glob("checkpoint-*"):
+        if int(path.name.split("-")[1]) > step:
+            shutil.rmtree(path)
+    for name in (COMPLETE, "adapter_model.safetensors", "trainer_state.json"):
+        (stage.output_dir / name).unlink(missing_ok=True)
+    marker = {"stage": stage.kind, "started": 0.0, "pid": 0, "settings": stage.settings_digest()}
+    (stage.output_dir / RUNNING).write_text(json.dumps(marker))
+
+
+def test_an_interrupted_training_stage_resumes_from_its_newest_checkpoint(tiny_pipeline, monkeypatch):
+    stages = load_pipeline(tiny_pipeline, root=REPO)
+    sft = stages[0]
+    values = yaml.safe_load(sft.config.read_text())
+    sft.config.write_text(yaml.safe_dump({**values, "max_steps": 3, "save_strategy": "steps", "save_steps": 1}))
+    resumed_from, marked = [], []
+    real_train = transformers.Trainer.train
+
+    def train(self, *args, resume_from_checkpoint=None, **kwargs):
+        resumed_from.append(resume_from_checkpoint)
+        marked.append(json.loads((sft.output_dir / RUNNING).read_text()).get("settings"))
+        return real_train(self, *args, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "train", train)
+    run_pipeline(stages[:1], runner=in_process_runner, launcher=[])
+    assert [p.name for p in sorted(sft.output_dir.glob("checkpoint-*"))] == [f"checkpoint-{i}" for i in (1, 2, 3)]
+    # While it trains, the stage's running marker holds the digest of the settings the pipeline runs it with.
+    assert resumed_from == [None] and marked == [sft.settings_digest()]
+    resumed_from.clear()
+    interrupt_after(sft, 2)
+    records = run_pipeline(stages[:1], runner=in_process_runner, launcher=[])
+    assert actions(records) == ["ran (interrupted, resuming from checkpoint-2)"]
+    assert resumed_from == [str(sft.output_dir / "checkpoint-2")]
+    assert stage_state(sft.output_dir)[0] == "complete" and (sft.output_dir / "adapter_model.safetensors").is_file()
+    assert json.loads((sft.output_dir / "trainer_state.json").read_text())["global_step"] == 3
+
+    # Interrupted, then its settings edited: the checkpoints were made with others, so it starts over.
+    interrupt_after(sft, 2)
+    values = yaml.safe_load(sft.config.read_text())
+    sft.config.write_text(yaml.safe_dump({**values, "learning_rate": values["learning_rate"] / 2}))
+    resumed_from.clear()
+    assert actions(run_pipeline(stages[:1], runner=in_process_runner, launcher=[])) == ["ran (interrupted)"]
+    assert resumed_from == [None]
+    # Interrupted before its first checkpoint: starts over too.
+    interrupt_after(sft, 0)
+    resumed_from.clear()
+    assert actions(run_pipeline(stages[:1], runner=in_process_runner, launcher=[])) == ["ran (interrupted)"]
+    assert resumed_from == [None]
+
+
 def test_pipeline_refuses_a_directory_it_did_not_write(tiny_pipeline):
     stages = load_pipeline(tiny_pipeline, root=REPO)
     stages[0].output_dir.mkdir(parents=True)
@@ -192,11 +265,15 @@ def test_pipeline_file_errors(tmp_path, stages, message):
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
 def test_a_killed_pipeline_reruns_only_the_stage_it_was_in(tmp_path, tiny_model_dir, signal_name):
     """The real thing: `recipes/pipeline.py` as a process group killed mid-stage (as Ctrl-C, a scheduler or an OOM
-    killer would), a second pipeline refused while the first runs, then a rerun that redoes only the killed stage."""
+    killer would), a second pipeline refused while the first runs, then a rerun that redoes only the killed stage,
+    from its newest complete checkpoint."""
     demos = write_jsonl(tmp_path / "demos.jsonl", demo_rows(8))
     first = sft_config(tmp_path, tiny_model_dir, demos, max_steps=2, output_dir=str(tmp_path / "out" / "first"))
     (tmp_path / "first.yaml").write_text(first.read_text())
-    long = sft_config(tmp_path, tiny_model_dir, demos, max_steps=300, output_dir=str(tmp_path / "out" / "long"))
+    long = sft_config(
+        tmp_path, tiny_model_dir, demos, max_steps=300, save_strategy="steps", save_steps=5, save_total_limit=1,
+        output_dir=str(tmp_path / "out" / "long"),
+    )  # fmt: skip
     stages = [
         {"name": "first", "recipe": "recipes/sft.py", "config": str(tmp_path / "first.yaml")},
         {"name": "long", "recipe": "recipes/sft.py", "config": str(long), "after": ["first"]},
@@ -209,9 +286,10 @@ def test_a_killed_pipeline_reruns_only_the_stage_it_was_in(tmp_path, tiny_model_
     process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while not (long_dir / RUNNING).exists() and time.time() < deadline and process.poll() is None:
+        while latest_complete_checkpoint(long_dir) is None and time.time() < deadline and process.poll() is None:
             time.sleep(0.2)
         assert (long_dir / RUNNING).exists(), "the long stage never started"
+        assert latest_complete_checkpoint(long_dir) is not None, "the long stage saved no checkpoint"
         finished = {p.relative_to(first_dir): p.read_bytes() for p in first_dir.rglob("*") if p.is_file()}
         refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
         assert refused.returncode == 1 and "being run by another process" in refused.stderr.splitlines()[-1]
@@ -225,7 +303,8 @@ def test_a_killed_pipeline_reruns_only_the_stage_it_was_in(tmp_path, tiny_model_
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
-    assert "first: done before, skipped" in rerun.stdout and "long: running (interrupted)" in rerun.stdout
+    assert "first: done before, skipped" in rerun.stdout
+    assert "long: running (interrupted, resuming from checkpoint-" in rerun.stdout  # not from step 0
     assert stage_state(long_dir)[0] == "complete"
     assert {p.relative_to(first_dir): p.read_bytes() for p in first_dir.rglob("*") if p.is_file()} == finished
 

@@ -2,6 +2,7 @@
 restores exactly what the checkpoint holds (so a resumed run continues as the uninterrupted one would)."""
 
 import copy
+import json
 import unittest.mock
 
 import pytest
@@ -16,7 +17,7 @@ from helpers import load_recipe, write_jsonl
 from instructrl.configs import RewardScriptArguments, ScriptArguments, parse_args
 from instructrl.errors import ConfigError, DivergenceError
 from instructrl.ptx import PretrainingStream
-from instructrl.reward import RankingRewardTrainer
+from instructrl.reward import NORMALIZATION_FILE, RankingRewardTrainer
 from instructrl.runs import COMPLETE, RUNNING, latest_complete_checkpoint, resolve_resume, stage_state
 from instructrl.shared_base import POLICY, VALUE
 from ppo_fixtures import make_adapters, ppo_config, ppo_recipe, run
@@ -222,6 +223,38 @@ def test_resume_loads_every_trained_state_and_continues_the_uninterrupted_run(tm
     )
     # Counted on from the checkpoint: the resumed run's checkpoint is the uninterrupted run's checkpoint-2.
     assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_a_resumed_reward_model_from_the_sft_adapter_ends_as_the_uninterrupted_one(
+    tmp_path, tiny_model_dir, adapters, monkeypatch
+):
+    """The RM stage started from the SFT adapter (the default) and resumed from a checkpoint: it runs only the steps
+    after the checkpoint, from the checkpoint's adapter and score head, and ends where the straight run does."""
+    sft, _ = adapters
+    write_demos(tmp_path)
+    data = write_jsonl(tmp_path / "rankings.jsonl", synthetic_rankings(12, seed=0))
+    settings = dict(max_steps=3, per_device_train_batch_size=2, save_strategy="steps", save_steps=1)
+    straight = rm_config(tmp_path, tiny_model_dir, data, **settings, init_adapter=str(sft))
+    rm_recipe.main(*parse_args((RewardScriptArguments, RewardConfig, ModelConfig), ["--config", str(straight)]))
+    steps = []
+    training_step = RankingRewardTrainer.training_step
+    monkeypatch.setattr(
+        RankingRewardTrainer, "training_step", lambda self, *a, **k: steps.append(1) or training_step(self, *a, **k)
+    )
+    resumed = rm_config(
+        tmp_path, tiny_model_dir, data, **settings, init_adapter=str(sft), output_dir=str(tmp_path / "resumed")
+    )
+    argv = ["--config", str(resumed), "--resume_from_checkpoint", str(tmp_path / "rm" / "checkpoint-2")]
+    rm_recipe.main(*parse_args((RewardScriptArguments, RewardConfig, ModelConfig), argv))
+    assert len(steps) == 1  # step 3 only
+    expected = load_file(tmp_path / "rm" / "adapter_model.safetensors")
+    got = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    assert any("score" in k for k in expected)
+    first = load_file(tmp_path / "rm" / "checkpoint-1" / "adapter_model.safetensors")
+    assert any(not torch.equal(first[k], expected[k]) for k in expected)  # training moved it after step 1
+    assert_adapter_equal(got, expected, atol=1e-6)
+    bias = (json.loads((d / NORMALIZATION_FILE).read_text())["bias"] for d in (tmp_path / "rm", tmp_path / "resumed"))
+    assert next(bias) == pytest.approx(next(bias), abs=1e-5)
 
 
 def state_of(shared, adapter: str) -> dict[str, torch.Tensor]:

@@ -7,8 +7,10 @@ while it writes there, `.instructrl-complete` once it is done. From those marker
   rebuilds a target older than its prerequisites);
 - **changed**: complete, but its config's settings differ from those the pipeline ran it with (recorded in
   `.instructrl-config.json` beside the markers; comments do not count), so it runs again, and so does what follows;
-- **interrupted**: the running marker is there but the process that wrote it is gone; its directory is cleared and
-  the stage runs from the start;
+- **interrupted**: the running marker is there but the process that wrote it is gone. A training stage (sft, rm, ppo)
+  that the pipeline started with the settings it has now resumes from its newest complete `checkpoint-N`; otherwise
+  (no checkpoint yet, other settings, or a stage without checkpoints) its directory is cleared and it runs from the
+  start;
 - **missing**: no output directory, or an empty one;
 - **foreign**: a non-empty directory without markers, which instructrl did not write. The pipeline stops rather than
   write into it (or delete it): move it away or point the stage's `output_dir` elsewhere.
@@ -31,6 +33,7 @@ stages:
 
 import hashlib
 import json
+import os
 import re
 import runpy
 import shutil
@@ -46,7 +49,7 @@ import yaml
 
 from .configs import expand_path
 from .errors import ConfigError, InstructRLError
-from .runs import COMPLETE, RUNNING, read_marker, stage_state, write_json
+from .runs import COMPLETE, RUNNING, SETTINGS_ENV, latest_complete_checkpoint, read_marker, stage_state, write_json
 
 PIPELINE_KEYS = {"model", "output_root", "stages"}
 STAGE_KEYS = {"name", "recipe", "config", "after", "settings"}
@@ -67,6 +70,12 @@ INPUTS: dict[str, list[tuple[str, str, str]]] = {
     "eval": [("reward_model_path", "rm", ""), ("comparisons_path", "collect", "")],
 }
 POLICY_KINDS = ("sft", "ppo")
+# Kinds of stage that write `checkpoint-N` directories and take `--resume_from_checkpoint`.
+RESUMABLE_KINDS = ("sft", "rm", "ppo")
+# Settings that change when and how a stage records its progress, not what it computes: editing them does not make a
+# finished stage run again (records written before 2026-12-05 hashed them too and are compared the old way).
+BOOKKEEPING_KEYS = {"save_strategy", "save_steps", "save_total_limit", "logging_steps", "resume_from_checkpoint"}
+DIGEST_VERSION = 2
 
 
 def model_slug(model: str) -> str:
@@ -84,6 +93,8 @@ class Stage:
     # Settings the pipeline gives this stage on the command line (model, output_dir, inputs from earlier stages, the
     # pipeline file's `settings:`), over those of its config file.
     overrides: dict = field(default_factory=dict)
+    # The checkpoint an interrupted run of this stage resumes from (`_run_stage`); not a setting.
+    resume: Path | None = None
 
     @property
     def kind(self) -> str:
@@ -110,20 +121,35 @@ class Stage:
             raise ConfigError(f"Stage '{self.name}': its config '{self.config}' sets no `output_dir`.")
         return Path(expand_path(str(values["output_dir"])))
 
-    def settings_digest(self) -> str:
-        """SHA-256 of the settings (config file plus overrides that change it): comments and layout do not count."""
+    def settings_digest(self, version: int = DIGEST_VERSION) -> str:
+        """SHA-256 of the settings (config file plus overrides that change it): comments and layout do not count,
+        nor (from version 2) the `BOOKKEEPING_KEYS`."""
         settings = {**self.file_settings(), **self.changed_overrides()}
+        if version >= 2:
+            settings = {k: v for k, v in settings.items() if k not in BOOKKEEPING_KEYS}
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
     def config_changed(self) -> bool:
         """Whether the settings differ from those this stage was last run with by the pipeline (unknown: no)."""
         record = read_marker(self.output_dir / CONFIG_RECORD)
-        return record is not None and record.get("sha256") != self.settings_digest()
+        return record is not None and record.get("sha256") != self.settings_digest(record.get("version", 1))
+
+    def resumable_checkpoint(self) -> Path | None:
+        """For an interrupted training stage that the pipeline started with today's settings, its newest complete
+        checkpoint; `None` when it must start over."""
+        if self.kind not in RESUMABLE_KINDS:
+            return None
+        marker = read_marker(self.output_dir / RUNNING) or {}
+        if marker.get("stage") != self.kind or marker.get("settings") != self.settings_digest():
+            return None
+        return latest_complete_checkpoint(self.output_dir)
 
     def command(self, launcher: list[str]) -> list[str]:
         command = [*launcher, str(self.recipe), "--config", str(self.config)]
         for key, value in self.changed_overrides().items():
             command += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+        if self.resume is not None:
+            command += ["--resume_from_checkpoint", str(self.resume)]
         return command
 
     def inputs(self) -> dict:
@@ -367,6 +393,9 @@ def _run_stage(
     if reason == "skip":
         print(f"{prefix}: done before, skipped. Outputs: {output_dir}", flush=True)
         return {"stage": stage.name, "action": "skipped", "output_dir": str(output_dir)}
+    stage.resume = stage.resumable_checkpoint() if reason == "interrupted" else None
+    if stage.resume is not None:
+        reason = f"interrupted, resuming from {stage.resume.name}"
     print(f"{prefix}: running ({reason}). Outputs: {output_dir}", flush=True)
     print(f"{prefix}: $ {' '.join(stage.command(launcher))}", flush=True)
     for key, value in stage.inputs().items():
@@ -374,19 +403,28 @@ def _run_stage(
     print(f"{prefix}:   output {output_dir}", flush=True)
     if dry_run:
         return {"stage": stage.name, "action": f"would run ({reason})", "output_dir": str(output_dir)}
-    if (output_dir / RUNNING).exists() or (output_dir / COMPLETE).exists():
+    if stage.resume is None and ((output_dir / RUNNING).exists() or (output_dir / COMPLETE).exists()):
         # A stage starts from an empty directory; only directories instructrl marked as its own get here.
         shutil.rmtree(output_dir)
     digest = stage.settings_digest()  # the settings this run uses, even if the file is edited meanwhile
     start = time.time()
-    code = runner(stage, launcher)
+    previous = os.environ.get(SETTINGS_ENV)
+    os.environ[SETTINGS_ENV] = digest  # into the stage's running marker (`runs.start_stage`), for a later resume
+    try:
+        code = runner(stage, launcher)
+    finally:
+        if previous is None:
+            os.environ.pop(SETTINGS_ENV, None)
+        else:
+            os.environ[SETTINGS_ENV] = previous
     seconds = round(time.time() - start, 1)
     if code != 0 or stage_state(output_dir)[0] != "complete":
         raise PipelineError(
             f"Stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; see its output above. Fix the "
-            "cause and run the pipeline again: finished stages are kept and this one starts over."
+            "cause and run the pipeline again: finished stages are kept and this one resumes from its newest "
+            "checkpoint, or starts over if it has none."
         )
-    write_json(output_dir / CONFIG_RECORD, {"config": str(stage.config), "sha256": digest})
+    write_json(output_dir / CONFIG_RECORD, {"config": str(stage.config), "sha256": digest, "version": DIGEST_VERSION})
     print(f"{prefix}: finished in {seconds / 60:.1f} min. Outputs: {output_dir}", flush=True)
     return {"stage": stage.name, "action": f"ran ({reason})", "seconds": seconds, "output_dir": str(output_dir)}
 

@@ -28,6 +28,9 @@ RUNNING = ".instructrl-running"
 COMPLETE = ".instructrl-complete"
 # Set by `--overwrite` (see `instructrl.cli`): write into a directory that holds something else.
 OVERWRITE_ENV = "INSTRUCTRL_OVERWRITE"
+# Set by `make pipeline` for the stage it launches: the digest of the settings it runs with, kept in the running marker
+# so that a rerun can tell whether an interrupted stage's checkpoints were made with the same settings.
+SETTINGS_ENV = "INSTRUCTRL_STAGE_SETTINGS"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -169,6 +172,8 @@ def start_stage(output_dir: Path, stage: str) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / COMPLETE).unlink(missing_ok=True)  # what is about to be overwritten is no longer a finished run
     marker = {"stage": stage, "started": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+    if os.environ.get(SETTINGS_ENV):
+        marker["settings"] = os.environ[SETTINGS_ENV]
     write_json(output_dir / RUNNING, marker)
 
 
