@@ -103,10 +103,10 @@ class AdapterView(nn.Module):
     def forward(self, **kwargs):
         start = _LOGITS_FROM.get()
         width = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else 0
-        if start is None or not self._keeps_logits or "logits_to_keep" in kwargs or not 0 < start < width:
-            with use_adapter(self.shared, self.adapter):
-                return self.shared(**kwargs)
+        trim = start is not None and self._keeps_logits and "logits_to_keep" not in kwargs and 0 < start < width
         with use_adapter(self.shared, self.adapter):
+            if not trim:
+                return self.shared(**kwargs)
             output = self.shared(**kwargs, logits_to_keep=width - start)
         output.logits = F.pad(output.logits, (0, 0, start, 0))
         return output
