@@ -63,7 +63,8 @@ N_SFT_TRAIN = 600
 N_SFT_EVAL = 60
 N_COMPARISON = 400
 # More comparison prompts, drawn after every other split so that the others stay as they were: the reward model's
-# held-out accuracy rose from 0.58 to 0.81 with 1200 prompts' rankings instead of 300 (README, 2026-12-04 17:00).
+# held-out accuracy rose from 0.58 to 0.81 with 1200 prompts' rankings instead of 300 (docs/measurements.md, 2026-12-04
+# 17:00).
 N_COMPARISON_MORE = 800
 N_PPO = 400
 N_EVAL = 100

@@ -1,5 +1,6 @@
 """Experiment (not a pipeline option): rankings without the responses that `make collect` cut off at its
-`max_new_tokens`, to see whether the reward model's brevity preference comes from them (README, "2026-12-04").
+`max_new_tokens`, to see whether the reward model's brevity preference comes from them (docs/measurements.md,
+"2026-12-04").
 
 ```bash
 python scripts/rankings_without_cutoff.py ~/.cache/instructrl/outputs/smollm2-135m/comparisons/rankings /tmp/fin

@@ -16,7 +16,7 @@ without the restatement: ignore it). The idea: in a causal model the response to
 cannot see what the instruction will be checked against, and the end-of-turn token has to carry both; restated
 after the response, the instruction's own tokens (a number of words, a word to include, a phrase to begin with) can
 attend back to the response. PPO and the evaluation still score `prompt + response` only, so an adapter trained here
-is for reading its metrics, not for `make ppo` (README, "2026-12-03 08:30 UTC").
+is for reading its metrics, not for `make ppo` (docs/measurements.md, "2026-12-03 08:30 UTC").
 """
 
 import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)

@@ -91,9 +91,9 @@ def warm_up_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     the first sampling call of a process gave other responses than every later call with the same seed in 8 of 21
     processes, at random (not tied to `PYTHONHASHSEED`; the later calls always agreed), so `make eval` runs of one
     config could differ in their first policy's samples: the reference, on which every win rate rests. With this
-    warm-up first, 0 of 8 processes differed (README, 2026-12-04 09:20). The cause is not known (a first plain forward
-    is exact), so this is a cheap guard, not an explanation. No random number is drawn, so the caller's seeded state
-    is untouched. Returns whether it ran now.
+    warm-up first, 0 of 8 processes differed (docs/measurements.md, 2026-12-04 09:20). The cause is not known (a first
+    plain forward is exact), so this is a cheap guard, not an explanation. No random number is drawn, so the caller's
+    seeded state is untouched. Returns whether it ran now.
     """
     device = next(model.parameters()).device
     if device.type in _WARMED_UP:
@@ -151,7 +151,7 @@ def generate_sharing_prompts(
     1's), so one seed gives the plain call's tokens except where a draw falls within that rounding of a boundary (0 of
     64 rows differed with torch's sampler, 4 of 64 with `fast_cpu_sampling`'s, in one check). 3/4 of the prompt
     forwards are gone at K=4: 1.19-1.25x faster sampling for 16 prompts x 4 responses of 64 tokens on 2 CPU cores
-    (`bench/prompt_prefill.py`, README). A model whose cache cannot be repeated gets the plain call.
+    (`bench/prompt_prefill.py`, docs/measurements.md). A model whose cache cannot be repeated gets the plain call.
     """
     if num_samples == 1 or input_ids.shape[1] < 2:
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)

@@ -152,8 +152,8 @@ class InstructPPOConfig(PPOConfig):
         heldout_samples (`int`, *optional*, defaults to `0`):
             With `score_heldout`, also score this many responses per evaluation prompt sampled at the rollouts'
             `temperature` (`heldout_rm_score_sampled`, averaged per prompt; both policies sample from the same random
-            state). PPO optimizes samples: its greedy answer can stay where SFT's was while its samples gain (README).
-            Costs about as much again as the greedy scoring per sample.
+            state). PPO optimizes samples: its greedy answer can stay where SFT's was while its samples gain
+            (docs/measurements.md). Costs about as much again as the greedy scoring per sample.
         gold_labeler (`str`, *optional*):
             A labeler from `instructrl.labeler.LABELERS` that also scores every rollout (the gold reward of Gao et al.
             2022), logged as `gold/labeler_score` beside the reward model's `objective/scores`. Unset for your own
@@ -168,7 +168,7 @@ class InstructPPOConfig(PPOConfig):
             of zeros, a value of 0 for every prefix until the value loss has taught it otherwise. The reward model
             scores unfinished text far below finished text, so a value function that starts as the reward model
             sees every response's value jump by about 1 at its end-of-turn token: that token gets a large positive
-            advantage in every rollout and PPO learns to stop early (README, "the value function pays for
+            advantage in every rollout and PPO learns to stop early (docs/measurements.md, "the value function pays for
             stopping").
         rollout_logprobs (`str`, *optional*, defaults to `"auto"`):
             Where a rollout's log-probabilities (the "old" ones of PPO's ratio, and the policy's side of the KL
@@ -183,15 +183,15 @@ class InstructPPOConfig(PPOConfig):
             `neutral`: the mean score of the rollouts of the same scoring batch that ended, so that being cut off
             teaches nothing through the reward model. The RM scores unfinished answers far below finished ones, one
             reason PPO learns to stop early on every prompt, its greedy answers included; on the default, `neutral`
-            kept the answers' length in one of two data draws (README, "PPO shortens every answer"). Needs
-            `stop_token`.
+            kept the answers' length in one of two data draws (docs/measurements.md, "PPO shortens every answer").
+            Needs `stop_token`.
         length_correction (`str`, *optional*, defaults to `"none"`):
             `none`: PPO's reward is the reward model's score. `sft`: before training, the SFT policy samples
             `length_correction_samples` responses to each of the first `length_correction_prompts` training prompts,
             the reward model scores them, and the slope of its score on response length within a prompt is taken out
             of every finished rollout's score (`instructrl.reward_shaping.LengthCorrection`), so that PPO is not
-            paid for length itself, the shortcut a small reward model learns (README). The fit is recorded in
-            `ppo_summary.json` (`length_correction`). Needs `stop_token`.
+            paid for length itself, the shortcut a small reward model learns (docs/measurements.md). The fit is
+            recorded in `ppo_summary.json` (`length_correction`). Needs `stop_token`.
         length_correction_prompts (`int`, *optional*, defaults to `64`):
             Training prompts the length slope is fitted on.
         length_correction_samples (`int`, *optional*, defaults to `4`):

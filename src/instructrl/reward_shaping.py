@@ -2,8 +2,8 @@
 `response_length` and a correction for the reward model's preference for length.
 
 A small reward model learns "shorter wins" (or "longer wins") from its comparisons without conditioning it on the
-instruction (README, "PPO shortens every answer"), and PPO follows that preference on every prompt. The length
-correction measures the preference on the SFT policy's own samples before training, within each prompt so that
+instruction (docs/measurements.md, "PPO shortens every answer"), and PPO follows that preference on every prompt. The
+length correction measures the preference on the SFT policy's own samples before training, within each prompt so that
 instructions asking for long or short answers do not enter it, and takes it back out of every rollout's score:
 `score - slope x (tokens - reference_tokens)`. So a rollout gains reward for what it says, not for how many tokens
 it spends saying it. It needs no labeler: only the reward model and the SFT policy, as a user has them. The idea of
