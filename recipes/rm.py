@@ -76,6 +76,7 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
         peft_config=peft_config,
         callbacks=[DivergenceGuard()],
         length_decorrelation=script_args.length_decorrelation,
+        share_prompt=script_args.share_prompt,
     )
     if script_args.init_adapter and resume is None:
         load_init_adapter(trainer.model, script_args.init_adapter)

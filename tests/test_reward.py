@@ -22,6 +22,8 @@ from instructrl.reward import (
     flip_probe_accuracy,
     length_preference,
     ranking_loss,
+    sequence_rewards,
+    shared_prefix_length,
     within_group_length_correlation,
 )
 from instructrl.runs import finish_stage
@@ -118,6 +120,7 @@ def test_reward_trainer_adds_the_weighted_length_penalty_and_logs_the_correlatio
         trainer = SimpleNamespace(
             model=model,
             length_decorrelation=weight,
+            share_prompt=False,
             accelerator=SimpleNamespace(gather_for_metrics=lambda x: x),
             _metrics={"train": defaultdict(list)},
         )
@@ -498,3 +501,98 @@ def test_flip_probe_accuracy_counts_each_order(tokenizer):
 
 def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
+
+
+def test_collator_splits_each_group_at_its_shared_prompt():
+    rows = [
+        {"sequences": [[1, 2, 3, 4], [1, 2, 5]], "scores": [1.0, 0.0]},
+        {"sequences": [[7, 8], [7, 8], [7, 9, 9]], "scores": [2.0, 1.0, 0.0]},  # identical: the last token stays
+    ]
+    batch = RankingCollator(pad_token_id=0)(rows)
+    assert [shared_prefix_length(r["sequences"]) for r in rows] == [2, 1]
+    assert batch["prefix_ids"].tolist() == [[1, 2], [7, 0]]
+    assert batch["prefix_mask"].tolist() == [[1, 1], [1, 0]]
+    assert batch["suffix_ids"].tolist() == [[3, 4], [5, 0], [8, 0], [8, 0], [9, 9]]
+    assert batch["suffix_mask"].sum(-1).tolist() == [2, 1, 1, 1, 2]
+    assert shared_prefix_length([[4, 5, 6]]) == 2  # one sequence: all but the scored token
+
+
+def lora_classifier(tiny_model_dir, tokenizer, attention: str):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=1, attn_implementation=attention
+    )
+    base.config.pad_token_id = tokenizer.pad_token_id
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", modules_to_save=["score"], task_type="SEQ_CLS")
+    model = get_peft_model(base, config)
+    with torch.no_grad():  # LoRA's B starts at 0: move it so that the adapter takes part
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2)
+    return model
+
+
+def ranking_batch(tokenizer):
+    prompts = ["Describe tea in one sentence.", "Name three rivers, please, as a numbered list of names."]
+    responses = [
+        ["Tea is a drink.", "Tea, tea, tea", "Tea grows on hills in warm places."],
+        ["1. Nile\n2. Rhine", "No."],
+    ]
+    rows = [
+        {
+            "sequences": [
+                encode_prompt(tokenizer, [{"role": "user", "content": p}]) + encode_response(tokenizer, r)
+                for r in group
+            ],
+            "scores": [float(i) for i in range(len(group))],
+        }
+        for p, group in zip(prompts, responses, strict=True)
+    ]
+    return RankingCollator(tokenizer.pad_token_id)(rows)
+
+
+def rewards_and_gradients(model, batch, share_prompt):
+    model.zero_grad()
+    tokens = []
+    embed = model.get_base_model().model.embed_tokens
+    handle = embed.register_forward_hook(lambda module, args, out: tokens.append(args[0].numel()))
+    try:
+        rewards = sequence_rewards(model, batch, share_prompt)
+    finally:
+        handle.remove()
+    (rewards * torch.linspace(-1.0, 2.0, len(rewards))).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return rewards.detach(), grads, sum(tokens)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_rewards_and_gradients_are_the_whole_sequences(tiny_model_dir, tokenizer, attention):
+    # Two prompts of different lengths with 3 and 2 responses: each prompt's keys and values computed once.
+    model = lora_classifier(tiny_model_dir, tokenizer, attention)
+    batch = ranking_batch(tokenizer)
+    whole, whole_grads, whole_tokens = rewards_and_gradients(model, batch, share_prompt=False)
+    shared, shared_grads, shared_tokens = rewards_and_gradients(model, batch, share_prompt=True)
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
+    assert whole.std() > 1e-3  # the rewards differ, so a misplaced position or mask would show
+    assert whole_grads.keys() == shared_grads.keys() and any("lora_A" in n for n in whole_grads)
+    for name, grad in whole_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert whole_tokens == batch["input_ids"].numel()
+    assert shared_tokens == batch["prefix_ids"].numel() + batch["suffix_ids"].numel() < whole_tokens
+
+
+def test_shared_prompt_is_skipped_where_it_cannot_apply(tiny_model_dir, tokenizer):
+    model = lora_classifier(tiny_model_dir, tokenizer, "sdpa")
+    batch = ranking_batch(tokenizer)
+    whole = sequence_rewards(model, batch, share_prompt=False).detach()
+    model.get_base_model().gradient_checkpointing_enable()  # recomputation would drop the cache
+    model.train()
+    rewards, _, tokens = rewards_and_gradients(model, batch, share_prompt=True)
+    assert tokens == batch["input_ids"].numel()
+    torch.testing.assert_close(rewards, whole)
+    without_split = {k: v for k, v in batch.items() if not k.startswith(("prefix", "suffix"))}
+    torch.testing.assert_close(sequence_rewards(model, without_split).detach(), whole)

@@ -10,6 +10,7 @@ classifier reads the right-most non-pad token, and PPO truncates generations aft
 RM evaluation and PPO all score the same token.
 """
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
@@ -22,6 +23,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import SequenceClassifierOutput
 from trl import ModelConfig, RewardTrainer, get_peft_config
 
 from .adapters import has_adapter, load_lora_weights
@@ -37,15 +39,31 @@ NORMALIZATION_FILE = "reward_normalization.json"
 
 @dataclass
 class RankingCollator:
-    """Flattens K-response groups into one right-padded batch, remembering which rows belong to which prompt."""
+    """Flattens K-response groups into one right-padded batch, remembering which rows belong to which prompt.
+
+    Besides the whole sequences (`input_ids`, `attention_mask`) it splits each group at the tokens all its sequences
+    share (the prompt): `prefix_ids`/`prefix_mask` hold each group's shared part once, `suffix_ids`/`suffix_mask` each
+    sequence's rest, right-padded, for `sequence_rewards`' shared-prompt forward. Every suffix keeps at least one
+    token, the one the reward is read at.
+    """
 
     pad_token_id: int
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = pad_right([s for ex in examples for s in ex["sequences"]], self.pad_token_id)
+        sequences = [s for ex in examples for s in ex["sequences"]]
+        input_ids, attention_mask = pad_right(sequences, self.pad_token_id)
+        shared = [shared_prefix_length(ex["sequences"]) for ex in examples]
+        prefixes = [ex["sequences"][0][:n] for ex, n in zip(examples, shared, strict=True)]
+        suffixes = [s[n:] for ex, n in zip(examples, shared, strict=True) for s in ex["sequences"]]
+        prefix_ids, prefix_mask = pad_right(prefixes, self.pad_token_id)
+        suffix_ids, suffix_mask = pad_right(suffixes, self.pad_token_id)
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
+            "prefix_ids": prefix_ids,
+            "prefix_mask": prefix_mask,
+            "suffix_ids": suffix_ids,
+            "suffix_mask": suffix_mask,
             "scores": torch.tensor([s for ex in examples for s in ex["scores"]], dtype=torch.float),
             "group_sizes": torch.tensor([len(ex["sequences"]) for ex in examples]),
         }
@@ -54,6 +72,86 @@ class RankingCollator:
             flags = [f for ex in examples for f in (ex.get("finished") or [True] * len(ex["sequences"]))]
             batch["finished"] = torch.tensor(flags, dtype=torch.bool)
         return batch
+
+
+def shared_prefix_length(sequences: list[list[int]]) -> int:
+    """How many leading tokens all `sequences` share, leaving each at least its last token."""
+    limit = min(len(s) for s in sequences) - 1
+    n = 0
+    while n < limit and all(s[n] == sequences[0][n] for s in sequences):
+        n += 1
+    return n
+
+
+def _full_rewards(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return logits.squeeze(-1)
+
+
+def _classifier_parts(model: Any) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(transformer body, score head) of a sequence classifier (LoRA-wrapped or not) whose body takes a cache and
+    explicit positions with the eager or SDPA attention; `None` for anything else."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    head = getattr(base, "score", None)
+    if body is None or head is None or getattr(base, "is_gradient_checkpointing", False):
+        return None
+    if getattr(base.config, "_attn_implementation", None) not in ("eager", "sdpa"):
+        return None
+    accepted = inspect.signature(body.forward).parameters
+    if not {"position_ids", "use_cache"} <= accepted.keys() or _cache_argument(accepted) is None:
+        return None
+    return body, head
+
+
+def _cache_argument(parameters) -> str | None:
+    # transformers 5.25 calls the key/value cache `cache`; earlier releases and other models `past_key_values`.
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+def _shared_prompt_rewards(
+    body: torch.nn.Module, head: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> torch.Tensor | None:
+    prefix_mask, suffix_mask = batch["prefix_mask"], batch["suffix_mask"]
+    cache_key = _cache_argument(inspect.signature(body.forward).parameters)
+    prefix = body(input_ids=batch["prefix_ids"], attention_mask=prefix_mask, use_cache=True)
+    cache = getattr(prefix, cache_key, None)
+    if not hasattr(cache, "batch_select_indices"):
+        return None
+    rows = torch.repeat_interleave(
+        torch.arange(len(batch["group_sizes"]), device=prefix_mask.device), batch["group_sizes"].to(prefix_mask.device)
+    )
+    cache.batch_select_indices(rows)  # each group's keys and values once per sequence (indexing keeps the gradient)
+    prompt_lengths = prefix_mask.sum(dim=-1)[rows]
+    positions = prompt_lengths[:, None] + torch.arange(suffix_mask.shape[1], device=suffix_mask.device)[None, :]
+    hidden = body(
+        input_ids=batch["suffix_ids"],
+        # The padding after shorter prompts stays masked, so each suffix sees exactly its own prompt.
+        attention_mask=torch.cat([prefix_mask[rows], suffix_mask], dim=1),
+        position_ids=positions,
+        use_cache=True,
+        **{cache_key: cache},
+    ).last_hidden_state
+    last = suffix_mask.sum(dim=-1) - 1
+    return head(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1)
+
+
+def sequence_rewards(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], share_prompt: bool = True
+) -> torch.Tensor:
+    """The reward of every sequence of a `RankingCollator` batch, read at its last token.
+
+    With `share_prompt`, each group's shared prompt goes through the model once and its keys and values serve all of
+    the group's responses (positions continue from the prompt's own length), instead of once per response: the same
+    function (to float rounding) in fewer tokens, as InstructGPT's K responses of one prompt share it. Models this does
+    not apply to (no cache or explicit positions, other attention kernels, gradient checkpointing) run whole.
+    """
+    parts = _classifier_parts(model) if share_prompt and "prefix_ids" in batch else None
+    if parts is not None and batch["prefix_ids"].shape[1] > 0:
+        rewards = _shared_prompt_rewards(*parts, batch)
+        if rewards is not None:
+            return rewards
+    return _full_rewards(model, batch)
 
 
 def ordered_pairs(scores: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -213,8 +311,9 @@ class RankingRewardTrainer(RewardTrainer):
     `length_decorrelation` x the square of `within_group_length_correlation` (logged as `length_correlation` in either
     case), over the finished responses where the rankings say which ended (`finished`), else over all."""
 
-    def __init__(self, *args, length_decorrelation: float = 0.0, **kwargs):
+    def __init__(self, *args, length_decorrelation: float = 0.0, share_prompt: bool = True, **kwargs):
         self.length_decorrelation = length_decorrelation
+        self.share_prompt = share_prompt
         super().__init__(*args, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -228,8 +327,10 @@ class RankingRewardTrainer(RewardTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        rewards = outputs.logits.squeeze(-1)
+        # Across processes the model is DDP-wrapped and its gradients are synchronized by its own forward: run whole.
+        share = self.share_prompt and self.accelerator.num_processes == 1
+        rewards = sequence_rewards(self.accelerator.unwrap_model(model) if share else model, inputs, share)
+        outputs = SequenceClassifierOutput(logits=rewards[:, None])
         loss, correct, pairs = ranking_loss(rewards, inputs["scores"], inputs["group_sizes"])
         # Right-padded sequences of one group share their prompt: their lengths differ as the responses' do.
         lengths = inputs["attention_mask"].sum(dim=-1)
@@ -259,11 +360,9 @@ def score_sequences(
     device = next(model.parameters()).device
     rewards = []
     for start in range(0, len(sequences), batch_size):
-        batch = collator([{"sequences": sequences[start : start + batch_size], "scores": [0.0]}])
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
-        ).logits
-        rewards.append(logits.squeeze(-1).float().cpu())
+        chunk = sequences[start : start + batch_size]
+        batch = collator([{"sequences": chunk, "scores": [0.0] * len(chunk)}])
+        rewards.append(sequence_rewards(model, {k: v.to(device) for k, v in batch.items()}).float().cpu())
     model.train(was_training)
     return torch.cat(rewards) if rewards else torch.zeros(0)
 
