@@ -12,7 +12,7 @@ from trl import ModelConfig
 
 from .batching import pad_left
 from .data.rows import encode_prompt
-from .modeling import compute_dtype, load_base_model, load_tokenizer
+from .modeling import compute_dtype, load_base_model, load_tokenizer, returned_cache
 from .runs import require_adapter
 
 logger = logging.getLogger(__name__)
@@ -164,8 +164,7 @@ def generate_sharing_prompts(
         use_cache=True,
         logits_to_keep=1,
     )
-    cache_key = "cache" if getattr(prefix, "cache", None) is not None else "past_key_values"
-    cache = getattr(prefix, cache_key, None)
+    cache_key, cache = returned_cache(prefix)
     if not hasattr(cache, "batch_repeat_interleave"):
         return model.generate(
             input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=num_samples, **generate_kwargs

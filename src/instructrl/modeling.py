@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MethodType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -486,3 +487,14 @@ def keep_4bit_weights_trainable_on_cpu(model: PreTrainedModel) -> None:
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+def returned_cache(output: Any) -> tuple[str, Any]:
+    """`(name, cache)`: the key/value cache a forward with `use_cache=True` returned, and the keyword that passes it
+    back in (transformers 5.25 says `cache`, earlier releases and other models `past_key_values`); `cache` is `None`
+    when the model returned none."""
+    for name in ("cache", "past_key_values"):
+        cache = getattr(output, name, None)
+        if cache is not None:
+            return name, cache
+    return "past_key_values", None

@@ -32,6 +32,7 @@ from .configs import expand_path
 from .data.loading import load_data
 from .data.rows import encode_prompt, encode_response, tokenize_comparisons
 from .errors import ConfigError, DataError
+from .modeling import returned_cache
 from .stats import proportion_ci
 
 NORMALIZATION_FILE = "reward_normalization.json"
@@ -98,24 +99,17 @@ def _classifier_parts(model: Any) -> tuple[torch.nn.Module, torch.nn.Module] | N
         return None
     if getattr(base.config, "_attn_implementation", None) not in ("eager", "sdpa"):
         return None
-    accepted = inspect.signature(body.forward).parameters
-    if not {"position_ids", "use_cache"} <= accepted.keys() or _cache_argument(accepted) is None:
+    if not {"position_ids", "use_cache"} <= inspect.signature(body.forward).parameters.keys():
         return None
     return body, head
-
-
-def _cache_argument(parameters) -> str | None:
-    # transformers 5.25 calls the key/value cache `cache`; earlier releases and other models `past_key_values`.
-    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
 def _shared_prompt_rewards(
     body: torch.nn.Module, head: torch.nn.Module, batch: dict[str, torch.Tensor]
 ) -> torch.Tensor | None:
     prefix_mask, suffix_mask = batch["prefix_mask"], batch["suffix_mask"]
-    cache_key = _cache_argument(inspect.signature(body.forward).parameters)
     prefix = body(input_ids=batch["prefix_ids"], attention_mask=prefix_mask, use_cache=True)
-    cache = getattr(prefix, cache_key, None)
+    cache_key, cache = returned_cache(prefix)
     if not hasattr(cache, "batch_select_indices"):
         return None
     rows = torch.repeat_interleave(
