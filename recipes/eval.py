@@ -73,29 +73,34 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
     base = load_base_model(model_args, tokenizer, trust_remote_code=args.trust_remote_code)
     models = EvalModels(base, policies, reward_adapter)
     start_stage(output_dir, "eval")
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts["prompt"]]
+    per_prompt = args.samples_per_prompt
+    # Every policy's responses come prompt by prompt, `per_prompt` consecutive ones for each prompt.
+    prompt_rows = [p for p in prompts["prompt"] for _ in range(per_prompt)]
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompt_rows]
 
     results, samples = {}, []
     for name in policies:
         set_seed(args.seed)  # every policy answers the same prompts from the same random state
         clock = time.perf_counter()
         responses = [
-            r[0]
-            for r in sample_responses(
+            response
+            for own in sample_responses(
                 models.policy(name),
                 tokenizer,
                 prompts["prompt"],
+                num_samples=per_prompt,
                 max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature,
                 top_p=args.top_p,
                 batch_size=args.batch_size,
             )
+            for response in own
         ]
         sampling_seconds = time.perf_counter() - clock
-        scores = [labeler.score(message_text(p), r) for p, r in zip(prompts["prompt"], responses, strict=True)]
+        scores = [labeler.score(message_text(p), r) for p, r in zip(prompt_rows, responses, strict=True)]
         # Per-criterion scores where the labeler has criteria (the simulated one): where a policy gains or loses.
         criteria = (
-            [labeler.criteria(message_text(p), r) for p, r in zip(prompts["prompt"], responses, strict=True)]
+            [labeler.criteria(message_text(p), r) for p, r in zip(prompt_rows, responses, strict=True)]
             if hasattr(labeler, "criteria")
             else None
         )
@@ -112,20 +117,23 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
             heldout_ids,
             args.batch_size,
             criteria,
+            per_prompt,
         )
         results[name]["seconds"] = {"sampling": round(sampling_seconds, 1), **results[name]["seconds"]}
         samples += [
-            {"policy": name, "prompt": p, "response": r, "labeler_score": s}
-            for p, r, s in zip(prompts["prompt"], responses, scores, strict=True)
+            {"policy": name, "prompt": p, "sample": i % per_prompt, "response": r, "labeler_score": s}
+            for i, (p, r, s) in enumerate(zip(prompt_rows, responses, scores, strict=True))
         ]
         timing = ", ".join(f"{k} {v:.0f}s" for k, v in results[name]["seconds"].items())
         score = results[name]["labeler_score"]["mean"]
         print(f"[instructrl] eval: {name}: labeler score {score:.3f} ({timing})", flush=True)
-    add_comparisons(results, args.reference, [instruction_kinds(message_text(p)) for p in prompts["prompt"]])
+    kinds = [instruction_kinds(message_text(p)) for p in prompts["prompt"]]
+    add_comparisons(results, args.reference, kinds, per_prompt)
 
     metrics = {
         "config": asdict(args),
         "num_prompts": len(prompts),
+        "samples_per_prompt": per_prompt,
         "reference": args.reference,
         "policies": {name: {k: v for k, v in r.items() if k != "per_response"} for name, r in results.items()},
     }

@@ -35,7 +35,7 @@ from instructrl.report import (
     smooth,
     write_report,
 )
-from instructrl.stats import mean_ci, win_rate
+from instructrl.stats import mean_ci, prompt_mean_ci, win_rate
 from ppo_fixtures import make_adapters
 
 eval_recipe = load_recipe("eval")
@@ -69,6 +69,45 @@ def test_win_rate_counts_ties_as_half():
     assert win_rate([0.3, 0.7], [0.3, 0.7])["rate"] == 0.5  # a policy against itself
     with pytest.raises(ValueError, match="paired"):
         win_rate([1.0], [1.0, 2.0])
+
+
+def test_win_rate_with_several_samples_per_prompt_compares_every_cross_pair():
+    # Two prompts, two samples each, stored prompt by prompt.
+    result = win_rate([3.0, 1.0, 2.0, 2.0], [2.0, 0.0, 5.0, 1.0], samples_per_prompt=2)
+    # Prompt 0: 3>2, 3>0, 1<2, 1>0 -> 3/4. Prompt 1: 2<5, 2>1, 2<5, 2>1 -> 1/2.
+    assert result["rate"] == pytest.approx(0.625)
+    assert result["ci95"] == pytest.approx(1.96 * math.sqrt(2 * 0.125**2) / math.sqrt(2))  # over the 2 prompts
+    assert (result["wins"], result["losses"], result["ties"]) == (5, 3, 0)
+    # Read as four prompts of one sample (pairs by position: win, win, loss, win), the same values give 0.75.
+    assert win_rate([3.0, 1.0, 2.0, 2.0], [2.0, 0.0, 5.0, 1.0])["rate"] == pytest.approx(0.75)
+    # A policy against itself: every prompt at exactly one half, whatever its samples.
+    assert win_rate([0.1, 0.9, 0.4, 0.4], [0.1, 0.9, 0.4, 0.4], samples_per_prompt=2)["rate"] == 0.5
+    with pytest.raises(ValueError, match="prompts of 3 samples"):
+        win_rate([1.0, 2.0], [1.0, 2.0], samples_per_prompt=3)
+
+
+def test_prompt_mean_ci_takes_the_prompt_as_the_unit():
+    values = [1.0, 3.0, 2.0, 2.0, 6.0, 4.0]
+    grouped = prompt_mean_ci(values, 2)
+    assert grouped == mean_ci([2.0, 2.0, 5.0]) and grouped["n"] == 3
+    assert prompt_mean_ci(values, 1) == mean_ci(values)
+    # The same mean, a wider interval than the one that counts 6 independent responses.
+    assert grouped["mean"] == pytest.approx(mean_ci(values)["mean"]) and grouped["ci95"] > mean_ci(values)["ci95"]
+
+
+def test_per_prompt_breakdowns_with_several_samples():
+    kinds = [["words"], ["lowercase"]]
+    by_kind = win_rates_by_kind(kinds, [0.9, 0.1, 0.5, 0.5], [0.5, 0.5, 0.2, 0.8], samples_per_prompt=2)
+    assert (by_kind["words"]["prompts"], by_kind["words"]["rate"]) == (1, 0.5)
+    lowercase = by_kind["lowercase"]
+    assert lowercase["rate"] == 0.5 and (lowercase["wins"], lowercase["losses"]) == (2, 2)
+    own = [{"length": 1.0}, {"length": 0.0}, {"length": 0.5, "keywords": 1.0}, {"length": 0.5}]
+    ref = [{"length": 0.5}, {"length": 0.5}, {"length": 0.5, "keywords": 0.0}, {"length": 1.0}]
+    changes = criterion_changes(own, ref, samples_per_prompt=2)
+    assert changes["length"]["n"] == 2 and changes["length"]["mean"] == pytest.approx((0.0 + -0.25) / 2)
+    assert changes["keywords"]["n"] == 1 and changes["keywords"]["mean"] == pytest.approx(1.0)
+    means = criterion_means(own, samples_per_prompt=2)
+    assert means["length"]["n"] == 2 and means["length"]["mean"] == pytest.approx((0.5 + 0.5) / 2)
 
 
 def test_distinct_n():
@@ -308,6 +347,32 @@ def test_eval_end_to_end_on_tiny_policies(tmp_path, tiny_model_dir, adapters):
     assert "## Labeler criteria against the reference" in report and "| length | 5 |" in report
     for image in ("ppo_curves.png", "labeler_score.png", "tax.png"):
         assert f"({image})" in report and (out / image).stat().st_size > 1000
+
+
+def test_eval_with_two_samples_per_prompt(tmp_path, tiny_model_dir, adapters):
+    sft, rm = adapters
+    config = eval_config(
+        tmp_path, tiny_model_dir, sft, rm, policies=[f"sft={sft}", f"same={sft}"], samples_per_prompt=2
+    )
+    metrics = run_eval(config)
+    assert metrics["num_prompts"] == 5 and metrics["samples_per_prompt"] == 2
+    same = metrics["policies"]["same"]
+    # Same adapter, same seed: each prompt's cross pairs balance out to exactly one half.
+    assert same["win_rate_labeler"]["rate"] == 0.5 and same["win_rate_rm"]["rate"] == 0.5
+    assert (
+        same["win_rate_labeler"]["wins"] + same["win_rate_labeler"]["ties"] + same["win_rate_labeler"]["losses"] == 20
+    )
+    assert same["labeler_score"]["n"] == 5 and same["kl_to_reference"]["n"] == 5  # intervals over prompts
+    assert same["kl_to_reference"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 5 * 2
+    assert [r["sample"] for r in rows[:4]] == [0, 1, 0, 1] and rows[0]["prompt"] == rows[1]["prompt"] != rows[2][
+        "prompt"
+    ]
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "5 held-out prompts, 2 sampled responses per prompt and policy" in report
+    with pytest.raises(ConfigError, match="samples_per_prompt"):
+        run_eval(eval_config(tmp_path, tiny_model_dir, sft, rm, samples_per_prompt=0))
 
 
 def test_eval_names_a_missing_policy_and_a_bad_reference(tmp_path, tiny_model_dir, adapters):

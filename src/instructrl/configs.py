@@ -243,6 +243,10 @@ class EvalConfig:
             A reward-model adapter from `make rm`; `None` skips RM scores and RM-judged win rates.
         prompts_dataset, prompts_split, num_prompts:
             Held-out prompts (a `prompt` column) and how many to use.
+        samples_per_prompt (`int`, *optional*, defaults to `1`):
+            Responses each policy samples per prompt. A win rate then compares every sample with every reference
+            sample of the same prompt; means and intervals take the prompt as the unit. More samples narrow the
+            intervals where responses to one prompt vary a lot; more prompts narrow them more for the same time.
         ptx_dataset_name, ptx_dataset_split, ptx_text_field, ptx_max_length, num_ptx_texts:
             Held-out pretraining text for the alignment tax; `ptx_dataset_name: null` skips it.
         labeler (`str`, *optional*, defaults to `"simulated"`):
@@ -264,6 +268,7 @@ class EvalConfig:
     prompts_dataset: str = field(default="builtin:prompts")
     prompts_split: str = field(default="eval")
     num_prompts: int | None = field(default=None)
+    samples_per_prompt: int = field(default=1)
     ptx_dataset_name: str | None = field(default="builtin:pretraining")
     ptx_dataset_split: str = field(default="test")
     ptx_text_field: str = field(default="text")
@@ -278,6 +283,10 @@ class EvalConfig:
     ppo_runs: list[str] = field(default_factory=list)
     comparisons_path: str | None = field(default=None)
     trust_remote_code: bool = field(default=False)
+
+    def __post_init__(self):
+        if self.samples_per_prompt < 1:
+            raise ConfigError(f"`samples_per_prompt` is {self.samples_per_prompt}; use 1 or more.")
 
 
 @dataclass

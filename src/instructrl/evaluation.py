@@ -2,7 +2,9 @@
 
 For a set of policies (the base model, SFT, PPO, PPO-ptx, or any adapters a user names) on held-out prompts:
 
-- the labeler's score of one sampled response per prompt, and the reward model's score of the same response;
+- the labeler's score of the responses sampled for each prompt (one or more: `samples_per_prompt`), and the reward
+  model's score of the same responses; intervals treat the prompt as the unit, since one prompt's samples are not
+  independent of each other;
 - the win rate against a reference policy (SFT by default), judged by the labeler and by the reward model; a tie
   counts one half, as InstructGPT counts "equally good";
 - a Monte-Carlo estimate of KL(policy || reference) on the policy's own samples;
@@ -31,7 +33,7 @@ from .data.rows import encode_prompt, encode_response
 from .errors import ConfigError
 from .labeler import words
 from .shared_base import AdapterView, ScalarModel, add_adapter_from_dir, score_head_from_dir
-from .stats import mean_ci, win_rate
+from .stats import mean_ci, prompt_mean_ci, win_rate
 
 REWARD_ADAPTER = "reward"
 
@@ -206,11 +208,14 @@ def evaluate_policy(
     heldout: Sequence[Sequence[int]],
     batch_size: int,
     labeler_criteria: Sequence[dict[str, float]] | None = None,
+    samples_per_prompt: int = 1,
 ) -> dict:
     """Per-response scores and corpus-level statistics of one policy's samples (win rates are added later).
 
-    `labeler_criteria` (one dict per response, as `SimulatedLabeler.criteria` returns) adds each criterion's mean.
-    Returns a dict whose `per_response` entry keeps the paired per-prompt values that win rates need.
+    The responses (and their `prompt_ids`) come prompt by prompt, `samples_per_prompt` consecutive ones per prompt;
+    means and intervals are over prompts (`prompt_mean_ci`). `labeler_criteria` (one dict per response, as
+    `SimulatedLabeler.criteria` returns) adds each criterion's mean. Returns a dict whose `per_response` entry keeps
+    the per-response values, in the same order, that win rates need.
     """
     pad = tokenizer.pad_token_id
     full = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
@@ -218,10 +223,11 @@ def evaluate_policy(
     # policies answer shorter). A response cut off at `max_new_tokens` did not sample that token, which biases its
     # term slightly; keep `max_new_tokens` above the policies' usual length.
     starts = [len(p) for p in prompt_ids]
+    per_prompt = samples_per_prompt
     result: dict = {
-        "labeler_score": mean_ci(labeler_scores),
-        "response_words": mean_ci([len(words(r)) for r in responses]),
-        "response_tokens": mean_ci([len(r) - 1 for r in response_ids]),
+        "labeler_score": prompt_mean_ci(labeler_scores, per_prompt),
+        "response_words": prompt_mean_ci([len(words(r)) for r in responses], per_prompt),
+        "response_tokens": prompt_mean_ci([len(r) - 1 for r in response_ids], per_prompt),
         "distinct_1": distinct_n(responses, 1),
         "distinct_2": distinct_n(responses, 2),
         "empty_responses": sum(not r.strip() for r in responses),
@@ -229,18 +235,20 @@ def evaluate_policy(
     per_response: dict[str, list] = {"labeler": list(labeler_scores)}
     if labeler_criteria is not None:
         per_response["criteria"] = list(labeler_criteria)
-        result["labeler_criteria"] = criterion_means(labeler_criteria)
+        result["labeler_criteria"] = criterion_means(labeler_criteria, per_prompt)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     reward_model = models.reward_model()
     if reward_model is not None:
         per_response["rm"] = reward_scores(reward_model, prompt_ids, response_ids, pad, batch_size)
-        result["rm_score"] = mean_ci(per_response["rm"])
+        result["rm_score"] = prompt_mean_ci(per_response["rm"], per_prompt)
         seconds["rm"], clock = time.perf_counter() - clock, time.perf_counter()
     if reference is not None and reference != name:
         own = sequence_logprobs(models.policy(name), full, starts, pad, batch_size)
         ref = sequence_logprobs(models.policy(reference), full, starts, pad, batch_size)
-        result["kl_to_reference"] = mean_ci([a - b for (a, _), (b, _) in zip(own, ref, strict=True)])
+        result["kl_to_reference"] = prompt_mean_ci(
+            [a - b for (a, _), (b, _) in zip(own, ref, strict=True)], per_prompt
+        )
         seconds["kl"], clock = time.perf_counter() - clock, time.perf_counter()
     if heldout:
         nll, tokens = heldout_nll(models.policy(name), heldout, pad, batch_size)
@@ -253,54 +261,78 @@ def evaluate_policy(
     return result
 
 
-def win_rates_by_kind(kinds: Sequence[Sequence[str]], scores: Sequence[float], baseline: Sequence[float]) -> dict:
+def win_rates_by_kind(
+    kinds: Sequence[Sequence[str]], scores: Sequence[float], baseline: Sequence[float], samples_per_prompt: int = 1
+) -> dict:
     """`win_rate` over the prompts of each kind (a prompt of several kinds counts in each), kinds in first-seen order.
 
-    `kinds[i]` are the kinds of prompt `i` (e.g. its explicit constraints, `instructrl.labeler.instruction_kinds`).
+    `kinds[i]` are the kinds of prompt `i` (e.g. its explicit constraints, `instructrl.labeler.instruction_kinds`);
+    `scores` and `baseline` hold `samples_per_prompt` consecutive values per prompt, as `win_rate` reads them.
     """
     members: dict[str, list[int]] = {}
     for index, prompt_kinds in enumerate(kinds):
         for kind in prompt_kinds:
             members.setdefault(kind, []).append(index)
+
+    def rows(values: Sequence[float], prompts: list[int]) -> list[float]:
+        return [values[p * samples_per_prompt + s] for p in prompts for s in range(samples_per_prompt)]
+
     return {
-        kind: {"prompts": len(idx), **win_rate([scores[i] for i in idx], [baseline[i] for i in idx])}
+        kind: {
+            "prompts": len(idx),
+            **win_rate(rows(scores, idx), rows(baseline, idx), samples_per_prompt=samples_per_prompt),
+        }
         for kind, idx in members.items()
     }
 
 
-def criterion_means(criteria: Sequence[dict[str, float]]) -> dict:
-    """`mean_ci` of each labeler criterion over the responses it applies to, criteria in first-seen order."""
-    values: dict[str, list[float]] = {}
-    for scores in criteria:
+def _per_prompt_ci(values: dict[str, dict[int, list[float]]]) -> dict:
+    """`{name: {prompt: [values]}}` -> `{name: mean_ci}` of the per-prompt means (`n` counts prompts)."""
+    return {name: mean_ci([sum(v) / len(v) for v in prompts.values()]) for name, prompts in values.items()}
+
+
+def criterion_means(criteria: Sequence[dict[str, float]], samples_per_prompt: int = 1) -> dict:
+    """Mean of each labeler criterion over the prompts where it applies to a response (each prompt's mean over its
+    `samples_per_prompt` consecutive responses), with its interval; criteria in first-seen order."""
+    values: dict[str, dict[int, list[float]]] = {}
+    for index, scores in enumerate(criteria):
         for name, value in scores.items():
-            values.setdefault(name, []).append(value)
-    return {name: mean_ci(v) for name, v in values.items()}
+            values.setdefault(name, {}).setdefault(index // samples_per_prompt, []).append(value)
+    return _per_prompt_ci(values)
 
 
-def criterion_changes(criteria: Sequence[dict[str, float]], baseline: Sequence[dict[str, float]]) -> dict:
+def criterion_changes(
+    criteria: Sequence[dict[str, float]], baseline: Sequence[dict[str, float]], samples_per_prompt: int = 1
+) -> dict:
     """Paired change of each labeler criterion against the baseline's response to the same prompt.
 
-    `criteria[i]` and `baseline[i]` score the two responses to prompt `i` (`SimulatedLabeler.criteria`); a criterion
-    counts on the prompts where it applies to both. Returns `{criterion: mean_ci of the differences}`: where a
-    policy gains or loses the labeler's score, criterion by criterion.
+    `criteria[i]` and `baseline[i]` score the two policies' `i`-th responses (`SimulatedLabeler.criteria`), stored
+    prompt by prompt with `samples_per_prompt` of each; a criterion counts where it applies to both, and a prompt's
+    change is the mean over its samples. Returns `{criterion: mean_ci of the per-prompt changes}`: where a policy
+    gains or loses the labeler's score, criterion by criterion.
     """
     if len(criteria) != len(baseline):
         raise ValueError(f"criterion_changes needs paired responses; got {len(criteria)} and {len(baseline)}.")
-    diffs: dict[str, list[float]] = {}
-    for own, ref in zip(criteria, baseline, strict=True):
+    diffs: dict[str, dict[int, list[float]]] = {}
+    for index, (own, ref) in enumerate(zip(criteria, baseline, strict=True)):
         for name, value in own.items():
             if name in ref:
-                diffs.setdefault(name, []).append(value - ref[name])
-    return {name: mean_ci(d) for name, d in diffs.items()}
+                diffs.setdefault(name, {}).setdefault(index // samples_per_prompt, []).append(value - ref[name])
+    return _per_prompt_ci(diffs)
 
 
 def add_comparisons(
-    results: dict[str, dict], reference: str | None, kinds: Sequence[Sequence[str]] | None = None
+    results: dict[str, dict],
+    reference: str | None,
+    kinds: Sequence[Sequence[str]] | None = None,
+    samples_per_prompt: int = 1,
 ) -> None:
     """Win rates against the reference (labeler and RM) and the alignment tax (perplexity increase), in place.
 
-    With `kinds` (one list per prompt), the labeler win rate is also broken down by kind of instruction.
+    Each policy's `per_response` values come prompt by prompt, `samples_per_prompt` per prompt. With `kinds` (one
+    list per prompt), the labeler win rate is also broken down by kind of instruction.
     """
+    per_prompt = samples_per_prompt
     if reference is None or reference not in results:
         return
     ref = results[reference]
@@ -309,14 +341,16 @@ def add_comparisons(
             continue
         for judge in ("labeler", "rm"):
             if judge in result["per_response"] and judge in ref["per_response"]:
-                result[f"win_rate_{judge}"] = win_rate(result["per_response"][judge], ref["per_response"][judge])
+                result[f"win_rate_{judge}"] = win_rate(
+                    result["per_response"][judge], ref["per_response"][judge], samples_per_prompt=per_prompt
+                )
         if "criteria" in result["per_response"] and "criteria" in ref["per_response"]:
             result["labeler_criteria_change"] = criterion_changes(
-                result["per_response"]["criteria"], ref["per_response"]["criteria"]
+                result["per_response"]["criteria"], ref["per_response"]["criteria"], per_prompt
             )
         if kinds is not None:
             result["win_rate_labeler_by_instruction"] = win_rates_by_kind(
-                kinds, result["per_response"]["labeler"], ref["per_response"]["labeler"]
+                kinds, result["per_response"]["labeler"], ref["per_response"]["labeler"], per_prompt
             )
         if "heldout_perplexity" in result and "heldout_perplexity" in ref:
             result["perplexity_increase"] = result["heldout_perplexity"] - ref["heldout_perplexity"]

@@ -368,9 +368,16 @@ def write_report(
     policies = metrics["policies"]
     logs = load_ppo_logs(ppo_runs)
     lines = ["# instructrl evaluation report", ""]
+    samples = metrics.get("samples_per_prompt", 1)
+    sampled = (
+        "one sampled response per prompt and policy"
+        if samples == 1
+        else f"{samples} sampled responses per prompt and policy (a win rate compares each with each of the "
+        "reference's to the same prompt)"
+    )
     lines += [
-        f"{metrics['num_prompts']} held-out prompts, one sampled response per prompt and policy; ± is a 95% "
-        "confidence half-width. Win rates count ties as one half.",
+        f"{metrics['num_prompts']} held-out prompts, {sampled}; ± is a 95% confidence half-width with the prompt as "
+        "the unit. Win rates count ties as one half.",
         "",
         markdown_table(policies, metrics.get("reference")),
     ]

@@ -42,20 +42,50 @@ def linear_trend(xs: Sequence[float], ys: Sequence[float]) -> dict:
     return {"slope": slope, "ci95": Z95 * math.sqrt(residual / sxx), "n": n}
 
 
-def win_rate(scores: Sequence[float], baseline: Sequence[float], tie_tolerance: float = 1e-9) -> dict:
-    """How often `scores[i]` beats `baseline[i]` (same prompt): win 1, tie 1/2, loss 0, averaged, with a 95% CI."""
+def prompt_means(values: Sequence[float], samples_per_prompt: int = 1) -> list[float]:
+    """The mean of each prompt's values, the values stored prompt by prompt (`samples_per_prompt` consecutive ones)."""
+    if samples_per_prompt < 1 or len(values) % samples_per_prompt:
+        raise ValueError(f"{len(values)} values do not split into prompts of {samples_per_prompt} samples.")
+    return [
+        sum(values[start : start + samples_per_prompt]) / samples_per_prompt
+        for start in range(0, len(values), samples_per_prompt)
+    ]
+
+
+def prompt_mean_ci(values: Sequence[float], samples_per_prompt: int = 1) -> dict:
+    """`mean_ci` with the prompt as the unit: the samples of one prompt are not independent of each other, so the
+    interval comes from the per-prompt means (`n` counts prompts). With one sample per prompt it is `mean_ci`."""
+    return mean_ci(prompt_means(values, samples_per_prompt))
+
+
+def win_rate(
+    scores: Sequence[float], baseline: Sequence[float], tie_tolerance: float = 1e-9, samples_per_prompt: int = 1
+) -> dict:
+    """How often a response beats the baseline's to the same prompt: win 1, tie 1/2, loss 0, with a 95% CI.
+
+    The values are stored prompt by prompt, `samples_per_prompt` of each side per prompt. A prompt's outcome is the
+    mean over all its cross pairs (each of its samples against each of the baseline's), which estimates the
+    probability that a sampled response beats a sampled baseline response to that prompt; the rate and its interval
+    are over prompts. `wins`, `ties` and `losses` count pairs.
+    """
     if len(scores) != len(baseline):
         raise ValueError(f"win_rate needs paired scores; got {len(scores)} and {len(baseline)}.")
-    outcomes = []
-    for a, b in zip(scores, baseline, strict=True):
-        outcomes.append(0.5 if abs(a - b) <= tie_tolerance else float(a > b))
+    prompts = len(prompt_means(scores, samples_per_prompt))  # also checks that the values split into prompts
+    outcomes, counts = [], [0, 0, 0]  # counts: losses, ties, wins
+    for prompt in range(prompts):
+        own = scores[prompt * samples_per_prompt : (prompt + 1) * samples_per_prompt]
+        ref = baseline[prompt * samples_per_prompt : (prompt + 1) * samples_per_prompt]
+        pairs = [0.5 if abs(a - b) <= tie_tolerance else float(a > b) for a in own for b in ref]
+        for outcome in pairs:
+            counts[int(2 * outcome)] += 1
+        outcomes.append(sum(pairs) / len(pairs))
     summary = mean_ci(outcomes)
     return {
         "rate": summary["mean"],
         "ci95": summary["ci95"],
-        "wins": sum(o == 1.0 for o in outcomes),
-        "ties": sum(o == 0.5 for o in outcomes),
-        "losses": sum(o == 0.0 for o in outcomes),
+        "wins": counts[2],
+        "ties": counts[1],
+        "losses": counts[0],
     }
 
 
