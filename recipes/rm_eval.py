@@ -12,7 +12,9 @@ flip-probe accuracy and, with several members, the same for their conservative c
 `reward_ensemble_coef`, as in the PPO config) and how the members' rewards correlate: the validation signals by which
 to decide whether `reward_adapters` pays before PPO spends its time on it. Where the rankings record which responses
 ended (`finished`, as `make collect` writes them), each row also gives the accuracy and length preference over pairs
-of two finished responses: the pairs PPO's reward has to order.
+of two finished responses: the pairs PPO's reward has to order. With `labeler: simulated` (the default config), a
+second table gives each member's accuracy over the pairs each labeler criterion decides (word count, format,
+keywords...): which parts of the instructions the reward model has learned to judge and which it orders by chance.
 """
 
 import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
@@ -29,6 +31,7 @@ from instructrl.configs import expand_path
 from instructrl.data.loading import load_data
 from instructrl.data.rows import validate_comparisons
 from instructrl.errors import ConfigError, MissingStageError
+from instructrl.labeler import get_labeler
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.reward import load_flip_probe
 from instructrl.reward_eval import (
@@ -37,8 +40,10 @@ from instructrl.reward_eval import (
     RewardMembers,
     comparison_finished,
     comparison_groups,
+    criterion_markdown,
     markdown,
     member_correlation,
+    pair_deciders,
     score_flip_probe,
     validation_table,
 )
@@ -66,6 +71,9 @@ def main(args: RewardEvalConfig, model_args: ModelConfig) -> dict:
     what = f"held-out comparisons ('{args.dataset_name}', split '{args.dataset_split}')"
     dataset = validate_comparisons(load_data(args.dataset_name, args.dataset_split), what)
     probe = load_flip_probe(args.flip_probe) if args.flip_probe else []
+    labeler = get_labeler(args.labeler) if args.labeler else None
+    if labeler is not None and not hasattr(labeler, "deciding_criterion"):
+        raise ConfigError(f"`labeler` {args.labeler!r} has no criteria to break the accuracy down by: set it to null.")
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, args.trust_remote_code)
     base = load_base_model(model_args, tokenizer, trust_remote_code=args.trust_remote_code)
     members = RewardMembers(base, adapter_dirs)
@@ -85,6 +93,7 @@ def main(args: RewardEvalConfig, model_args: ModelConfig) -> dict:
         args.reward_ensemble_coef,
         lengths,
         comparison_finished(dataset),
+        pair_deciders(labeler, dataset) if labeler is not None else None,
     )
     labels = dict(zip(members.names, paths, strict=True))
     labels[ENSEMBLE] = f"ensemble ({args.reward_ensemble}, coef {args.reward_ensemble_coef:g})"
@@ -97,6 +106,9 @@ def main(args: RewardEvalConfig, model_args: ModelConfig) -> dict:
     }
     write_json(output_dir / "rm_eval.json", result)
     text = markdown(table, labels)
+    by_criterion = criterion_markdown(table, labels)
+    if by_criterion:
+        text += "\nHeld-out accuracy by the labeler criterion that decides the pair:\n\n" + by_criterion
     (output_dir / "rm_eval.md").write_text(text)
     finish_stage(output_dir, "rm_eval")
     print(text, flush=True)

@@ -12,14 +12,18 @@ from transformers import AutoModelForSequenceClassification
 from helpers import load_recipe, write_config, write_jsonl
 from instructrl.data.rows import tokenize_comparisons
 from instructrl.errors import ConfigError
+from instructrl.labeler import SimulatedLabeler
 from instructrl.reward import pairwise_accuracy, score_sequences
 from instructrl.reward_eval import (
     ENSEMBLE,
     RewardEvalConfig,
+    accuracy_by_criterion,
     comparison_finished,
     comparison_groups,
+    criterion_markdown,
     markdown,
     member_correlation,
+    pair_deciders,
     validation_table,
 )
 from ppo_fixtures import make_adapters
@@ -84,6 +88,49 @@ def test_validation_table_over_pairs_of_finished_responses():
     plain = validation_table(rewards, scores, sizes, None, ["a"], lengths=lengths)["a"]
     assert not any(key.startswith("finished_") for key in plain)
     assert markdown({"a": plain}, {}).splitlines()[-1].endswith("|  |")
+
+
+def test_pair_deciders_name_the_labeler_criterion_of_each_ordered_pair():
+    labeler = SimulatedLabeler()
+    length_prompt = "Explain tides in about 10 words."
+    right = "Tides are the rise and fall of the sea, caused by the moon."
+    long = (
+        "Tides rise and fall every day because the moon pulls on the oceans of the earth, and the sun helps as well, "
+        "so the water moves up the beach and back down again twice a day."
+    )
+    word_prompt = 'Describe tides. Include the word "gravity".'
+    with_word = "Tides are the rise and fall of the sea, caused by the pull of gravity from the moon."
+    without = "Tides are the rise and fall of the sea, caused by the pull of the moon on the water."
+    rows = [
+        # Scores as the labeler gives them, the worse response first: the pair is (1, 0) in `ordered_pairs`' order.
+        {"prompt": length_prompt, "responses": [long, right], "scores": [0.2, 0.9]},
+        {"prompt": [{"role": "user", "content": word_prompt}], "chosen": with_word, "rejected": without},
+        # Scores that contradict the labeler (another labeler's ranking): no criterion of this one decides it.
+        {"prompt": word_prompt, "responses": [with_word, without], "scores": [0.1, 0.9]},
+        {"prompt": word_prompt, "responses": [with_word, without], "scores": [0.5, 0.5]},  # a tie: no pair
+    ]
+    assert pair_deciders(labeler, Dataset.from_list(rows[:1])) == [["length"]]  # a `datasets` split reads alike
+    assert pair_deciders(labeler, rows) == [["length"], ["keywords"], ["undecided"], []]
+
+
+def test_accuracy_by_criterion_counts_each_criterions_pairs():
+    # Group 0: responses scored 0.9, 0.5, 0.1 -> pairs (0,1), (0,2), (1,2); group 1: 0.2, 0.8 -> pair (1,0).
+    scores = torch.tensor([0.9, 0.5, 0.1, 0.2, 0.8])
+    rewards = torch.tensor([1.0, 2.0, 0.0, 0.0, 1.0])  # orders (0,1) wrong, (0,2) right, (1,2) right; (1,0) right
+    sizes = torch.tensor([3, 2])
+    deciders = [["length", "length", "keywords"], ["length"]]
+    table = accuracy_by_criterion(rewards, scores, sizes, deciders)
+    assert list(table) == ["length", "keywords"]  # most pairs first
+    assert table["length"]["pairs"] == 3 and table["length"]["share"] == pytest.approx(0.75)
+    assert table["length"]["pairwise_accuracy"] == pytest.approx(2 / 3)
+    assert table["keywords"]["pairwise_accuracy"] == 1.0 and table["keywords"]["ci95_half_width"] == 0.0
+    with pytest.raises(ValueError, match="deciding criteria"):
+        accuracy_by_criterion(rewards, scores, sizes, [["length"], ["length"]])
+    rows = validation_table(rewards[:, None], scores, sizes, None, ["rm"], deciders=deciders)
+    assert rows["rm"]["by_criterion"] == table
+    text = criterion_markdown(rows, {"rm": "my rm"})
+    assert text.splitlines()[0] == "| deciding criterion | pairs (share) | my rm |"
+    assert "| length | 3 (75%) | 0.667 ± " in text and criterion_markdown({"rm": {}}, {}) == ""
 
 
 def test_comparison_finished_reads_rankings_flags(tokenizer):
@@ -157,6 +204,7 @@ def test_recipe_matches_the_rm_stage_reading_and_scores_the_ensemble(tmp_path, t
         dataset_name=str(data.parent),
         dataset_split="test",
         flip_probe=str(probe_path),
+        labeler="simulated",
         output_dir=str(tmp_path / "out"),
         batch_size=5,
     )
@@ -166,7 +214,11 @@ def test_recipe_matches_the_rm_stage_reading_and_scores_the_ensemble(tmp_path, t
     saved = json.loads((tmp_path / "out" / "rm_eval.json").read_text())
     assert saved["rows"] == result["rows"]
     markdown_text = (tmp_path / "out" / "rm_eval.md").read_text()
-    assert markdown_text.count("\n") == 5  # header, rule, 2 members, ensemble
+    overall, by_criterion = markdown_text.split(
+        "\nHeld-out accuracy by the labeler criterion that decides the pair:\n"
+    )
+    assert overall.count("\n") == 5  # header, rule, 2 members, ensemble
+    assert "| deciding criterion | pairs (share) |" in by_criterion
     assert "prefers the shorter (labels)" in markdown_text and "finished pairs" in markdown_text
 
     # The member's accuracy is the RM stage's own: the classifier with the adapter, read at the same token.
@@ -191,6 +243,10 @@ def test_recipe_matches_the_rm_stage_reading_and_scores_the_ensemble(tmp_path, t
     assert other["pairwise_accuracy"] == pytest.approx(1.0 - member["pairwise_accuracy"])  # the negated head
     assert member["flip_probe_accuracy"] + other["flip_probe_accuracy"] == pytest.approx(1.0)
     assert result["member_correlation"][0][1] == pytest.approx(-1.0, abs=1e-4)
+    # By deciding criterion: every ordered pair counted once; the negated head is right where the member is not.
+    assert sum(row["pairs"] for row in member["by_criterion"].values()) == 12
+    for criterion, row in member["by_criterion"].items():
+        assert other["by_criterion"][criterion]["pairwise_accuracy"] == pytest.approx(1.0 - row["pairwise_accuracy"])
     assert ENSEMBLE in result["rows"] and result["members"][ENSEMBLE].startswith("ensemble (mean_minus_std")
 
     # The rewards themselves (normalization bias included) equal the classifier's plus the saved bias.

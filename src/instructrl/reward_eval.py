@@ -16,8 +16,10 @@ from datasets import Dataset
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .data.loading import message_text
 from .data.rows import encode_prompt, encode_response
 from .evaluation import reward_scores
+from .labeler import SimulatedLabeler
 from .reward import (
     check_ensemble,
     ensemble_reward,
@@ -25,9 +27,11 @@ from .reward import (
     flip_probe_counts,
     flip_probe_sequences,
     length_preference,
+    ordered_pairs,
     ranked_pairs_correct,
 )
 from .shared_base import REWARD, ScalarModel, add_adapter_from_dir, score_head_from_dir
+from .stats import proportion_ci
 
 ENSEMBLE = "ensemble"
 
@@ -53,6 +57,10 @@ class RewardEvalConfig:
             `rejected`), as `make collect` writes them.
         flip_probe (`str`, *optional*):
             The instruction-flip probe `make collect` writes; `None` skips it.
+        labeler (`str`, *optional*):
+            The simulated labeler the comparisons were ranked by (`simulated`): adds each member's held-out accuracy
+            by the labeler criterion that decides each pair (`accuracy_by_criterion`). `None` (rankings by people,
+            or a labeler without criteria) skips it.
         batch_size (`int`, *optional*, defaults to `16`):
             Sequences per scoring forward.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
@@ -67,6 +75,7 @@ class RewardEvalConfig:
     dataset_name: str | None = field(default=None)
     dataset_split: str = field(default="test")
     flip_probe: str | None = field(default=None)
+    labeler: str | None = field(default=None)
     batch_size: int = field(default=16)
     trust_remote_code: bool = field(default=False)
 
@@ -121,6 +130,77 @@ def comparison_groups(
     return pairs, torch.tensor(scores, dtype=torch.float), torch.tensor(sizes, dtype=torch.long)
 
 
+def pair_deciders(labeler: SimulatedLabeler, dataset: Dataset) -> list[list[str]]:
+    """For each comparison row (`comparison_groups`' order), the labeler criterion that decides each of its strictly
+    ordered pairs, in `ordered_pairs`' order (`SimulatedLabeler.deciding_criterion`; `undecided` where the labeler's
+    criteria no longer order the pair as the row's scores do, e.g. rankings by another labeler)."""
+    deciders = []
+    for row in dataset:
+        if "responses" in row:
+            responses, scores = row["responses"], [float(s) for s in row["scores"]]
+        else:
+            responses, scores = [row["chosen"], row["rejected"]], [1.0, 0.0]
+        prompt = message_text(row["prompt"])
+        better, worse = ordered_pairs(torch.tensor(scores))
+        deciders.append(
+            [
+                labeler.deciding_criterion(prompt, responses[b], responses[w]) or "undecided"
+                for b, w in zip(better, worse, strict=True)
+            ]
+        )
+    return deciders
+
+
+def accuracy_by_criterion(
+    rewards: torch.Tensor, scores: torch.Tensor, group_sizes: torch.Tensor, deciders: list[list[str]]
+) -> dict[str, dict]:
+    """Held-out pairwise accuracy over the pairs each labeler criterion decides, most pairs first.
+
+    `rewards`, `scores` and `group_sizes` in `ranking_loss`' layout; `deciders[g]` names the deciding criterion of
+    each of group `g`'s strictly ordered pairs (`pair_deciders`). Returns `{criterion: {pairs, share,
+    pairwise_accuracy, ci95_half_width}}`: which parts of the instructions a reward model has learned to judge.
+    """
+    correct: dict[str, int] = {}
+    total: dict[str, int] = {}
+    sizes = group_sizes.tolist()
+    groups = zip(rewards.split(sizes), scores.split(sizes), deciders, strict=True)
+    for group_rewards, group_scores, names in groups:
+        better, worse = ordered_pairs(group_scores)
+        if len(better) != len(names):
+            raise ValueError(f"{len(names)} deciding criteria for a group of {len(better)} ordered pairs.")
+        for b, w, name in zip(better, worse, names, strict=True):
+            total[name] = total.get(name, 0) + 1
+            correct[name] = correct.get(name, 0) + int(group_rewards[b] > group_rewards[w])
+    pairs = sum(total.values())
+    return {
+        name: {
+            "pairs": total[name],
+            "share": total[name] / pairs,
+            "pairwise_accuracy": correct[name] / total[name],
+            "ci95_half_width": proportion_ci(correct[name], total[name]),
+        }
+        for name in sorted(total, key=lambda n: (-total[n], n))
+    }
+
+
+def criterion_markdown(table: dict[str, dict], labels: dict[str, str]) -> str:
+    """The `by_criterion` entries of `validation_table`'s rows as one markdown table (empty without them)."""
+    rows = {name: row["by_criterion"] for name, row in table.items() if "by_criterion" in row}
+    if not rows:
+        return ""
+    first = next(iter(rows.values()))
+    lines = [
+        "| deciding criterion | pairs (share) | " + " | ".join(labels.get(name, name) for name in rows) + " |",
+        "|---|---|" + "---|" * len(rows),
+    ]
+    for criterion, stats in first.items():
+        cells = [
+            f"{r[criterion]['pairwise_accuracy']:.3f} ± {r[criterion]['ci95_half_width']:.3f}" for r in rows.values()
+        ]
+        lines.append(f"| {criterion} | {stats['pairs']} ({stats['share']:.0%}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def comparison_finished(dataset: Dataset) -> list | None:
     """Each comparison row's `finished` flags (`comparison_groups`' order; `None` for a row without them), or `None`
     when no row has the column (pairs, or rankings written before `make collect` recorded it)."""
@@ -139,6 +219,7 @@ def validation_table(
     coef: float = 1.0,
     lengths: torch.Tensor | None = None,
     finished: list | None = None,
+    deciders: list[list[str]] | None = None,
 ) -> dict[str, dict]:
     """Held-out pairwise accuracy and flip-probe statistics of each member and, with two or more, their ensemble.
 
@@ -158,6 +239,9 @@ def validation_table(
         finished (`list`, *optional*):
             Per comparison, whether each response ended (`comparison_finished`); with `lengths`, adds the accuracy
             and length preference over pairs of two finished responses (`instructrl.reward.finished_pairs_metrics`).
+        deciders (`list[list[str]]`, *optional*):
+            The labeler criterion deciding each held-out pair (`pair_deciders`): adds `by_criterion`
+            (`accuracy_by_criterion`) to every row.
     """
     columns = {
         name: (rewards[:, m], None if flip_rewards is None else flip_rewards[:, m]) for m, name in enumerate(names)
@@ -175,6 +259,8 @@ def validation_table(
                 table[name].update(finished_pairs_metrics(*groups, finished))
         if flip is not None:
             table[name].update(flip_probe_counts(flip.view(-1, 4)))
+        if deciders is not None:
+            table[name]["by_criterion"] = accuracy_by_criterion(held_out, scores, group_sizes, deciders)
     return table
 
 
