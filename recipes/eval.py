@@ -34,6 +34,7 @@ from instructrl.labeler import get_labeler, instruction_kinds
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ptx import PretrainingStream
 from instructrl.report import markdown_table, write_report
+from instructrl.reward import BY_CRITERION_FILE
 from instructrl.runs import (
     announce,
     check_output_dir,
@@ -144,8 +145,10 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
     outputs = {"metrics": str(output_dir / "metrics.json")}
     if args.ppo_runs:
         rm_results = Path(str(reward_adapter)) / "eval_results.json" if reward_adapter else None
+        by_criterion = Path(str(reward_adapter)) / BY_CRITERION_FILE if reward_adapter else None
         comparisons = Path(expand_path(args.comparisons_path)) / "summary.json" if args.comparisons_path else None
-        outputs["report"] = str(write_report(output_dir, metrics, args.ppo_runs, rm_results, comparisons))
+        report = write_report(output_dir, metrics, args.ppo_runs, rm_results, comparisons, by_criterion)
+        outputs["report"] = str(report)
     finish_stage(output_dir, "eval")
     print(markdown_table(metrics["policies"], args.reference), flush=True)
     announce("Evaluation", output_dir, outputs)

@@ -28,10 +28,12 @@ from instructrl.divergence import DivergenceGuard
 from instructrl.errors import ConfigError
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.reward import (
+    BY_CRITERION_FILE,
     NORMALIZATION_FILE,
     RankingCollator,
     RankingRewardTrainer,
     flip_probe_accuracy,
+    labeler_deciders,
     load_flip_probe,
     load_init_adapter,
     pairwise_accuracy,
@@ -87,7 +89,11 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
 
     batch_size = training_args.per_device_eval_batch_size
     if eval_tokens is not None:
-        held_out = pairwise_accuracy(trainer.model, eval_tokens, tokenizer.pad_token_id, batch_size)
+        deciders = labeler_deciders(eval_dataset)  # the simulated labeler's rankings: accuracy per criterion too
+        held_out = pairwise_accuracy(trainer.model, eval_tokens, tokenizer.pad_token_id, batch_size, deciders)
+        by_criterion = held_out.pop("by_criterion", None)
+        if by_criterion is not None:
+            write_json(output_dir / BY_CRITERION_FILE, by_criterion)
         held_out = {f"eval_{k}": v for k, v in held_out.items()}
         trainer.log_metrics("eval", held_out)
         trainer.save_metrics("eval", held_out)

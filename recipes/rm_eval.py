@@ -33,7 +33,7 @@ from instructrl.data.rows import validate_comparisons
 from instructrl.errors import ConfigError, MissingStageError
 from instructrl.labeler import get_labeler
 from instructrl.modeling import load_base_model, load_tokenizer
-from instructrl.reward import load_flip_probe
+from instructrl.reward import load_flip_probe, pair_deciders
 from instructrl.reward_eval import (
     ENSEMBLE,
     RewardEvalConfig,
@@ -43,7 +43,6 @@ from instructrl.reward_eval import (
     criterion_markdown,
     markdown,
     member_correlation,
-    pair_deciders,
     score_flip_probe,
     validation_table,
 )

@@ -203,6 +203,21 @@ def test_length_preference_line_names_the_shortcut_and_its_direction(tmp_path):
     metrics = {"num_prompts": 0, "reference": "sft", "policies": {"sft": {}}}
     report = write_report(tmp_path, metrics, [], tmp_path / "eval_results.json").read_text()
     assert report.index("## Goals of the default run") < report.index(length_preference_line(rm))
+    # The RM's held-out accuracy by deciding criterion beside the collection's shares (a criterion in one only).
+    (tmp_path / "summary.json").write_text(json.dumps({"pairs_decided_by": {"length": 0.4, "format": 0.1}}))
+    by_criterion = {"length": {"pairs": 79, "pairwise_accuracy": 0.468, "ci95_half_width": 0.11}}
+    by_criterion["ends_cleanly"] = {"pairs": 51, "pairwise_accuracy": 0.941, "ci95_half_width": 0.065}
+    (tmp_path / "by_criterion.json").write_text(json.dumps(by_criterion))
+    report = write_report(
+        tmp_path,
+        metrics,
+        [],
+        tmp_path / "eval_results.json",
+        tmp_path / "summary.json",
+        tmp_path / "by_criterion.json",
+    ).read_text()
+    assert "| length | 0.400 | 79 | 0.468 ± 0.110 |" in report and "| format | 0.100 |  |  |" in report
+    assert "| ends_cleanly |  | 51 | 0.941 ± 0.065 |" in report
 
 
 def test_win_rates_by_kind_of_instruction():

@@ -338,6 +338,11 @@ def test_rm_learns_the_labeler_and_saves_adapter_head_and_bias(tmp_path, tiny_mo
     assert eval_metrics["eval_length_pairs"] > 0 and 0.0 <= eval_metrics["eval_rm_prefers_shorter"] <= 1.0
     # The same on the pairs of two finished responses: 40 prompts x C(3,2).
     assert eval_metrics["eval_finished_pairs"] == 120 and 0.0 <= eval_metrics["eval_finished_pairwise_accuracy"] <= 1
+    # The simulated labeler ranked them: the same accuracy broken down by the criterion deciding each pair.
+    by_criterion = json.loads((out / "eval_by_criterion.json").read_text())
+    assert sum(c["pairs"] for c in by_criterion.values()) == 240 and "undecided" not in by_criterion
+    right = sum(c["pairs"] * c["pairwise_accuracy"] for c in by_criterion.values())
+    assert right == pytest.approx(240 * eval_metrics["eval_pairwise_accuracy"])
     # Training batches carry the flags too (`length_decorrelation` counts finished responses only).
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["finished"].shape == batch["scores"].shape and not batch["finished"].all()

@@ -13,17 +13,21 @@ from helpers import load_recipe, write_config, write_jsonl
 from instructrl.data.rows import tokenize_comparisons
 from instructrl.errors import ConfigError
 from instructrl.labeler import SimulatedLabeler
-from instructrl.reward import pairwise_accuracy, score_sequences
+from instructrl.reward import (
+    accuracy_by_criterion,
+    labeler_deciders,
+    pair_deciders,
+    pairwise_accuracy,
+    score_sequences,
+)
 from instructrl.reward_eval import (
     ENSEMBLE,
     RewardEvalConfig,
-    accuracy_by_criterion,
     comparison_finished,
     comparison_groups,
     criterion_markdown,
     markdown,
     member_correlation,
-    pair_deciders,
     validation_table,
 )
 from ppo_fixtures import make_adapters
@@ -111,6 +115,13 @@ def test_pair_deciders_name_the_labeler_criterion_of_each_ordered_pair():
     ]
     assert pair_deciders(labeler, Dataset.from_list(rows[:1])) == [["length"]]  # a `datasets` split reads alike
     assert pair_deciders(labeler, rows) == [["length"], ["keywords"], ["undecided"], []]
+    # The RM stage's reading: only rankings one labeler with criteria wrote; rows without an ordered pair left out.
+    ranked = [{**row, "labeler": "simulated"} for row in rows if "responses" in row]
+    assert labeler_deciders(Dataset.from_list(ranked)) == [["length"], ["undecided"]]
+    assert labeler_deciders(Dataset.from_list([{**row, "labeler": "alice"} for row in ranked])) is None  # a person
+    mixed = [ranked[0], {**ranked[1], "labeler": "alice"}]
+    assert labeler_deciders(Dataset.from_list(mixed)) is None
+    assert labeler_deciders(Dataset.from_list(rows[2:])) is None and labeler_deciders(None) is None
 
 
 def test_accuracy_by_criterion_counts_each_criterions_pairs():

@@ -356,14 +356,29 @@ def _table(rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows[1:]]
 
 
+def decided_by_rows(shares: dict[str, float], accuracy: dict[str, dict]) -> list[list[str]]:
+    """Rows of the report's table of deciding criteria: each criterion's share of the collected pairs and the RM's
+    held-out accuracy (± 95%) on the pairs it decides; criteria in the collection's order, then the held-out ones."""
+    rows = [["criterion", "share of pairs", "held-out pairs", "RM accuracy on them"]]
+    for name in [*shares, *(n for n in accuracy if n not in shares)]:
+        share = f"{shares[name]:.3f}" if name in shares else ""
+        held = accuracy.get(name)
+        pairs = str(held["pairs"]) if held else ""
+        right = f"{held['pairwise_accuracy']:.3f} ± {held['ci95_half_width']:.3f}" if held else ""
+        rows.append([name, share, pairs, right])
+    return rows
+
+
 def write_report(
     output_dir: Path,
     metrics: dict,
     ppo_runs: list[str],
     rm_results_path: Path | None,
     comparisons_summary: Path | None = None,
+    rm_by_criterion: Path | None = None,
 ) -> Path:
-    """Draw the plots next to `report.md` and write it; returns the report's path."""
+    """Draw the plots next to `report.md` and write it; returns the report's path. `rm_by_criterion` is the RM
+    stage's held-out accuracy by deciding labeler criterion (`instructrl.reward.BY_CRITERION_FILE`), if written."""
     output_dir = Path(output_dir)
     policies = metrics["policies"]
     logs = load_ppo_logs(ppo_runs)
@@ -412,18 +427,22 @@ def write_report(
             *_table(by_criterion),
             "",
         ]
+    shares, accuracy = {}, {}
     if comparisons_summary is not None and Path(comparisons_summary).is_file():
-        shares = json.loads(Path(comparisons_summary).read_text()).get("pairs_decided_by")
-        if shares:
-            lines += [
-                "## What decided the reward model's comparisons",
-                "",
-                "Share of the collected comparison pairs (sibling re-rankings aside) whose labeler order each "
-                "criterion decided: the criterion contributing most to the winner's score.",
-                "",
-                *_table([["criterion", "share of pairs"], *([k, f"{v:.3f}"] for k, v in shares.items())]),
-                "",
-            ]
+        shares = json.loads(Path(comparisons_summary).read_text()).get("pairs_decided_by") or {}
+    if rm_by_criterion is not None and Path(rm_by_criterion).is_file():
+        accuracy = json.loads(Path(rm_by_criterion).read_text())
+    if shares or accuracy:
+        lines += [
+            "## What decided the reward model's comparisons",
+            "",
+            "Share of the collected comparison pairs (sibling re-rankings aside) whose labeler order each criterion "
+            "decided (the criterion contributing most to the winner's score), and the reward model's accuracy on "
+            "the held-out pairs each criterion decides: which parts of the instructions it learned to judge.",
+            "",
+            *_table(decided_by_rows(shares, accuracy)),
+            "",
+        ]
     if logs:
         plot_ppo_curves(logs, output_dir / "ppo_curves.png")
         lines += ["## PPO training", "", "![PPO training curves](ppo_curves.png)", ""]

@@ -29,13 +29,16 @@ from trl import ModelConfig, RewardTrainer, get_peft_config
 from .adapters import has_adapter, load_lora_weights
 from .batching import pad_right
 from .configs import expand_path
-from .data.loading import load_data
+from .data.loading import load_data, message_text
 from .data.rows import encode_prompt, encode_response, tokenize_comparisons
 from .errors import ConfigError, DataError
+from .labeler import LABELERS
 from .modeling import returned_cache
 from .stats import proportion_ci
 
 NORMALIZATION_FILE = "reward_normalization.json"
+# Held-out accuracy by the labeler criterion deciding each pair (`accuracy_by_criterion`), for a labeler with criteria.
+BY_CRITERION_FILE = "eval_by_criterion.json"
 
 
 @dataclass
@@ -361,11 +364,19 @@ def score_sequences(
     return torch.cat(rewards) if rewards else torch.zeros(0)
 
 
-def pairwise_accuracy(model: PreTrainedModel, tokenized: Dataset, pad_token_id: int, batch_size: int = 16) -> dict:
+def pairwise_accuracy(
+    model: PreTrainedModel,
+    tokenized: Dataset,
+    pad_token_id: int,
+    batch_size: int = 16,
+    deciders: list[list[str]] | None = None,
+) -> dict:
     """Fraction of strictly ordered response pairs that the model orders like the labeler, over all groups, and how
     often the model and the labels prefer the shorter response (`length_preference`). Where the rows carry
     `finished` flags (`tokenize_comparisons(keep_finished=True)`), the same over the pairs of two finished responses
-    too, keys prefixed `finished_` (`finished_pairs_metrics`)."""
+    too, keys prefixed `finished_` (`finished_pairs_metrics`). With `deciders` (one list per tokenized row, the
+    deciding criterion of each of its ordered pairs: `pair_deciders`), `by_criterion` holds the accuracy over each
+    criterion's pairs (`accuracy_by_criterion`)."""
     rewards = [score_sequences(model, row["sequences"], pad_token_id, batch_size) for row in tokenized]
     scores = [torch.tensor(row["scores"], dtype=torch.float) for row in tokenized]
     # Within a row every sequence shares the prompt, so the sequence lengths differ as the responses' do.
@@ -373,6 +384,9 @@ def pairwise_accuracy(model: PreTrainedModel, tokenized: Dataset, pad_token_id: 
     metrics = group_metrics(rewards, scores, lengths)
     if "finished" in tokenized.column_names:
         metrics |= finished_pairs_metrics(rewards, scores, lengths, tokenized["finished"])
+    if deciders is not None and rewards:
+        sizes = torch.tensor([len(r) for r in rewards])
+        metrics["by_criterion"] = accuracy_by_criterion(torch.cat(rewards), torch.cat(scores), sizes, deciders)
     return metrics
 
 
@@ -456,6 +470,75 @@ def ranked_pairs_correct(rewards: torch.Tensor, scores: torch.Tensor, group_size
     accuracy = correct / total if total else float("nan")
     # Normal-approximation 95% interval; pairs within a prompt are not independent, so this is optimistic.
     return {"pairwise_accuracy": accuracy, "pairs": total, "ci95_half_width": proportion_ci(correct, total)}
+
+
+def pair_deciders(labeler: Any, dataset: Dataset) -> list[list[str]]:
+    """For each comparison row, in order, the labeler criterion that decides each of its strictly ordered pairs, in
+    `ordered_pairs`' order (`labeler.deciding_criterion`, e.g. `SimulatedLabeler`'s; `undecided` where the labeler's
+    criteria do not order the pair as the row's scores do, e.g. rankings by another labeler). A row without an
+    ordered pair (ties only) gets an empty list."""
+    deciders = []
+    for row in dataset:
+        if "responses" in row:
+            responses, scores = row["responses"], [float(s) for s in row["scores"]]
+        else:
+            responses, scores = [row["chosen"], row["rejected"]], [1.0, 0.0]
+        prompt = message_text(row["prompt"])
+        better, worse = ordered_pairs(torch.tensor(scores))
+        deciders.append(
+            [
+                labeler.deciding_criterion(prompt, responses[b], responses[w]) or "undecided"
+                for b, w in zip(better, worse, strict=True)
+            ]
+        )
+    return deciders
+
+
+def labeler_deciders(dataset: Dataset | None) -> list[list[str]] | None:
+    """`pair_deciders` for comparison rows that one registered labeler with criteria ranked (`labeler` column: the
+    simulated labeler's rankings), rows without an ordered pair left out (as `tokenize_comparisons` leaves them out
+    when nothing is truncated); `None` for anything else: pairs, people's rankings, mixed labelers."""
+    if dataset is None or "labeler" not in dataset.column_names:
+        return None
+    names = set(dataset["labeler"])
+    if len(names) != 1 or (name := names.pop()) not in LABELERS:
+        return None
+    labeler = LABELERS[name]()
+    if not hasattr(labeler, "deciding_criterion"):
+        return None
+    return [pairs for pairs in pair_deciders(labeler, dataset) if pairs]
+
+
+def accuracy_by_criterion(
+    rewards: torch.Tensor, scores: torch.Tensor, group_sizes: torch.Tensor, deciders: list[list[str]]
+) -> dict[str, dict]:
+    """Held-out pairwise accuracy over the pairs each labeler criterion decides, most pairs first.
+
+    `rewards`, `scores` and `group_sizes` in `ranking_loss`' layout; `deciders[g]` names the deciding criterion of
+    each of group `g`'s strictly ordered pairs (`pair_deciders`). Returns `{criterion: {pairs, share,
+    pairwise_accuracy, ci95_half_width}}`: which parts of the instructions a reward model has learned to judge.
+    """
+    correct: dict[str, int] = {}
+    total: dict[str, int] = {}
+    sizes = group_sizes.tolist()
+    groups = zip(rewards.split(sizes), scores.split(sizes), deciders, strict=True)
+    for group_rewards, group_scores, names in groups:
+        better, worse = ordered_pairs(group_scores)
+        if len(better) != len(names):
+            raise ValueError(f"{len(names)} deciding criteria for a group of {len(better)} ordered pairs.")
+        for b, w, name in zip(better, worse, names, strict=True):
+            total[name] = total.get(name, 0) + 1
+            correct[name] = correct.get(name, 0) + int(group_rewards[b] > group_rewards[w])
+    pairs = sum(total.values())
+    return {
+        name: {
+            "pairs": total[name],
+            "share": total[name] / pairs,
+            "pairwise_accuracy": correct[name] / total[name],
+            "ci95_half_width": proportion_ci(correct[name], total[name]),
+        }
+        for name in sorted(total, key=lambda n: (-total[n], n))
+    }
 
 
 def length_preference(

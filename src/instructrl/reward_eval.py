@@ -16,22 +16,19 @@ from datasets import Dataset
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data.loading import message_text
 from .data.rows import encode_prompt, encode_response
 from .evaluation import reward_scores
-from .labeler import SimulatedLabeler
 from .reward import (
+    accuracy_by_criterion,
     check_ensemble,
     ensemble_reward,
     finished_pairs_metrics,
     flip_probe_counts,
     flip_probe_sequences,
     length_preference,
-    ordered_pairs,
     ranked_pairs_correct,
 )
 from .shared_base import REWARD, ScalarModel, add_adapter_from_dir, score_head_from_dir
-from .stats import proportion_ci
 
 ENSEMBLE = "ensemble"
 
@@ -128,59 +125,6 @@ def comparison_groups(
         scores.extend(row_scores)
         sizes.append(len(responses))
     return pairs, torch.tensor(scores, dtype=torch.float), torch.tensor(sizes, dtype=torch.long)
-
-
-def pair_deciders(labeler: SimulatedLabeler, dataset: Dataset) -> list[list[str]]:
-    """For each comparison row (`comparison_groups`' order), the labeler criterion that decides each of its strictly
-    ordered pairs, in `ordered_pairs`' order (`SimulatedLabeler.deciding_criterion`; `undecided` where the labeler's
-    criteria no longer order the pair as the row's scores do, e.g. rankings by another labeler)."""
-    deciders = []
-    for row in dataset:
-        if "responses" in row:
-            responses, scores = row["responses"], [float(s) for s in row["scores"]]
-        else:
-            responses, scores = [row["chosen"], row["rejected"]], [1.0, 0.0]
-        prompt = message_text(row["prompt"])
-        better, worse = ordered_pairs(torch.tensor(scores))
-        deciders.append(
-            [
-                labeler.deciding_criterion(prompt, responses[b], responses[w]) or "undecided"
-                for b, w in zip(better, worse, strict=True)
-            ]
-        )
-    return deciders
-
-
-def accuracy_by_criterion(
-    rewards: torch.Tensor, scores: torch.Tensor, group_sizes: torch.Tensor, deciders: list[list[str]]
-) -> dict[str, dict]:
-    """Held-out pairwise accuracy over the pairs each labeler criterion decides, most pairs first.
-
-    `rewards`, `scores` and `group_sizes` in `ranking_loss`' layout; `deciders[g]` names the deciding criterion of
-    each of group `g`'s strictly ordered pairs (`pair_deciders`). Returns `{criterion: {pairs, share,
-    pairwise_accuracy, ci95_half_width}}`: which parts of the instructions a reward model has learned to judge.
-    """
-    correct: dict[str, int] = {}
-    total: dict[str, int] = {}
-    sizes = group_sizes.tolist()
-    groups = zip(rewards.split(sizes), scores.split(sizes), deciders, strict=True)
-    for group_rewards, group_scores, names in groups:
-        better, worse = ordered_pairs(group_scores)
-        if len(better) != len(names):
-            raise ValueError(f"{len(names)} deciding criteria for a group of {len(better)} ordered pairs.")
-        for b, w, name in zip(better, worse, names, strict=True):
-            total[name] = total.get(name, 0) + 1
-            correct[name] = correct.get(name, 0) + int(group_rewards[b] > group_rewards[w])
-    pairs = sum(total.values())
-    return {
-        name: {
-            "pairs": total[name],
-            "share": total[name] / pairs,
-            "pairwise_accuracy": correct[name] / total[name],
-            "ci95_half_width": proportion_ci(correct[name], total[name]),
-        }
-        for name in sorted(total, key=lambda n: (-total[n], n))
-    }
 
 
 def criterion_markdown(table: dict[str, dict], labels: dict[str, str]) -> str:
