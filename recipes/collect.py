@@ -156,6 +156,8 @@ def rank_and_write(
         flip_probe_items=len(probe),
         mean_labeler_score=sum(all_scores) / len(all_scores),
         mean_best_of_k_score=sum(max(r["scores"]) for r in originals) / len(originals),
+        # Prompts whose sampled responses the labeler scores all alike: sampled, but no pair to learn from.
+        tied_prompts=sum(len(set(r["scores"])) == 1 for r in originals),
     )
     if isinstance(labeler, SimulatedLabeler):
         texts = [{**row, "prompt": message_text(row["prompt"])} for row in originals]

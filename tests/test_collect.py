@@ -223,6 +223,15 @@ def test_flip_items_are_written_from_the_training_prompts_only(tmp_path):
     assert summary["flip_training_items"] == 0
 
 
+def test_collection_counts_the_prompts_whose_responses_all_tie(tmp_path):
+    labeler = SimulatedLabeler()
+    tied = (_user("Tell me about tea."), ["Tea is a drink made from leaves.", "Tea is a drink made from leaves."])
+    groups = [*SIBLING_GROUPS, tied]
+    summary = collect_recipe.rank_and_write(CollectConfig(sibling_reranks=0), labeler, groups, [], tmp_path)
+    expected = sum(len({labeler.score(p[0]["content"], r) for r in responses}) == 1 for p, responses in groups)
+    assert summary["tied_prompts"] == expected >= 1  # the duplicated answer, and any group the labeler scores alike
+
+
 def test_rankings_record_which_responses_were_cut_off(tmp_path):
     """Every written ranking row, sibling re-rankings included, says which responses ended; without the cut-off
     texts (a caller that does not know) no row carries the field."""
