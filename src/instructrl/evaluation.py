@@ -33,7 +33,7 @@ from .data.rows import encode_prompt, encode_response
 from .errors import ConfigError
 from .labeler import words
 from .shared_base import AdapterView, ScalarModel, add_adapter_from_dir, score_head_from_dir
-from .stats import mean_ci, prompt_mean_ci, win_rate
+from .stats import mean_ci, prompt_groups, prompt_mean_ci, win_rate
 
 REWARD_ADAPTER = "reward"
 
@@ -223,7 +223,7 @@ def evaluate_policy(
     # policies answer shorter). A response cut off at `max_new_tokens` did not sample that token, which biases its
     # term slightly; keep `max_new_tokens` above the policies' usual length.
     starts = [len(p) for p in prompt_ids]
-    per_prompt = samples_per_prompt
+    per_prompt = samples_per_prompt  # short: it goes into every statistic below
     result: dict = {
         "labeler_score": prompt_mean_ci(labeler_scores, per_prompt),
         "response_words": prompt_mean_ci([len(words(r)) for r in responses], per_prompt),
@@ -275,7 +275,8 @@ def win_rates_by_kind(
             members.setdefault(kind, []).append(index)
 
     def rows(values: Sequence[float], prompts: list[int]) -> list[float]:
-        return [values[p * samples_per_prompt + s] for p in prompts for s in range(samples_per_prompt)]
+        groups = prompt_groups(values, samples_per_prompt)
+        return [value for p in prompts for value in groups[p]]
 
     return {
         kind: {
@@ -332,7 +333,6 @@ def add_comparisons(
     Each policy's `per_response` values come prompt by prompt, `samples_per_prompt` per prompt. With `kinds` (one
     list per prompt), the labeler win rate is also broken down by kind of instruction.
     """
-    per_prompt = samples_per_prompt
     if reference is None or reference not in results:
         return
     ref = results[reference]
@@ -342,15 +342,15 @@ def add_comparisons(
         for judge in ("labeler", "rm"):
             if judge in result["per_response"] and judge in ref["per_response"]:
                 result[f"win_rate_{judge}"] = win_rate(
-                    result["per_response"][judge], ref["per_response"][judge], samples_per_prompt=per_prompt
+                    result["per_response"][judge], ref["per_response"][judge], samples_per_prompt=samples_per_prompt
                 )
         if "criteria" in result["per_response"] and "criteria" in ref["per_response"]:
             result["labeler_criteria_change"] = criterion_changes(
-                result["per_response"]["criteria"], ref["per_response"]["criteria"], per_prompt
+                result["per_response"]["criteria"], ref["per_response"]["criteria"], samples_per_prompt
             )
         if kinds is not None:
             result["win_rate_labeler_by_instruction"] = win_rates_by_kind(
-                kinds, result["per_response"]["labeler"], ref["per_response"]["labeler"], per_prompt
+                kinds, result["per_response"]["labeler"], ref["per_response"]["labeler"], samples_per_prompt
             )
         if "heldout_perplexity" in result and "heldout_perplexity" in ref:
             result["perplexity_increase"] = result["heldout_perplexity"] - ref["heldout_perplexity"]

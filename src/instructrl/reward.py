@@ -30,7 +30,7 @@ from .adapters import has_adapter, load_lora_weights
 from .batching import pad_right
 from .configs import expand_path
 from .data.loading import load_data, message_text
-from .data.rows import encode_prompt, encode_response, tokenize_comparisons
+from .data.rows import encode_prompt, encode_response, ranked_responses, tokenize_comparisons
 from .errors import ConfigError, DataError
 from .labeler import LABELERS
 from .modeling import returned_cache
@@ -479,10 +479,7 @@ def pair_deciders(labeler: Any, dataset: Dataset) -> list[list[str]]:
     ordered pair (ties only) gets an empty list."""
     deciders = []
     for row in dataset:
-        if "responses" in row:
-            responses, scores = row["responses"], [float(s) for s in row["scores"]]
-        else:
-            responses, scores = [row["chosen"], row["rejected"]], [1.0, 0.0]
+        responses, scores = ranked_responses(row)
         prompt = message_text(row["prompt"])
         better, worse = ordered_pairs(torch.tensor(scores))
         deciders.append(

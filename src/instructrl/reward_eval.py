@@ -16,7 +16,7 @@ from datasets import Dataset
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data.rows import encode_prompt, encode_response
+from .data.rows import encode_prompt, encode_response, ranked_responses
 from .evaluation import reward_scores
 from .reward import (
     accuracy_by_criterion,
@@ -116,10 +116,7 @@ def comparison_groups(
     order and each row's number of responses (`ranking_loss`' layout); pairs are rankings of two."""
     pairs, scores, sizes = [], [], []
     for row in dataset:
-        if "responses" in row:
-            responses, row_scores = row["responses"], [float(s) for s in row["scores"]]
-        else:
-            responses, row_scores = [row["chosen"], row["rejected"]], [1.0, 0.0]
+        responses, row_scores = ranked_responses(row)
         prompt = encode_prompt(tokenizer, row["prompt"])
         pairs.extend((prompt, encode_response(tokenizer, r)) for r in responses)
         scores.extend(row_scores)

@@ -42,14 +42,16 @@ def linear_trend(xs: Sequence[float], ys: Sequence[float]) -> dict:
     return {"slope": slope, "ci95": Z95 * math.sqrt(residual / sxx), "n": n}
 
 
-def prompt_means(values: Sequence[float], samples_per_prompt: int = 1) -> list[float]:
-    """The mean of each prompt's values, the values stored prompt by prompt (`samples_per_prompt` consecutive ones)."""
+def prompt_groups(values: Sequence[float], samples_per_prompt: int = 1) -> list[Sequence[float]]:
+    """The values split into prompts, as they are stored: `samples_per_prompt` consecutive values per prompt."""
     if samples_per_prompt < 1 or len(values) % samples_per_prompt:
         raise ValueError(f"{len(values)} values do not split into prompts of {samples_per_prompt} samples.")
-    return [
-        sum(values[start : start + samples_per_prompt]) / samples_per_prompt
-        for start in range(0, len(values), samples_per_prompt)
-    ]
+    return [values[start : start + samples_per_prompt] for start in range(0, len(values), samples_per_prompt)]
+
+
+def prompt_means(values: Sequence[float], samples_per_prompt: int = 1) -> list[float]:
+    """The mean of each prompt's values (`prompt_groups`)."""
+    return [sum(group) / len(group) for group in prompt_groups(values, samples_per_prompt)]
 
 
 def prompt_mean_ci(values: Sequence[float], samples_per_prompt: int = 1) -> dict:
@@ -70,11 +72,9 @@ def win_rate(
     """
     if len(scores) != len(baseline):
         raise ValueError(f"win_rate needs paired scores; got {len(scores)} and {len(baseline)}.")
-    prompts = len(prompt_means(scores, samples_per_prompt))  # also checks that the values split into prompts
     outcomes, counts = [], [0, 0, 0]  # counts: losses, ties, wins
-    for prompt in range(prompts):
-        own = scores[prompt * samples_per_prompt : (prompt + 1) * samples_per_prompt]
-        ref = baseline[prompt * samples_per_prompt : (prompt + 1) * samples_per_prompt]
+    groups = zip(prompt_groups(scores, samples_per_prompt), prompt_groups(baseline, samples_per_prompt), strict=True)
+    for own, ref in groups:
         pairs = [0.5 if abs(a - b) <= tie_tolerance else float(a > b) for a in own for b in ref]
         for outcome in pairs:
             counts[int(2 * outcome)] += 1

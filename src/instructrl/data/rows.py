@@ -106,6 +106,14 @@ def finished_problem(responses: list, finished) -> str | None:
     return None
 
 
+def ranked_responses(row: dict[str, Any]) -> tuple[list[str], list[float]]:
+    """A comparison row's responses and their scores (higher is better): a ranking's own, or a pair as (chosen 1,
+    rejected 0)."""
+    if "responses" in row:
+        return row["responses"], [float(s) for s in row["scores"]]
+    return [row["chosen"], row["rejected"]], [1.0, 0.0]
+
+
 def tokenize_comparisons(
     dataset: Dataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -121,12 +129,10 @@ def tokenize_comparisons(
     `after_response(prompt)`, if given, returns token ids appended after every response of that prompt (an
     experiment's input layout, `scripts/rm_restate_instruction.py`); by default nothing follows the end-of-turn token.
     """
-    pairs = "chosen" in dataset.column_names
     with_finished = keep_finished and "finished" in dataset.column_names
 
     def tokenize(row: dict[str, Any]) -> dict[str, Any]:
-        responses = [row["chosen"], row["rejected"]] if pairs else row["responses"]
-        scores = [1.0, 0.0] if pairs else [float(s) for s in row["scores"]]
+        responses, scores = ranked_responses(row)
         prompt_ids = encode_prompt(tokenizer, row["prompt"])
         suffix = after_response(row["prompt"]) if after_response else []
         sequences = [prompt_ids + encode_response(tokenizer, r) + suffix for r in responses]
