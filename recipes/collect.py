@@ -25,6 +25,7 @@ from trl import ModelConfig
 
 from instructrl.cli import run_recipe
 from instructrl.comparisons import (
+    count_rankings,
     distinct,
     flip_probe,
     flip_rankings,
@@ -125,9 +126,9 @@ def rank_and_write(
     output_dir: Path,
     cut_off: set[str] | None = None,
 ) -> dict:
-    """Ranks the sampled responses, adds the sibling re-rankings and the flip probe, writes them; returns counts.
-    With `cut_off` (the texts of the responses sampling cut off at `max_new_tokens`), every ranking row says which of
-    its responses ended (`mark_finished`)."""
+    """Ranks the sampled responses, adds the sibling and count re-rankings and the flip probe, writes them; returns
+    counts. With `cut_off` (the texts of the responses sampling cut off at `max_new_tokens`), every ranking row says
+    which of its responses ended (`mark_finished`)."""
     rankings = [rank_responses(labeler, p, r) for p, r in train_groups if len(r) >= 2]
     if test_groups:
         train, test = rankings, [rank_responses(labeler, p, r) for p, r in test_groups if len(r) >= 2]
@@ -138,8 +139,9 @@ def rank_and_write(
     train_prompts = {message_text(row["prompt"]) for row in train}
     own = [(p, r) for p, r in train_groups if message_text(p) in train_prompts]
     reranked = sibling_rankings(labeler, own, args.sibling_reranks, args.seed) if args.sibling_reranks else []
+    recounted = count_rankings(labeler, own, args.count_reranks, args.seed) if args.count_reranks else []
     flipped = flip_rankings(labeler, own, args.flip_pairs, args.seed) if args.flip_pairs else []
-    written = train + reranked + flipped
+    written = train + reranked + recounted + flipped
     if cut_off is not None:
         written, test = mark_finished(written, cut_off), mark_finished(test, cut_off)
     summary = write_comparisons(output_dir, written, test)
@@ -152,6 +154,7 @@ def rank_and_write(
     all_scores = [s for r in originals for s in r["scores"]]
     summary.update(
         sibling_rankings=len(reranked),
+        count_rankings=len(recounted),
         flip_training_items=len(flipped) // 2,
         flip_probe_items=len(probe),
         mean_labeler_score=sum(all_scores) / len(all_scores),
@@ -167,13 +170,13 @@ def rank_and_write(
 
 def warn_programmatic_only(args: CollectConfig) -> None:
     """People rank each prompt's own responses; the settings that need a labeler to re-rank are skipped, said once."""
-    names = ("sibling_reranks", "flip_pairs", "flip_probe_size")
+    names = ("sibling_reranks", "count_reranks", "flip_pairs", "flip_probe_size")
     skipped = [f"{name}: {getattr(args, name)}" for name in names if getattr(args, name)]
     if skipped:
         print(
             f"[instructrl] With `labeler: human` these settings are skipped ({', '.join(skipped)}): sibling "
-            "re-rankings, flip items and the flip probe need a programmatic labeler to order every pair. People rank "
-            "each prompt's own responses.",
+            "and count re-rankings, flip items and the flip probe need a programmatic labeler to order every pair. "
+            "People rank each prompt's own responses.",
             flush=True,
         )
 

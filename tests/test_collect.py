@@ -8,11 +8,13 @@ import pytest
 from helpers import load_recipe, write_config, write_jsonl
 from instructrl.comparisons import (
     FLIP_MARGIN,
+    count_rankings,
     flip_probe,
     flip_rankings,
     mark_finished,
     rank_responses,
     ranking_to_pairs,
+    restated_prompt,
     sibling_rankings,
     split_by_prompt,
     topic_groups,
@@ -166,6 +168,63 @@ def test_sibling_rankings_rank_responses_again_under_sibling_prompts():
     assert labeler.rank(SIBLING_GROUPS[2][0][0]["content"], SIBLING_GROUPS[2][1])[0] == 0
     assert len(sibling_rankings(labeler, SIBLING_GROUPS, per_prompt=1, seed=0)) <= 3
     assert sibling_rankings(labeler, SIBLING_GROUPS, per_prompt=2, seed=0) == rows
+
+
+COUNT_GROUPS = [
+    (
+        _user("Tell me about tea in about 5 words."),
+        ["Tea is a hot drink.", "Tea is a hot drink that people in many countries enjoy every single day.", "Tea."],
+    ),
+    (_user("Describe owls in one sentence."), ["Owls hunt at night.", "Owls hunt at night. They fly silently."]),
+    (_user("Describe tea in all lowercase letters."), ["tea is a drink.", "Tea is a drink."]),  # no count
+]
+
+
+def test_count_rankings_change_only_the_number_and_the_order_follows_it():
+    labeler = SimulatedLabeler()
+    rows = count_rankings(labeler, COUNT_GROUPS, per_prompt=5, seed=0)
+    restated = {(r["sampled_for"][0]["content"], r["prompt"][0]["content"]) for r in rows}
+    # Every number is one response's own count, never the prompt's own number; the lowercase prompt states none.
+    assert restated == {
+        ("Tell me about tea in about 5 words.", "Tell me about tea in about 14 words."),
+        ("Tell me about tea in about 5 words.", "Tell me about tea in about 1 word."),
+        ("Describe owls in one sentence.", "Describe owls in two sentences."),
+    }
+    for row in rows:
+        source = next(g for g in COUNT_GROUPS if g[0] == row["sampled_for"])
+        assert row["responses"] == source[1] and row["labeler"] == labeler.name
+        assert row["scores"] == [labeler.score(row["prompt"][0]["content"], r) for r in row["responses"]]
+    # The response whose count a restatement states wins under it: the order follows the number.
+    winners = {r["prompt"][0]["content"]: r["responses"][r["ranking"][0]] for r in rows}
+    assert winners["Tell me about tea in about 14 words."] == COUNT_GROUPS[0][1][1]
+    assert winners["Tell me about tea in about 1 word."] == "Tea."
+    assert winners["Describe owls in two sentences."] == COUNT_GROUPS[1][1][1]
+    assert labeler.rank(COUNT_GROUPS[1][0][0]["content"], COUNT_GROUPS[1][1])[0] == 0  # and not under the original
+    assert len(count_rankings(labeler, COUNT_GROUPS, per_prompt=1, seed=0)) == 2
+    assert count_rankings(labeler, COUNT_GROUPS, per_prompt=5, seed=0) == rows
+
+
+def test_count_rerankings_are_written_with_the_training_rankings(tmp_path):
+    args = CollectConfig(count_reranks=5, flip_probe_size=0)
+    summary = collect_recipe.rank_and_write(args, SimulatedLabeler(), COUNT_GROUPS[:2], COUNT_GROUPS[2:], tmp_path)
+    train = [json.loads(x) for x in (tmp_path / "rankings" / "train.jsonl").read_text().splitlines()]
+    recounted = [r for r in train if r.get("sampled_for")]
+    assert summary["count_rankings"] == len(recounted) == 3 and summary["train_prompts"] == 2 + 3
+    assert not (tmp_path / "rankings" / "test.jsonl").read_text().count("sampled_for")  # held-out stays as sampled
+    summary = collect_recipe.rank_and_write(CollectConfig(), SimulatedLabeler(), COUNT_GROUPS[:2], [], tmp_path)
+    assert summary["count_rankings"] == 0  # off by default
+    with pytest.raises(ConfigError, match="count_reranks"):
+        CollectConfig(count_reranks=-1)
+
+
+def test_restated_prompt_keeps_the_other_messages():
+    messages = [{"role": "system", "content": "Be brief."}, *_user("Describe owls in 3 sentences.")]
+    assert restated_prompt(messages, 2) == [
+        messages[0],
+        {"role": "user", "content": "Describe owls in 2 sentences."},
+    ]
+    assert restated_prompt(messages, 3) is None  # the prompt's own number
+    assert restated_prompt("Describe owls in 3 sentences.", 1) == "Describe owls in 1 sentence."
 
 
 def test_flip_probe_items_reverse_under_the_labeler():

@@ -6,6 +6,7 @@ from instructrl.labeler import (
     LABELERS,
     Labeler,
     SimulatedLabeler,
+    count_targets,
     decided_by,
     ends_cleanly_score,
     format_score,
@@ -16,6 +17,7 @@ from instructrl.labeler import (
     no_artifacts_score,
     no_repetition_score,
     on_topic_score,
+    restate_count,
     start_end_score,
     style_score,
     topic_words,
@@ -290,3 +292,52 @@ def test_registry():
     assert LABELERS == {"simulated": SimulatedLabeler}
     with pytest.raises(ValueError, match=r"'nope'.*simulated"):
         get_labeler("nope")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "number", "expected"),
+    [
+        ("Explain trains in no more than 30 words.", 10, "Explain trains in no more than 10 words."),
+        ("Describe owls in one sentence, please.", 3, "Describe owls in three sentences, please."),
+        ("Describe owls in a single sentence.", 2, "Describe owls in two sentences."),
+        ("Describe owls in 3 sentences.", 1, "Describe owls in 1 sentence."),
+        (
+            "In about fifty words, describe sleep. Do not use commas.",
+            35,
+            "In about 35 words, describe sleep. Do not use commas.",
+        ),
+        ("Give three bullet points about bees.", 1, "Give one bullet point about bees."),
+        ("Write a numbered list of 4 items about rain.", 6, "Write a numbered list of 6 items about rain."),
+        ("In three paragraphs, share facts about the violin.", 2, "In two paragraphs, share facts about the violin."),
+        # A list's count is read before a word limit in the same prompt (as `length_score` reads them).
+        ("List 3 bullet points about tea in under 40 words.", 5, "List 5 bullet points about tea in under 40 words."),
+    ],
+)
+def test_restate_count_changes_only_the_stated_number(prompt, number, expected):
+    assert restate_count(prompt, number) == expected
+
+
+def test_restate_count_without_a_count_instruction():
+    assert restate_count("Describe owls in all lowercase letters.", 3) is None
+    assert restate_count("Describe owls in 3 sentences.", 0) is None
+
+
+def test_count_targets_are_each_responses_own_count():
+    short, long = _n_words(12), _n_words(33)
+    # A word limit rounds up to a multiple of 5, so that the response stays within it.
+    assert count_targets("Describe tea in about 20 words.", [short, long, "Tea."]) == [12, 33, 1]
+    assert count_targets("Describe tea in at most 20 words.", [short, long, "Tea."]) == [15, 35, 5]
+    assert count_targets("Describe tea in two sentences.", ["Tea is hot. It is old. Yes.", "Tea."]) == [3, 1]
+    assert count_targets("Give 2 bullet points on tea.", ["- hot\n- old\n- green", "Tea."]) == [3, 1]
+    assert count_targets("Describe tea.", [short]) == []
+    # Under the restated number, the response it was taken from meets the instruction exactly.
+    cases = [
+        ("Describe tea in about 20 words.", [short, long], length_score),
+        ("Describe tea in at most 20 words.", [short, long], length_score),
+        ("Describe tea in two sentences.", ["Tea is hot. It is old. Yes.", "Tea."], length_score),
+        ("Give 2 bullet points on tea.", ["- hot\n- old\n- green", "- hot"], format_score),
+    ]
+    for prompt, responses, score in cases:
+        assert score(prompt, responses[0]) < 1.0 or score(prompt, responses[1]) < 1.0
+        for response, number in zip(responses, count_targets(prompt, responses), strict=True):
+            assert score(restate_count(prompt, number), response) == 1.0

@@ -9,13 +9,14 @@ Outputs (JSON lines, one directory per format, each with `train.jsonl` and `test
 - `probes/flip.jsonl`: the instruction-flip probe (`flip_probe`), two prompts on one topic and two responses such
   that the labeler prefers the first response under the first prompt and the second under the second.
 
-Two ways to teach a reward model that what is better depends on the instruction (RRM, Liu et al. 2024; LIFT, Yuan
-et al. 2024) reuse responses already sampled: `sibling_rankings` ranks one prompt's responses again under other
-prompts about the same topic with other instructions, `flip_rankings` adds flip-probe-like items built from the
-training prompts (two responses whose order the two instructions reverse, so nothing in a response alone decides
-them), and the probe on held-out topics measures whether the model learned it. Prompts
-are siblings when they share their topic words (`instructrl.labeler.topic_words`: content words without the task
-words and explicit constraints); the labeler decides every order, no label is made by hand.
+Three ways to teach a reward model that what is better depends on the instruction (RRM, Liu et al. 2024; LIFT,
+Yuan et al. 2024) reuse responses already sampled: `sibling_rankings` ranks one prompt's responses again under
+other prompts about the same topic with other instructions, `count_rankings` ranks them again under the same prompt
+with only its stated count changed (about N words, N sentences, N bullet points...), and `flip_rankings` adds
+flip-probe-like items built from the training prompts (two responses whose order the two instructions reverse, so
+nothing in a response alone decides them); the probe on held-out topics measures whether the model learned it.
+Prompts are siblings when they share their topic words (`instructrl.labeler.topic_words`: content words without the
+task words and explicit constraints); the labeler decides every order, no label is made by hand.
 """
 
 import json
@@ -26,7 +27,7 @@ from itertools import combinations, permutations
 from pathlib import Path
 
 from .data.loading import message_text
-from .labeler import Labeler, topic_words
+from .labeler import Labeler, count_targets, restate_count, topic_words
 
 # A flip-probe pair needs the labeler to prefer each response under its prompt by at least this much.
 FLIP_MARGIN = 0.05
@@ -96,6 +97,41 @@ def sibling_rankings(labeler: Labeler, groups: list[tuple], per_prompt: int, see
                 row = rank_responses(labeler, groups[j][0], responses)
                 if len(set(row["scores"])) > 1:
                     rows.append({**row, "sampled_for": prompt})
+    return rows
+
+
+def restated_prompt(prompt, number: int):
+    """`prompt` (a string or messages) with its count instruction restated to `number` (`labeler.restate_count`, in
+    the last user message); `None` if it states no count or already states that one."""
+    if isinstance(prompt, str):
+        restated = restate_count(prompt, number)
+        return restated if restated not in (None, prompt) else None
+    users = [i for i, m in enumerate(prompt) if m.get("role") == "user"]
+    if not users or (text := restated_prompt(str(prompt[users[-1]].get("content") or ""), number)) is None:
+        return None
+    return [{**m, "content": text} if i == users[-1] else m for i, m in enumerate(prompt)]
+
+
+def count_rankings(labeler: Labeler, groups: list[tuple], per_prompt: int, seed: int) -> list[dict]:
+    """Ranks each prompt's responses again under up to `per_prompt` restatements of the prompt that change only the
+    number its count instruction states, each number one of the responses' own counts (`labeler.count_targets`), so
+    that each restatement is the instruction some sampled response meets exactly and the order follows the number.
+
+    `groups` are `(prompt, responses)`; prompts without a count instruction give nothing, nor do restatements under
+    which the responses all score alike. Each row records the prompt its responses were sampled for as
+    `sampled_for`, as sibling re-rankings do.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for prompt, responses in groups:
+        if len(responses) < 2:
+            continue
+        numbers = sorted(set(count_targets(message_text(prompt), responses)))
+        restated = [p for n in numbers if (p := restated_prompt(prompt, n)) is not None]
+        for other in rng.sample(restated, min(per_prompt, len(restated))):
+            row = rank_responses(labeler, other, responses)
+            if len(set(row["scores"])) > 1:
+                rows.append({**row, "sampled_for": prompt})
     return rows
 
 

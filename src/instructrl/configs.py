@@ -186,6 +186,11 @@ class CollectConfig:
             Also rank each training prompt's responses under up to N sibling prompts (same topic words, another
             instruction; `instructrl.comparisons.sibling_rankings`), so the same responses win under one instruction
             and lose under another. Needs a programmatic labeler.
+        count_reranks (`int`, *optional*, defaults to `0`):
+            Also rank each training prompt's responses under up to N restatements of the prompt that change only the
+            number its count instruction states (about N words, N sentences, N bullet points...; each number one
+            of the responses' own counts; `instructrl.comparisons.count_rankings`), so that the same responses'
+            order follows the number. Needs a programmatic labeler.
         flip_pairs (`int`, *optional*, defaults to `0`):
             Also train on up to N instruction-flip items built from the training prompts
             (`instructrl.comparisons.flip_rankings`): two responses and two sibling prompts under which the labeler
@@ -214,14 +219,17 @@ class CollectConfig:
     test_prompts_split: str | None = field(default=None)
     num_test_prompts: int | None = field(default=None)
     sibling_reranks: int = field(default=0)
+    count_reranks: int = field(default=0)
     flip_pairs: int = field(default=0)
     flip_probe_size: int = field(default=200)
     seed: int = field(default=42)
     trust_remote_code: bool = field(default=False)
 
     def __post_init__(self):
-        if min(self.sibling_reranks, self.flip_pairs, self.flip_probe_size) < 0:
-            raise ConfigError("`sibling_reranks`, `flip_pairs` and `flip_probe_size` count rows: use 0 or more.")
+        if min(self.sibling_reranks, self.count_reranks, self.flip_pairs, self.flip_probe_size) < 0:
+            raise ConfigError(
+                "`sibling_reranks`, `count_reranks`, `flip_pairs` and `flip_probe_size` count rows: use 0 or more."
+            )
         if not 2 <= self.num_responses <= 9:
             raise ConfigError(f"`num_responses` (K) is {self.num_responses}; use 2 to 9 (InstructGPT used 4 to 9).")
         if not 0.0 <= self.test_fraction < 1.0:

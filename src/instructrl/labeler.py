@@ -390,6 +390,59 @@ def instruction_kinds(prompt: str) -> list[str]:
     return kinds or ["none"]
 
 
+# The instructions that state a count, in the order `length_score` and `format_score` read them: the pattern, what
+# it counts in a response, and the step its restated numbers are rounded up to ("at most 35 words", not 33).
+_COUNT_INSTRUCTIONS: tuple[tuple[re.Pattern, Callable[[str], int], int], ...] = (
+    (_BULLETS_RE, lambda text: bullet_lines(text)[0], 1),
+    (_NUMBERED_RE, lambda text: bullet_lines(text, _NUMBERED_LINE_RE)[0], 1),
+    (_PARAGRAPHS_RE, lambda text: len(paragraphs(text)), 1),
+    (_SENTENCES_RE, lambda text: len(sentences(text)), 1),
+    (_ABOUT_WORDS_RE, lambda text: len(words(text)), 1),
+    (_MAX_WORDS_RE, lambda text: len(words(text)), 5),
+)
+_COUNTED_NOUN_RE = re.compile(
+    r"\b(bullet\s*point|bullet|sentence|paragraph|word|point|step|item)(s?)\b", re.IGNORECASE
+)
+
+
+def _count_match(prompt: str) -> tuple[re.Match, int, Callable[[str], int], int] | None:
+    for pattern, count, step in _COUNT_INSTRUCTIONS:
+        if m := pattern.search(prompt):
+            group = next(g for g in range(1, (m.lastindex or 0) + 1) if m.group(g) and _is_number(m.group(g)))
+            return m, group, count, step
+    return None
+
+
+def _is_number(text: str) -> bool:
+    text = re.sub(r"\s+", " ", text.strip().lower())
+    return text.isdigit() or text in _NUMBER_WORDS
+
+
+def count_targets(prompt: str, responses: list[str]) -> list[int]:
+    """The numbers that `prompt`'s count instruction (N sentences, about / at most N words, N bullet points, N
+    numbered items, N paragraphs) would state for each of `responses` to meet it exactly: each response's count, at
+    least 1, a word limit rounded up to a multiple of 5. `[]` without a count instruction."""
+    if (found := _count_match(prompt)) is None:
+        return []
+    _, _, count, step = found
+    return [max(step, -(-count(r) // step) * step) for r in responses]
+
+
+def restate_count(prompt: str, number: int) -> str | None:
+    """`prompt` with the number of its count instruction replaced by `number` (in words where the prompt spelled it
+    and `NUMBER_NAMES` has one, else digits; the counted noun made singular or plural to match), everything else
+    unchanged. `None` without a count instruction."""
+    if (found := _count_match(prompt)) is None or not 1 <= number <= 999:
+        return None
+    m, group, _, _ = found
+    spelled = not m.group(group).strip().isdigit()
+    text = NUMBER_NAMES[number] if spelled and number in NUMBER_NAMES else str(number)
+    start, end = m.start(group) - m.start(), m.end(group) - m.start()
+    phrase = m.group(0)
+    tail = _COUNTED_NOUN_RE.sub(lambda n: n.group(1) + ("" if number == 1 else "s"), phrase[end:], count=1)
+    return prompt[: m.start()] + phrase[:start] + text + tail + prompt[m.end() :]
+
+
 def stated_criteria(prompt: str) -> set[str]:
     """The constraint criteria (`format`, `keywords`, ...) that `prompt` states."""
     return {name for name, patterns in _STATED.items() if any(p.search(prompt) for p in patterns)}
