@@ -31,6 +31,7 @@ from instructrl.comparisons import (
     flip_rankings,
     mark_finished,
     rank_responses,
+    read_sampled,
     sibling_rankings,
     split_by_prompt,
     write_comparisons,
@@ -64,6 +65,40 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
     labeler = None if human else get_labeler(args.labeler)
     if human:
         warn_programmatic_only(args)
+    start = time.time()
+    if args.responses_from:
+        train_groups, test_groups, cut_off = rerank_source(args, output_dir)
+        start_stage(output_dir, "collect")
+    else:
+        train_groups, test_groups, cut_off = sample_groups(args, model_args, output_dir)
+    groups = train_groups + test_groups
+    if human:
+        summary = write_tasks(
+            output_dir, [p for p, _ in groups], [r for _, r in groups], args.test_fraction, args.seed
+        )
+        TaskStore(output_dir).write_rankings()  # empty until people rank: no stale rankings for `make rm` to read
+        write_jsonl(output_dir / "probes" / "flip.jsonl", [])  # the probe needs a programmatic labeler
+    else:
+        (output_dir / TASKS_FILE).unlink(missing_ok=True)  # tasks of an earlier human collection no longer apply
+        summary = rank_and_write(args, labeler, train_groups, test_groups, output_dir, cut_off)
+    summary.update(
+        num_responses=max(len(r) for _, r in groups) if args.responses_from else args.num_responses,
+        responses_from=args.responses_from,
+        prompts_without_two_distinct_responses=sum(len(r) < 2 for _, r in groups),
+        labeler=args.labeler,
+        seconds=round(time.time() - start, 1),
+    )
+    write_json(output_dir / "summary.json", summary)
+    finish_stage(output_dir, "collect")
+    announce("Comparison collection", output_dir, summary)
+    if human:
+        print(f"[instructrl] {summary['tasks']} tasks wait for people to rank them: run `make label`.", flush=True)
+    return summary
+
+
+def sample_groups(args: CollectConfig, model_args: ModelConfig, output_dir: Path) -> tuple[list, list, set[str]]:
+    """Samples K responses for every comparison and test prompt with the SFT policy: `(train groups, test groups,
+    cut-off texts)`, groups as `(prompt, distinct responses)`."""
     what = f"comparison prompt ('{args.prompts_dataset}', split '{args.prompts_split}')"
     prompts = validate_prompts(take(load_data(args.prompts_dataset, args.prompts_split), args.num_prompts), what)
     test_prompts = []
@@ -74,7 +109,6 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
     require_adapter(expand_path(args.sft_adapter_path), "SFT", "make sft")
 
     set_seed(args.seed)
-    start = time.time()
     model, tokenizer = load_policy(model_args, expand_path(args.sft_adapter_path), args.trust_remote_code)
     start_stage(output_dir, "collect")
     all_prompts = list(prompts["prompt"]) + test_prompts
@@ -95,27 +129,19 @@ def main(args: CollectConfig, model_args: ModelConfig) -> dict:
             "Every prompt's sampled responses were identical, so there is nothing to compare. Raise `temperature` or "
             "`num_responses`."
         )
-    if human:
-        summary = write_tasks(
-            output_dir, [p for p, _ in groups], [r for _, r in groups], args.test_fraction, args.seed
+    return groups[: len(prompts)], groups[len(prompts) :], cut_off
+
+
+def rerank_source(args: CollectConfig, output_dir: Path) -> tuple[list, list, set[str] | None]:
+    """The responses of the earlier collection `responses_from` names, to rank again without sampling (its train and
+    test prompts as they were split); never the folder being written, whose rankings would be replaced while read."""
+    source = Path(expand_path(args.responses_from))
+    if source.resolve() == output_dir.resolve():
+        raise OutputDirError(
+            f"`responses_from` and `output_dir` are the same folder ('{source}'): ranking again there would replace "
+            "the rankings it reads. Write to another `output_dir`."
         )
-        TaskStore(output_dir).write_rankings()  # empty until people rank: no stale rankings for `make rm` to read
-        write_jsonl(output_dir / "probes" / "flip.jsonl", [])  # the probe needs a programmatic labeler
-    else:
-        (output_dir / TASKS_FILE).unlink(missing_ok=True)  # tasks of an earlier human collection no longer apply
-        summary = rank_and_write(args, labeler, groups[: len(prompts)], groups[len(prompts) :], output_dir, cut_off)
-    summary.update(
-        num_responses=args.num_responses,
-        prompts_without_two_distinct_responses=sum(len(r) < 2 for _, r in groups),
-        labeler=args.labeler,
-        seconds=round(time.time() - start, 1),
-    )
-    write_json(output_dir / "summary.json", summary)
-    finish_stage(output_dir, "collect")
-    announce("Comparison collection", output_dir, summary)
-    if human:
-        print(f"[instructrl] {summary['tasks']} tasks wait for people to rank them: run `make label`.", flush=True)
-    return summary
+    return read_sampled(source)
 
 
 def rank_and_write(

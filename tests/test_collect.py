@@ -20,8 +20,9 @@ from instructrl.comparisons import (
     topic_groups,
 )
 from instructrl.configs import CollectConfig, parse_args
-from instructrl.errors import ConfigError, MissingStageError
+from instructrl.errors import ConfigError, DataError, MissingStageError, OutputDirError
 from instructrl.labeler import SimulatedLabeler, get_labeler
+from instructrl.runs import finish_stage, start_stage
 
 collect_recipe = load_recipe("collect")
 
@@ -215,6 +216,52 @@ def test_count_rerankings_are_written_with_the_training_rankings(tmp_path):
     assert summary["count_rankings"] == 0  # off by default
     with pytest.raises(ConfigError, match="count_reranks"):
         CollectConfig(count_reranks=-1)
+
+
+def test_collect_ranks_an_earlier_collections_responses_again_without_sampling(tmp_path):
+    owls = [(_user("Describe owls in one sentence."), ["Owls hunt at night.", "Owls hunt at night. They fly."])]
+    cut = "Tea is a hot drink that people in many countries enjoy every single day."
+    first = tmp_path / "first"
+    collect_recipe.rank_and_write(
+        CollectConfig(sibling_reranks=2), SimulatedLabeler(), SIBLING_GROUPS, owls, first, {cut}
+    )
+    before = {p: (first / p).read_bytes() for p in ("rankings/train.jsonl", "rankings/test.jsonl")}
+    # No model exists at `model_name_or_path`: nothing is loaded or sampled.
+    summary, rows = run_collect(
+        tmp_path, tmp_path / "no-model", responses_from=str(first), count_reranks=2, flip_probe_size=10
+    )
+    originals = [r for r in rows["train"] if not r.get("sampled_for")]
+    assert [(r["prompt"], r["responses"]) for r in originals] == [(p, r) for p, r in SIBLING_GROUPS]
+    assert [(r["prompt"], r["responses"]) for r in rows["test"]] == owls  # the split as it was
+    recounted = [r for r in rows["train"] if r.get("sampled_for") and "8 words" not in r["prompt"][0]["content"]]
+    assert summary["count_rankings"] > 0 and summary["sibling_rankings"] == 0  # this run's settings, not the first's
+    assert any("at most" in r["prompt"][0]["content"] for r in recounted)
+    # The cut-off flags carry over: the long tea answer stays cut off wherever it is ranked.
+    assert summary["cut_off_responses"] == 1
+    assert all(f == (t != cut) for r in rows["train"] for t, f in zip(r["responses"], r["finished"], strict=True))
+    assert summary["responses_from"] == str(first) and summary["num_responses"] == 2
+    assert all((first / p).read_bytes() == b for p, b in before.items())  # the source is left as it was
+
+
+def test_responses_from_refuses_bad_sources(tmp_path):
+    first = tmp_path / "comparisons"
+    start_stage(first, "collect")
+    collect_recipe.rank_and_write(CollectConfig(), SimulatedLabeler(), SIBLING_GROUPS, [], first)
+    finish_stage(first, "collect")  # a finished collection, which `make collect` could otherwise write again
+    before = (first / "rankings" / "train.jsonl").read_bytes()
+    with pytest.raises(OutputDirError, match="same folder"):
+        run_collect(tmp_path, tmp_path / "no-model", responses_from=str(first))
+    assert (first / "rankings" / "train.jsonl").read_bytes() == before
+    with pytest.raises(MissingStageError, match="earlier `make collect`"):
+        run_collect(tmp_path, tmp_path / "no-model", responses_from=str(tmp_path / "nowhere"))
+    broken = tmp_path / "broken"
+    write_jsonl(broken / "rankings" / "train.jsonl", [{"prompt": "Hi.", "responses": ["a", "b"], "finished": [True]}])
+    write_jsonl(broken / "rankings" / "test.jsonl", [])
+    with pytest.raises(DataError, match="Line 1 of .*one `finished` flag per response"):
+        run_collect(tmp_path, tmp_path / "no-model", responses_from=str(broken))
+    (broken / "rankings" / "train.jsonl").write_text("{not json\n")
+    with pytest.raises(DataError, match="Line 1 of .* is not JSON"):
+        run_collect(tmp_path, tmp_path / "no-model", responses_from=str(broken))
 
 
 def test_restated_prompt_keeps_the_other_messages():

@@ -27,6 +27,7 @@ from itertools import combinations, permutations
 from pathlib import Path
 
 from .data.loading import message_text
+from .errors import DataError, MissingStageError
 from .labeler import Labeler, count_targets, restate_count, topic_words
 
 # A flip-probe pair needs the labeler to prefer each response under its prompt by at least this much.
@@ -198,6 +199,48 @@ def mark_finished(rows: list[dict], cut_off: set[str]) -> list[dict]:
     pairs of finished responses from it: the pairs PPO's reward has to order, as a cut-off rollout is
     `missing_eos_penalty`'s business."""
     return [{**row, "finished": [message_text(r).strip() not in cut_off for r in row["responses"]]} for row in rows]
+
+
+def read_sampled(collection_dir: Path) -> tuple[list[tuple], list[tuple], set[str] | None]:
+    """The responses an earlier `make collect` sampled, from its `rankings/`: `(train groups, test groups, cut-off
+    texts)`, groups as `(prompt, responses)` of the prompts they were sampled for (re-rankings under sibling,
+    restated or flipped prompts left out), the cut-off texts from the rows' `finished` flags (`None` where the rows
+    have none), so that `rank_and_write` can rank them again without sampling."""
+    groups: dict[str, list[tuple]] = {}
+    cut_off: set[str] = set()
+    flagged = False
+    for split in ("train", "test"):
+        path = collection_dir / "rankings" / f"{split}.jsonl"
+        if not path.is_file():
+            raise MissingStageError(
+                f"No '{path}': `responses_from` must point at the output folder of an earlier `make collect` "
+                "(it holds rankings/train.jsonl and rankings/test.jsonl)."
+            )
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"Line {number} of '{path}' is not JSON ({err.msg}): fix or drop that line.") from None
+            row = row if isinstance(row, dict) else {}
+            responses = row.get("responses")
+            finished = row.get("finished", responses)
+            lists = isinstance(responses, list) and isinstance(finished, list)
+            if "prompt" not in row or not lists or len(finished) != len(responses):
+                raise DataError(
+                    f"Line {number} of '{path}' is not a ranking row (`prompt`, a `responses` list and, if any, one "
+                    "`finished` flag per response): `responses_from` reads what `make collect` wrote."
+                )
+            if row.get("sampled_for") or row.get("flipped_with"):
+                continue
+            rows.append((row["prompt"], responses))
+            if "finished" in row:
+                flagged = True
+                cut_off.update(message_text(r).strip() for r, end in zip(responses, finished, strict=True) if not end)
+        groups[split] = rows
+    if not groups["train"]:
+        raise DataError(f"'{collection_dir}' holds no training rankings to rank again.")
+    return groups["train"], groups["test"], cut_off if flagged else None
 
 
 def write_comparisons(output_dir: Path, train: list[dict], test: list[dict]) -> dict:

@@ -196,6 +196,11 @@ class CollectConfig:
             (`instructrl.comparisons.flip_rankings`): two responses and two sibling prompts under which the labeler
             orders them oppositely, added as two K=2 rankings, which no trait of a response alone can get both right.
             Needs a programmatic labeler.
+        responses_from (`str`, *optional*):
+            The output folder of an earlier `make collect`: rank its sampled responses again (its train and test
+            prompts as it split them) instead of sampling, e.g. after changing the labeler or `sibling_reranks`,
+            `count_reranks`, `flip_pairs`; no model is loaded and the prompt and sampling settings are not read.
+            Write to another `output_dir`.
         flip_probe_size (`int`, *optional*, defaults to `200`):
             Most items of the instruction-flip probe built from the test prompts (`probes/flip.jsonl`); 0 for none.
         seed (`int`, *optional*, defaults to `42`):
@@ -222,6 +227,7 @@ class CollectConfig:
     count_reranks: int = field(default=0)
     flip_pairs: int = field(default=0)
     flip_probe_size: int = field(default=200)
+    responses_from: str | None = field(default=None)
     seed: int = field(default=42)
     trust_remote_code: bool = field(default=False)
 
