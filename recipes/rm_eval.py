@@ -92,7 +92,7 @@ def main(args: RewardEvalConfig, model_args: ModelConfig) -> dict:
         args.reward_ensemble_coef,
         lengths,
         comparison_finished(dataset),
-        pair_deciders(labeler, dataset) if labeler is not None else None,
+        pair_deciders(labeler, dataset, length_detail=True) if labeler is not None else None,
     )
     labels = dict(zip(members.names, paths, strict=True))
     labels[ENSEMBLE] = f"ensemble ({args.reward_ensemble}, coef {args.reward_ensemble_coef:g})"
@@ -107,7 +107,10 @@ def main(args: RewardEvalConfig, model_args: ModelConfig) -> dict:
     text = markdown(table, labels)
     by_criterion = criterion_markdown(table, labels)
     if by_criterion:
-        text += "\nHeld-out accuracy by the labeler criterion that decides the pair:\n\n" + by_criterion
+        text += (
+            "\nHeld-out accuracy by the labeler criterion that decides the pair (length by the prompt's length "
+            "instruction):\n\n" + by_criterion
+        )
     (output_dir / "rm_eval.md").write_text(text)
     finish_stage(output_dir, "rm_eval")
     print(text, flush=True)

@@ -13,6 +13,7 @@ from instructrl.labeler import (
     get_labeler,
     instruction_kinds,
     keywords_score,
+    length_instruction,
     length_score,
     no_artifacts_score,
     no_repetition_score,
@@ -341,3 +342,12 @@ def test_count_targets_are_each_responses_own_count():
         assert score(prompt, responses[0]) < 1.0 or score(prompt, responses[1]) < 1.0
         for response, number in zip(responses, count_targets(prompt, responses), strict=True):
             assert score(restate_count(prompt, number), response) == 1.0
+
+
+def test_length_instruction_names_what_length_score_reads():
+    assert length_instruction("Describe tea in about 20 words.") == "about N words"
+    assert length_instruction("Describe tea in under twenty words.") == "at most N words"
+    assert length_instruction("Describe tea in two sentences, in about 20 words.") == "N sentences"  # read first
+    assert length_instruction("Give 3 bullet points about tea in at most 40 words.") == "a list or paragraphs"
+    assert length_instruction("Describe tea.") == "none"
+    assert SimulatedLabeler().length_instruction("Describe tea in about 9 words.") == "about N words"

@@ -115,6 +115,12 @@ def test_pair_deciders_name_the_labeler_criterion_of_each_ordered_pair():
     ]
     assert pair_deciders(labeler, Dataset.from_list(rows[:1])) == [["length"]]  # a `datasets` split reads alike
     assert pair_deciders(labeler, rows) == [["length"], ["keywords"], ["undecided"], []]
+    # With the detail `make rm-eval` shows: which length instruction the prompt states.
+    detailed = pair_deciders(labeler, rows, length_detail=True)
+    assert detailed == [["length (about N words)"], ["keywords"], ["undecided"], []]
+    sentences = {"prompt": "Explain tides in two sentences.", "responses": [long, right + " It is daily."]}
+    sentences["scores"] = [labeler.score(sentences["prompt"], r) for r in sentences["responses"]]
+    assert pair_deciders(labeler, [sentences], length_detail=True) == [["length (N sentences)"]]
     # The RM stage's reading: only rankings one labeler with criteria wrote; rows without an ordered pair left out.
     ranked = [{**row, "labeler": "simulated"} for row in rows if "responses" in row]
     assert labeler_deciders(Dataset.from_list(ranked)) == [["length"], ["undecided"]]
@@ -226,7 +232,8 @@ def test_recipe_matches_the_rm_stage_reading_and_scores_the_ensemble(tmp_path, t
     assert saved["rows"] == result["rows"]
     markdown_text = (tmp_path / "out" / "rm_eval.md").read_text()
     overall, by_criterion = markdown_text.split(
-        "\nHeld-out accuracy by the labeler criterion that decides the pair:\n"
+        "\nHeld-out accuracy by the labeler criterion that decides the pair (length by the prompt's length "
+        "instruction):\n"
     )
     assert overall.count("\n") == 5  # header, rule, 2 members, ensemble
     assert "| deciding criterion | pairs (share) |" in by_criterion

@@ -278,6 +278,18 @@ def length_score(prompt: str, response: str) -> float:
     return _band_decay((n_words - 60) / 60, 0.5)
 
 
+def length_instruction(prompt: str) -> str:
+    """The length instruction `length_score` reads in `prompt`: "about N words", "at most N words", "N sentences",
+    "a list or paragraphs" (their count is `format_score`'s; length scores 1) or "none" (the default 10-60 words)."""
+    if _BULLETS_RE.search(prompt) or _NUMBERED_RE.search(prompt) or _PARAGRAPHS_RE.search(prompt):
+        return "a list or paragraphs"
+    if _SENTENCES_RE.search(prompt):
+        return "N sentences"
+    if _ABOUT_WORDS_RE.search(prompt):
+        return "about N words"
+    return "at most N words" if _MAX_WORDS_RE.search(prompt) else "none"
+
+
 def paragraphs(text: str) -> list[str]:
     """Blocks of `text` separated by at least one blank line, those holding words only."""
     return [block for block in re.split(r"\n\s*\n", text.strip()) if _WORD_RE.search(block)]
@@ -605,6 +617,8 @@ class SimulatedLabeler:
         """Indices of `responses`, best first; equal scores keep their original order."""
         scores = [self.score(prompt, r) for r in responses]
         return sorted(range(len(responses)), key=lambda i: (-scores[i], i))
+
+    length_instruction = staticmethod(length_instruction)
 
     def deciding_criterion(self, prompt: str, better: str, worse: str) -> str | None:
         """The criterion that contributes most to `better` outscoring `worse` under `prompt`; None for a tie.

@@ -472,22 +472,24 @@ def ranked_pairs_correct(rewards: torch.Tensor, scores: torch.Tensor, group_size
     return {"pairwise_accuracy": accuracy, "pairs": total, "ci95_half_width": proportion_ci(correct, total)}
 
 
-def pair_deciders(labeler: Any, dataset: Dataset) -> list[list[str]]:
+def pair_deciders(labeler: Any, dataset: Dataset, length_detail: bool = False) -> list[list[str]]:
     """For each comparison row, in order, the labeler criterion that decides each of its strictly ordered pairs, in
     `ordered_pairs`' order (`labeler.deciding_criterion`, e.g. `SimulatedLabeler`'s; `undecided` where the labeler's
     criteria do not order the pair as the row's scores do, e.g. rankings by another labeler). A row without an
-    ordered pair (ties only) gets an empty list."""
+    ordered pair (ties only) gets an empty list. With `length_detail`, `length` names the prompt's length
+    instruction too (`labeler.length_instruction`: "length (about N words)"), since a length the prompt states as a
+    number asks more of a reward model than "at most N words" does."""
+    detail = getattr(labeler, "length_instruction", None) if length_detail else None
     deciders = []
     for row in dataset:
         responses, scores = ranked_responses(row)
         prompt = message_text(row["prompt"])
         better, worse = ordered_pairs(torch.tensor(scores))
-        deciders.append(
-            [
-                labeler.deciding_criterion(prompt, responses[b], responses[w]) or "undecided"
-                for b, w in zip(better, worse, strict=True)
-            ]
-        )
+        names = [
+            labeler.deciding_criterion(prompt, responses[b], responses[w]) or "undecided"
+            for b, w in zip(better, worse, strict=True)
+        ]
+        deciders.append([f"length ({detail(prompt)})" if n == "length" and detail else n for n in names])
     return deciders
 
 
