@@ -328,6 +328,7 @@ def test_count_targets_are_each_responses_own_count():
     # A word limit rounds up to a multiple of 5, so that the response stays within it.
     assert count_targets("Describe tea in about 20 words.", [short, long, "Tea."]) == [12, 33, 1]
     assert count_targets("Describe tea in at most 20 words.", [short, long, "Tea."]) == [15, 35, 5]
+    assert count_targets("Describe tea in under 20 words.", [_n_words(15), long]) == [20, 35]  # 15 is not under 15
     assert count_targets("Describe tea in two sentences.", ["Tea is hot. It is old. Yes.", "Tea."]) == [3, 1]
     assert count_targets("Give 2 bullet points on tea.", ["- hot\n- old\n- green", "Tea."]) == [3, 1]
     assert count_targets("Describe tea.", [short]) == []
@@ -335,6 +336,7 @@ def test_count_targets_are_each_responses_own_count():
     cases = [
         ("Describe tea in about 20 words.", [short, long], length_score),
         ("Describe tea in at most 20 words.", [short, long], length_score),
+        ("Describe tea in fewer than 20 words.", [_n_words(15), _n_words(25)], length_score),
         ("Describe tea in two sentences.", ["Tea is hot. It is old. Yes.", "Tea."], length_score),
         ("Give 2 bullet points on tea.", ["- hot\n- old\n- green", "- hot"], format_score),
     ]

@@ -433,11 +433,13 @@ def _is_number(text: str) -> bool:
 def count_targets(prompt: str, responses: list[str]) -> list[int]:
     """The numbers that `prompt`'s count instruction (N sentences, about / at most N words, N bullet points, N
     numbered items, N paragraphs) would state for each of `responses` to meet it exactly: each response's count, at
-    least 1, a word limit rounded up to a multiple of 5. `[]` without a count instruction."""
+    least 1, a word limit rounded up to a multiple of 5 (one word more first where the limit excludes itself, "under
+    N words"). `[]` without a count instruction."""
     if (found := _count_match(prompt)) is None:
         return []
-    _, _, count, step = found
-    return [max(step, -(-count(r) // step) * step) for r in responses]
+    m, _, count, step = found
+    extra = int(m.re is _MAX_WORDS_RE and m.group(1).split()[0].lower() in ("under", "fewer", "less"))
+    return [max(step, -(-(count(r) + extra) // step) * step) for r in responses]
 
 
 def restate_count(prompt: str, number: int) -> str | None:
