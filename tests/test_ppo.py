@@ -367,9 +367,14 @@ def test_ppo_ptx_end_to_end_saves_a_loadable_policy_and_resumes(tmp_path, tiny_m
         "--resume_from_checkpoint",
         str(out / "checkpoint-1"),
     )
-    (resumed_log,) = [log for log in resumed.state.log_history if "objective/scores" in log]
+    first_log, resumed_log = [log for log in resumed.state.log_history if "objective/scores" in log]
     assert resumed_log["episode"] == 8  # the uninterrupted run's second update, not a first one again
     assert resumed.state.global_step == 2
+    # The log keeps the checkpoint's update before the new one: the resumed run's summary covers both.
+    assert json.dumps(first_log, sort_keys=True) == json.dumps(logs[0], sort_keys=True)  # as JSON: NaN entries
+    assert json.loads((tmp_path / "ppo2" / "ppo_summary.json").read_text())["updates"] == 2
+    saved_log = json.loads((tmp_path / "ppo2" / "log_history.json").read_text())
+    assert [log["episode"] for log in saved_log if "objective/scores" in log] == [logs[0]["episode"], 8]
     # It started from checkpoint-1's weights (tested in full in test_recovery.py) and moved on from them.
     first = load_file(out / "checkpoint-1" / "adapter_model.safetensors")
     second = load_file(tmp_path / "ppo2" / "adapter_model.safetensors")

@@ -330,19 +330,24 @@ class ContinuedBatches:
 
 
 class ContinuedCounters(TrainerCallback):
-    """After a resume, count updates and episodes on from the checkpoint's (TRL's `train()` starts them at 0).
+    """After a resume, count updates and episodes on from the checkpoint's (TRL's `train()` starts them at 0) and
+    keep the checkpoint's log before the new entries.
 
     So a resumed run's checkpoints are numbered after the ones it resumed from (the newest checkpoint is the latest
-    state, as `instructrl.runs.latest_complete_checkpoint` assumes), and its log continues the episode axis.
+    state, as `instructrl.runs.latest_complete_checkpoint` assumes), its log continues the episode axis, and its
+    `log_history.json`, `ppo_summary.json` trend and report plots cover the whole run, not only the part after the
+    resume.
     """
 
-    def __init__(self, updates: int, episodes: int):
+    def __init__(self, updates: int, episodes: int, log_history: list[dict] | None = None):
         self.updates, self.episodes = updates, episodes
+        self.log_history = list(log_history or [])
 
     def on_train_begin(self, args, state, control, **kwargs):
         state.global_step += self.updates
         state.episode += self.episodes
         state.max_steps += self.updates
+        state.log_history[:0] = self.log_history
 
 
 class InstructPPOTrainer(PPOTrainer):
@@ -719,7 +724,7 @@ class InstructPPOTrainer(PPOTrainer):
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
         self.args.num_total_batches = max(self.args.num_total_batches - done, 0)
-        self.add_callback(ContinuedCounters(done, done * self.args.batch_size))
+        self.add_callback(ContinuedCounters(done, done * self.args.batch_size, state.get("log_history")))
         self.dataloader = ContinuedBatches(self.dataloader, skip=done)
         if self.ptx_stream is not None:
             self.ptx_stream.skip(done * self.ptx_sequences_per_update())
