@@ -14,6 +14,7 @@ import argparse
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub kernels (hub_kernels.py)
@@ -37,9 +38,9 @@ from instructrl.reward import (
 )
 
 
-def main() -> None:
+def add_rm_args(parser: argparse.ArgumentParser) -> None:
+    """The options of the RM-step benchmarks: where the rankings and the SFT adapter are, and the batches' shape."""
     outputs = Path("~/.cache/instructrl/outputs/smollm2-135m").expanduser()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--rankings", default=str(outputs / "comparisons" / "rankings"))
@@ -48,8 +49,10 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6, help="timed steps of each, after one warm-up step of each")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
 
+
+def rm_model_and_batches(args: argparse.Namespace) -> tuple[torch.nn.Module, list[dict]]:
+    """The RM stage's model in training mode and `args.steps + 1` of its batches (the first one for warming up)."""
     tokenizer = AutoTokenizer.from_pretrained(args.sft)
     model_args = ModelConfig(model_name_or_path=args.model, dtype=args.dtype, use_peft=True, lora_dropout=0.0)
     base = load_base_model(model_args, tokenizer, task="reward")
@@ -64,34 +67,57 @@ def main() -> None:
         collate([rankings[j] for j in order[i * args.batch_size : (i + 1) * args.batch_size]])
         for i in range(args.steps + 1)
     ]
+    return model, batches
 
-    def step(batch: dict, share: bool) -> tuple[float, torch.Tensor]:
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        rewards = sequence_rewards(model, batch, share)
-        loss, _, _ = ranking_loss(rewards, batch["scores"], batch["group_sizes"])
-        loss.backward()
-        return time.perf_counter() - start, rewards.detach().float()
 
-    times: dict[bool, list[float]] = {False: [], True: []}
+def alternate(
+    model: torch.nn.Module, batches: list[dict], variants: dict[str, Callable[[dict], torch.Tensor]]
+) -> tuple[dict[str, list[tuple[float, float]]], float]:
+    """One ranking-loss forward and backward per variant on every batch, the variants' order alternating batch by
+    batch; the first batch warms them up. Returns each variant's (forward, backward) seconds per timed batch and the
+    largest difference between any variant's rewards and the first's."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     difference = 0.0
     for index, batch in enumerate(batches):
         rewards = {}
-        for share in (False, True) if index % 2 == 0 else (True, False):
-            seconds, rewards[share] = step(batch, share)
-            if index > 0:  # the first batch warms both paths up
-                times[share].append(seconds)
-        difference = max(difference, (rewards[True] - rewards[False]).abs().max().item())
+        names = list(variants) if index % 2 == 0 else list(reversed(variants))
+        for name in names:
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            rewards[name] = variants[name](batch)
+            loss, _, _ = ranking_loss(rewards[name].float(), batch["scores"], batch["group_sizes"])
+            middle = time.perf_counter()
+            loss.backward()
+            if index > 0:
+                times[name].append((middle - start, time.perf_counter() - middle))
+        first = rewards[next(iter(variants))].detach().float()
+        difference = max(difference, *((r.detach().float() - first).abs().max().item() for r in rewards.values()))
         if index > 0:
-            print(f"step {index}: whole {times[False][-1]:.2f} s, shared {times[True][-1]:.2f} s", flush=True)
+            row = ", ".join(f"{name} {sum(times[name][-1]):.2f} s" for name in variants)
+            print(f"step {index}: {row}", flush=True)
+    return times, difference
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_rm_args(parser)
+    args = parser.parse_args()
+    model, batches = rm_model_and_batches(args)
+
+    variants = {
+        "whole": lambda batch: sequence_rewards(model, batch, False),
+        "shared": lambda batch: sequence_rewards(model, batch, True),
+    }
+    times, difference = alternate(model, batches, variants)
+    step_times = {name: [forward + backward for forward, backward in runs] for name, runs in times.items()}
 
     timed = batches[1:]
     whole_tokens = sum(b["input_ids"].numel() for b in timed)
     shared_tokens = sum(b["prefix_ids"].numel() + b["suffix_ids"].numel() for b in timed)
-    whole, shared = statistics.mean(times[False]), statistics.mean(times[True])
+    whole, shared = statistics.mean(step_times["whole"]), statistics.mean(step_times["shared"])
     print(f"model {args.model} ({next(model.parameters()).dtype}), {len(timed)} steps of {args.batch_size} rankings")
-    print(f"whole sequences:  {whole:.2f} s/step (min {min(times[False]):.2f}), {whole_tokens} tokens")
-    print(f"shared prompts:   {shared:.2f} s/step (min {min(times[True]):.2f}), {shared_tokens} tokens")
+    print(f"whole sequences:  {whole:.2f} s/step (min {min(step_times['whole']):.2f}), {whole_tokens} tokens")
+    print(f"shared prompts:   {shared:.2f} s/step (min {min(step_times['shared']):.2f}), {shared_tokens} tokens")
     print(f"ratio whole/shared: time {whole / shared:.2f}x, tokens {whole_tokens / shared_tokens:.2f}x")
     print(f"largest reward difference between the two: {difference:.2e}")
 
