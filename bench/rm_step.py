@@ -11,12 +11,14 @@ step by step in one process on the same batches:
   added to the base's output and cast back;
 - `lora-autocast`: the same weights (still fp32, still what the optimizer updates) under `torch.autocast` to bf16
   with PEFT's input casting off, so the adapters' products and their backward run in bf16, as mixed precision on a
-  GPU does.
+  GPU does (`instructrl.modeling.lora_bf16_compute`, the RM stage's `lora_bf16_compute: true`);
+- `autocast-only`: `torch.autocast` alone, PEFT still casting each adapter's input to fp32 first (what the trainers'
+  own `bf16: true` would run).
 
-Printed: forward and backward seconds per step of each, their ratio and the largest reward difference between the
-two. With `--profile N`, N more steps of `lora-fp32` under `torch.profiler`: the operators with the most self time
-(by input shape) and the share of the step in matrix products, attention, dtype casts, other element-wise work and
-the rest.
+Printed: forward and backward seconds per step of each, their ratios to `lora-fp32` and the largest reward
+difference from it. With `--profile N`, N more steps of `lora-fp32` under `torch.profiler`: the operators with the
+most self time (by input shape) and the share of the step in matrix products, attention, dtype casts, other
+element-wise work and the rest.
 """
 
 import argparse
@@ -28,8 +30,8 @@ import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub k
 # isort: split
 
 import torch
-from peft.helpers import disable_input_dtype_casting
 
+from instructrl.modeling import lora_bf16_compute
 from instructrl.reward import ranking_loss, sequence_rewards
 from rm_shared_prompt import add_rm_args, alternate, rm_model_and_batches
 
@@ -81,10 +83,18 @@ def main() -> None:
     device = next(model.parameters()).device.type
 
     def autocast_rewards(batch: dict) -> torch.Tensor:
-        with torch.autocast(device, dtype=torch.bfloat16), disable_input_dtype_casting(model):
+        with lora_bf16_compute(model):  # what `lora_bf16_compute: true` runs in the RM stage
             return sequence_rewards(model, batch, True)
 
-    variants = {"lora-fp32": lambda batch: sequence_rewards(model, batch, True), "lora-autocast": autocast_rewards}
+    def trainer_autocast_rewards(batch: dict) -> torch.Tensor:
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return sequence_rewards(model, batch, True)
+
+    variants = {
+        "lora-fp32": lambda batch: sequence_rewards(model, batch, True),
+        "lora-autocast": autocast_rewards,
+        "autocast-only": trainer_autocast_rewards,
+    }
     times, difference = alternate(model, batches, variants)
     base_dtype = next(p for p in model.parameters() if not p.requires_grad).dtype
     print(f"model {args.model} (frozen base {base_dtype}), {len(batches) - 1} steps of {args.batch_size} rankings")
@@ -93,8 +103,9 @@ def main() -> None:
         forward, backward = statistics.mean(r[0] for r in runs), statistics.mean(r[1] for r in runs)
         means[name] = forward + backward
         print(f"{name:14s} forward {forward:.2f} s, backward {backward:.2f} s, step {means[name]:.2f} s")
-    print(f"ratio lora-fp32/lora-autocast: {means['lora-fp32'] / means['lora-autocast']:.2f}x")
-    print(f"largest reward difference between the two: {difference:.2e}")
+    for name in list(variants)[1:]:
+        print(f"ratio lora-fp32/{name}: {means['lora-fp32'] / means[name]:.2f}x")
+    print(f"largest reward difference from lora-fp32: {difference:.2e}")
     if base_dtype != torch.bfloat16:
         print("(the frozen base is not bf16 here: autocast also moves the base's products to bf16)")
 

@@ -79,6 +79,7 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
         callbacks=[DivergenceGuard()],
         length_decorrelation=script_args.length_decorrelation,
         share_prompt=script_args.share_prompt,
+        lora_bf16_compute=script_args.lora_bf16_compute,
     )
     if script_args.init_adapter and resume is None:
         load_init_adapter(trainer.model, script_args.init_adapter)

@@ -1,9 +1,12 @@
 """bf16 where the hardware computes it: detection, fp32 fallback, fp32 trainable weights and fp32 logits."""
 
 import os
+from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from trl import ModelConfig
 from trl.experimental.ppo import ppo_trainer as trl_ppo
@@ -15,9 +18,11 @@ from instructrl.modeling import (
     cpu_supports_bf16,
     lm_logits_in_model_dtype,
     load_base_model,
+    lora_bf16_compute,
     preferred_dtype,
     torch_dtype,
 )
+from instructrl.reward import RankingCollator, RankingRewardTrainer
 from instructrl.shared_base import SharedBase
 from ppo_fixtures import make_adapters, ppo_config, run
 
@@ -243,3 +248,82 @@ def test_fp32_ppo_keeps_generates_rollout_logprobs(tmp_path, tiny_model_dir, tok
     config = ppo_config(tmp_path, tiny_model_dir, sft, rm, total_episodes=4, save_strategy="no", score_heldout=False)
     trainer = run(config)
     assert trainer.rollout_logprobs_source() == "generate"  # in fp32 the two paths agree: no extra forward
+
+
+def lora_reward_model(model_dir, tokenizer, dtype: str) -> PeftModel:
+    """A reward model with LoRA on attention and MLP layers whose B matrices are non-zero, so the adapters count."""
+    base = load_base_model(ModelConfig(model_name_or_path=str(model_dir), dtype=dtype), tokenizer, task="reward")
+    config = LoraConfig(r=4, target_modules=["q_proj", "up_proj"], task_type="SEQ_CLS", modules_to_save=["score"])
+    model = get_peft_model(base, config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def rewards_and_gradients(model, ids, enabled: bool) -> tuple[torch.Tensor, set, dict]:
+    """The rewards of `ids`, the dtypes the LoRA A matrices received, and the trainable weights' gradients."""
+    seen = set()
+    hooks = [
+        module.register_forward_pre_hook(lambda _module, args: seen.add(args[0].dtype))
+        for name, module in model.named_modules()
+        if name.endswith("lora_A.default")
+    ]
+    model.zero_grad(set_to_none=True)
+    with lora_bf16_compute(model, enabled):
+        rewards = model(input_ids=ids).logits
+    rewards.sum().backward()
+    for hook in hooks:
+        hook.remove()
+    return rewards, seen, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_lora_bf16_compute_runs_the_adapters_in_bf16_and_keeps_fp32_weights(tiny_model_dir, tokenizer, bf16_cpu):
+    model = lora_reward_model(tiny_model_dir, tokenizer, "auto")
+    ids = torch.tensor([tokenizer("Tea is a drink. Coffee is one too.")["input_ids"]] * 2)
+    reference, seen_fp32, grads_fp32 = rewards_and_gradients(model, ids, enabled=False)
+    rewards, seen_bf16, grads_bf16 = rewards_and_gradients(model, ids, enabled=True)
+    assert seen_fp32 == {torch.float32} and seen_bf16 == {torch.bfloat16}  # PEFT's fp32 path vs bf16 arithmetic
+    assert rewards.dtype == torch.float32  # the score head stays fp32 under autocast
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in trainable)
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads_bf16.values())
+    assert torch.allclose(rewards, reference, atol=0.05)
+    for name, grad in grads_bf16.items():  # the same gradients to bf16 rounding
+        cosine = F.cosine_similarity(grad.flatten(), grads_fp32[name].flatten(), dim=0)
+        assert cosine > 0.99, name
+
+
+def test_lora_bf16_compute_changes_nothing_on_an_fp32_base(tiny_model_dir, tokenizer):
+    model = lora_reward_model(tiny_model_dir, tokenizer, "float32")
+    ids = torch.tensor([tokenizer("Tea is a drink.")["input_ids"]])
+    reference, _, grads_off = rewards_and_gradients(model, ids, enabled=False)
+    rewards, seen, grads_on = rewards_and_gradients(model, ids, enabled=True)
+    assert seen == {torch.float32} and torch.equal(rewards, reference)
+    assert all(torch.equal(grads_on[n], grads_off[n]) for n in grads_off)
+
+
+def test_reward_trainer_runs_the_adapters_in_bf16_only_when_asked(tiny_model_dir, tokenizer, bf16_cpu):
+    model = lora_reward_model(tiny_model_dir, tokenizer, "auto")
+    collate = RankingCollator(tokenizer.pad_token_id)
+    sequences = [tokenizer(text)["input_ids"] for text in ("Tea. Yes.", "Tea. No, not at all.", "Tea. Maybe.")]
+    inputs = collate([{"sequences": sequences, "scores": [1.0, 0.0, 0.5]}])
+    seen = set()
+    model.base_model.model.model.layers[0].self_attn.q_proj.lora_A.default.register_forward_pre_hook(
+        lambda _module, args: seen.add(args[0].dtype)
+    )
+    for enabled in (False, True):
+        seen.clear()
+        trainer = SimpleNamespace(
+            model=model,
+            length_decorrelation=0.0,
+            share_prompt=True,
+            lora_bf16_compute=enabled,
+            accelerator=SimpleNamespace(num_processes=1, unwrap_model=lambda m: m, gather_for_metrics=lambda x: x),
+            _metrics={"train": defaultdict(list)},
+        )
+        loss = RankingRewardTrainer.compute_loss(trainer, model, inputs)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert seen == {torch.bfloat16 if enabled else torch.float32}

@@ -121,6 +121,7 @@ def test_reward_trainer_adds_the_weighted_length_penalty_and_logs_the_correlatio
             model=model,
             length_decorrelation=weight,
             share_prompt=False,
+            lora_bf16_compute=False,
             accelerator=SimpleNamespace(gather_for_metrics=lambda x: x),
             _metrics={"train": defaultdict(list)},
         )

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
+from peft.helpers import disable_input_dtype_casting
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -363,8 +364,32 @@ def _float32_logits(self: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
         if getattr(self, "_fp32_key", None) != key:
             self._fp32_weight, self._fp32_key = weight.detach().float(), key
         weight = self._fp32_weight
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(hidden.float(), weight.float(), bias)
+    # A trained fp32 head (a reward model's score: one row of weights) stays fp32 under autocast too, so that
+    # `lora_bf16_compute` rounds only the adapters' arithmetic, not the rewards.
     bias = None if self.bias is None else self.bias.float()
-    return F.linear(hidden.float(), weight.float(), bias)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return F.linear(hidden.float(), weight.float(), bias)
+
+
+@contextmanager
+def lora_bf16_compute(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within this block, a bf16 model's fp32 LoRA adapters compute in bf16, as mixed precision on a GPU runs them.
+
+    By default PEFT casts each adapted layer's bf16 input to the adapter's fp32, so the low-rank product comes back as
+    a full-width fp32 tensor that is scaled, added to the layer's bf16 output and cast back, forward and backward: on
+    a CPU most of a reward-model step's time at the default's width (`bench/rm_step.py`). Here the adapters' inputs
+    stay bf16 (PEFT's input casting off) and `torch.autocast` runs their products in bf16; their weights stay fp32 and
+    their gradients arrive in fp32, so the optimizer is unchanged. A trained fp32 score head still computes in fp32.
+    Nothing changes where the model's body is not bf16 (fp32, or 4-bit with fp32 compute) or when not `enabled`.
+    """
+    if not enabled or compute_dtype(model) != torch.bfloat16:
+        yield
+        return
+    device = model.get_input_embeddings().weight.device.type
+    with torch.autocast(device, dtype=torch.bfloat16), disable_input_dtype_casting(model):
+        yield
 
 
 def compute_logits_in_fp32(model: PreTrainedModel) -> None:

@@ -33,7 +33,7 @@ from .data.loading import load_data, message_text
 from .data.rows import encode_prompt, encode_response, ranked_responses, tokenize_comparisons
 from .errors import ConfigError, DataError
 from .labeler import LABELERS
-from .modeling import returned_cache
+from .modeling import lora_bf16_compute, returned_cache
 from .stats import proportion_ci
 
 NORMALIZATION_FILE = "reward_normalization.json"
@@ -306,11 +306,20 @@ def load_init_adapter(model: PeftModel, path: str) -> int:
 class RankingRewardTrainer(RewardTrainer):
     """TRL's `RewardTrainer` trained on K-way rankings (pairs being K=2) with `ranking_loss`, plus
     `length_decorrelation` x the square of `within_group_length_correlation` (logged as `length_correlation` in either
-    case), over the finished responses where the rankings say which ended (`finished`), else over all."""
+    case), over the finished responses where the rankings say which ended (`finished`), else over all. With
+    `lora_bf16_compute` the adapters' arithmetic runs in bf16 on a bf16 base (`modeling.lora_bf16_compute`)."""
 
-    def __init__(self, *args, length_decorrelation: float = 0.0, share_prompt: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        length_decorrelation: float = 0.0,
+        share_prompt: bool = True,
+        lora_bf16_compute: bool = False,
+        **kwargs,
+    ):
         self.length_decorrelation = length_decorrelation
         self.share_prompt = share_prompt
+        self.lora_bf16_compute = lora_bf16_compute
         super().__init__(*args, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -326,7 +335,9 @@ class RankingRewardTrainer(RewardTrainer):
         mode = "train" if self.model.training else "eval"
         # Across processes the model is DDP-wrapped and its gradients are synchronized by its own forward: run whole.
         share = self.share_prompt and self.accelerator.num_processes == 1
-        rewards = sequence_rewards(self.accelerator.unwrap_model(model) if share else model, inputs, share)
+        unwrapped = self.accelerator.unwrap_model(model) if share or self.lora_bf16_compute else model
+        with lora_bf16_compute(unwrapped, self.lora_bf16_compute):
+            rewards = sequence_rewards(unwrapped if share else model, inputs, share).float()
         outputs = SequenceClassifierOutput(logits=rewards[:, None])
         loss, correct, pairs = ranking_loss(rewards, inputs["scores"], inputs["group_sizes"])
         # Right-padded sequences of one group share their prompt: their lengths differ as the responses' do.
