@@ -31,7 +31,7 @@ import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub k
 
 import torch
 
-from instructrl.modeling import lora_bf16_compute
+from instructrl.modeling import compute_dtype, lora_bf16_compute
 from instructrl.reward import ranking_loss, sequence_rewards
 from rm_shared_prompt import add_rm_args, alternate, rm_model_and_batches
 
@@ -96,7 +96,7 @@ def main() -> None:
         "autocast-only": trainer_autocast_rewards,
     }
     times, difference = alternate(model, batches, variants)
-    base_dtype = next(p for p in model.parameters() if not p.requires_grad).dtype
+    base_dtype = compute_dtype(model)
     print(f"model {args.model} (frozen base {base_dtype}), {len(batches) - 1} steps of {args.batch_size} rankings")
     means = {}
     for name, runs in times.items():
