@@ -19,6 +19,8 @@ held-out scoring. Variants:
   (not `fast_cpu_sampling`) and the ptx loss's logits in fp32 (not `lm_logits_in_model_dtype`);
 - `default-full-logits`: `default` with the output layer run over the prompt positions too in the reference, rollout
   and training forwards, as before 2026-12-05 (`instructrl.ppo.response_logits_only` off).
+- `default-lora-bf16`: `default` with `lora_bf16_compute: true`: the LoRA adapters' arithmetic in bf16 on the bf16
+  base through sampling, scoring, PPO and ptx passes (their weights, the logits and the scalar heads fp32).
 
 `--plain` runs the plain-PPO config (`config_ppo.yaml`, no ptx) instead of PPO-ptx.
 
@@ -57,6 +59,7 @@ VARIANTS = {
     "default-generate": ["--dtype", "bfloat16", "--rollout_logprobs", "generate"],  # TRL's rollout log-probs in bf16
     "default-before": [],
     "default-full-logits": [],
+    "default-lora-bf16": ["--lora_bf16_compute", "true"],  # the adapters' arithmetic in bf16 too (2026-12-06)
 }
 BEFORE = {"fp32-8", "bf16-8", "default-before"}  # run with the sampler and ptx logits of before 2026-12-02
 FULL_LOGITS = BEFORE | {"default-full-logits"}  # the output layer over the prompts too (before 2026-12-05)

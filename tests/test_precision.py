@@ -327,3 +327,83 @@ def test_reward_trainer_runs_the_adapters_in_bf16_only_when_asked(tiny_model_dir
         loss = RankingRewardTrainer.compute_loss(trainer, model, inputs)
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
         assert seen == {torch.bfloat16 if enabled else torch.float32}
+
+
+def test_lora_bf16_compute_sees_adapter_updates_made_inside_the_block(tiny_model_dir, tokenizer, bf16_cpu):
+    """PPO keeps the block open across optimizer steps: each forward must use the adapters' current weights, not a
+    bf16 copy cast before the step (autocast's cast cache, which the block turns off)."""
+    model = lora_reward_model(tiny_model_dir, tokenizer, "auto")
+    ids = torch.tensor([tokenizer("Tea is a drink.")["input_ids"]])
+    with lora_bf16_compute(model):
+        before = model(input_ids=ids).logits
+        with torch.no_grad():  # what an optimizer step does: the trainable weights change in place
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.mul_(3)
+        after = model(input_ids=ids).logits
+    with lora_bf16_compute(model):
+        fresh = model(input_ids=ids).logits
+    assert not torch.equal(before, after)
+    assert torch.equal(after, fresh)
+
+
+def test_logits_and_scalar_heads_stay_fp32_under_lora_bf16_compute(tmp_path, tiny_model_dir, tokenizer, bf16_cpu):
+    model = load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="auto"), tokenizer)
+    model.requires_grad_(False)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    ids = torch.tensor([tokenizer("Tea is a drink.")["input_ids"]])
+    head = model.get_output_embeddings().weight
+    with lora_bf16_compute(lora):
+        output = lora(input_ids=ids, output_hidden_states=True)
+    hidden = output.hidden_states[-1]
+    assert output.logits.dtype == torch.float32  # not autocast's bf16: PPO's ratios and KL are made of these
+    torch.testing.assert_close(output.logits, hidden.float() @ head.float().T, rtol=1e-6, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # any other autocast (a GPU trainer's): as it always did
+        assert lora(input_ids=ids).logits.dtype == torch.bfloat16
+    _, rm = make_adapters(tiny_model_dir, tmp_path, tokenizer)
+    base = load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="auto"), tokenizer)
+    head = SharedBase(base, rm).value_head
+    hidden = torch.randn(3, head.in_features, dtype=torch.bfloat16)
+    with lora_bf16_compute(lora):
+        values = head(hidden)
+    assert values.dtype == torch.float32
+    torch.testing.assert_close(values, hidden.float() @ head.weight.T + head.bias, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_bf16_ppo_runs_its_adapters_in_bf16_only_when_asked(
+    tmp_path, tiny_model_dir, tokenizer, bf16_cpu, monkeypatch, enabled
+):
+    sft, rm = make_adapters(tiny_model_dir, tmp_path / "adapters", tokenizer)
+    seen: dict[str, set] = defaultdict(set)
+    real_train, real_forward = ppo.InstructPPOTrainer.train, trl_ppo.forward
+
+    def record(adapter):
+        return lambda _module, args: seen[adapter].add(args[0].dtype)
+
+    def train(self, *args, **kwargs):
+        for name, module in self.shared.shared.named_modules():
+            for adapter in ("policy", "value", "reward"):
+                if name.endswith(f"lora_A.{adapter}"):
+                    module.register_forward_pre_hook(record(adapter))
+        return real_train(self, *args, **kwargs)
+
+    def forward(*args, **kwargs):
+        output = real_forward(*args, **kwargs)
+        if hasattr(output, "logits"):
+            seen["logits"].add(output.logits.dtype)
+        return output
+
+    monkeypatch.setattr(ppo.InstructPPOTrainer, "train", train)
+    monkeypatch.setattr(trl_ppo, "forward", forward)
+    config = ppo_config(
+        tmp_path, tiny_model_dir, sft, rm, dtype="auto", total_episodes=4, save_strategy="no", score_heldout=False
+    )
+    trainer = run(config, "--lora_bf16_compute", str(enabled).lower())
+    lora = torch.bfloat16 if enabled else torch.float32
+    assert seen == {"policy": {lora}, "value": {lora}, "reward": {lora}, "logits": {torch.float32}}
+    trainable = [p for p in trainer.shared.shared.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    (log,) = [log for log in trainer.state.log_history if "objective/kl" in log]
+    assert log["objective/kl"] == 0.0  # rollouts and the training forward share their arithmetic
+    assert trainer.shared.value_head(torch.ones(1, trainer.shared.value_head.in_features)).dtype == torch.float32

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MethodType
@@ -334,6 +334,7 @@ def torch_dtype(name: str | None) -> torch.dtype:
 
 
 _logits_in_fp32 = True  # switched off inside `lm_logits_in_model_dtype`
+_lora_autocast = False  # switched on inside `lora_bf16_compute`
 
 
 @contextmanager
@@ -365,7 +366,10 @@ def _float32_logits(self: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
             self._fp32_weight, self._fp32_key = weight.detach().float(), key
         weight = self._fp32_weight
         bias = None if self.bias is None else self.bias.float()
-        return F.linear(hidden.float(), weight.float(), bias)
+        # Under `lora_bf16_compute`'s autocast the logits stay fp32 too (PPO's ratios and KL need them); elsewhere,
+        # e.g. a GPU trainer's own bf16 autocast, the head does what that autocast does, as before.
+        with torch.autocast(hidden.device.type, enabled=False) if _lora_autocast else nullcontext():
+            return F.linear(hidden.float(), weight.float(), bias)
     # A trained fp32 head (a reward model's score: one row of weights) stays fp32 under autocast too, so that
     # `lora_bf16_compute` rounds only the adapters' arithmetic, not the rewards.
     bias = None if self.bias is None else self.bias.float()
@@ -384,12 +388,22 @@ def lora_bf16_compute(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     their gradients arrive in fp32, so the optimizer is unchanged. A trained fp32 score head still computes in fp32.
     Nothing changes where the model's body is not bf16 (fp32, or 4-bit with fp32 compute) or when not `enabled`.
     """
+    global _lora_autocast
     if not enabled or compute_dtype(model) != torch.bfloat16:
         yield
         return
     device = model.get_input_embeddings().weight.device.type
-    with torch.autocast(device, dtype=torch.bfloat16), disable_input_dtype_casting(model):
-        yield
+    previous, _lora_autocast = _lora_autocast, True
+    try:
+        # No cast cache: the block may span optimizer steps (a whole PPO run), and autocast's cache would keep
+        # serving the bf16 copy of an adapter weight from before the step. Each forward casts its weights anew.
+        with (
+            torch.autocast(device, dtype=torch.bfloat16, cache_enabled=False),
+            disable_input_dtype_casting(model),
+        ):
+            yield
+    finally:
+        _lora_autocast = previous
 
 
 def compute_logits_in_fp32(model: PreTrainedModel) -> None:

@@ -39,7 +39,7 @@ from .errors import ConfigError, DivergenceError
 from .evaluation import mean_response_tokens, mean_reward_per_prompt
 from .generation import fast_cpu_sampling, sample_responses
 from .gold import GoldScorer
-from .modeling import compute_dtype, lm_logits_in_model_dtype
+from .modeling import compute_dtype, lm_logits_in_model_dtype, lora_bf16_compute
 from .ptx import PretrainingStream, predicted_tokens, ptx_loss
 from .reward import check_ensemble
 from .reward_shaping import (
@@ -199,6 +199,10 @@ class InstructPPOConfig(PPOConfig):
         max_kl (`float`, *optional*):
             Stop training (`DivergenceError`, stage left interrupted, last checkpoint kept) once an update's rollouts
             are further than this from the reference (TRL's `objective/kl`, nats per response). Unset: no ceiling.
+        lora_bf16_compute (`bool`, *optional*, defaults to `False`):
+            On a bf16 base, run the policy's, value's and reward's LoRA arithmetic in bf16 through the whole of
+            training (sampling, scoring, PPO and ptx passes; `instructrl.modeling.lora_bf16_compute`), the adapters'
+            weights, the logits and the scalar heads staying fp32. Nothing changes on an fp32 or 4-bit base.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Run code shipped with the model. Off unless the user turns it on.
     """
@@ -245,6 +249,9 @@ class InstructPPOConfig(PPOConfig):
     length_correction_samples: int = field(default=4, metadata={"help": "SFT samples per prompt for the length fit."})
     max_kl: float | None = field(
         default=None, metadata={"help": "Stop when the rollouts' KL to the reference exceeds this; unset: never."}
+    )
+    lora_bf16_compute: bool = field(
+        default=False, metadata={"help": "LoRA arithmetic in bf16 on a bf16 base (logits and heads stay fp32)."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the model."})
 
@@ -408,6 +415,8 @@ class InstructPPOTrainer(PPOTrainer):
             stack.enter_context(fast_cpu_sampling())
             if self.args.length_correction == "sft":  # before any patch below: it samples and scores as TRL does
                 self.length_correction = self.fit_length_correction()
+            # Sampling, scoring and training all in it, so rollout and training log-probabilities share arithmetic.
+            stack.enter_context(lora_bf16_compute(self.shared.shared, self.args.lora_bf16_compute))
             stack.enter_context(response_logits_only())  # before the rollout patch below, which calls `forward`
             if self.rollout_logprobs_source() == "forward":
                 stack.enter_context(rollout_logprobs_from_forward())

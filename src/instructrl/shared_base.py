@@ -144,7 +144,10 @@ class ScalarHead(nn.Linear):
         super().__init__(hidden_size, 1, bias=True, dtype=torch.float32)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return super().forward(hidden.to(self.weight.dtype))
+        # fp32 under autocast too (`lora_bf16_compute`, a GPU's mixed precision): one row of weights, and the value
+        # and reward it returns are what PPO's advantages are made of.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return super().forward(hidden.to(self.weight.dtype))
 
 
 class ScalarModel(nn.Module):
