@@ -19,8 +19,8 @@ held-out scoring. Variants:
   (not `fast_cpu_sampling`) and the ptx loss's logits in fp32 (not `lm_logits_in_model_dtype`);
 - `default-full-logits`: `default` with the output layer run over the prompt positions too in the reference, rollout
   and training forwards, as before 2026-12-05 (`instructrl.ppo.response_logits_only` off).
-- `default-lora-bf16`: `default` with `lora_bf16_compute: true`: the LoRA adapters' arithmetic in bf16 on the bf16
-  base through sampling, scoring, PPO and ptx passes (their weights, the logits and the scalar heads fp32).
+- `default-lora-fp32`: `default` with `lora_bf16_compute: false`: PEFT's fp32 arithmetic in the LoRA adapters of
+  the bf16 base, as before 2026-12-06 (the default runs it in bf16, the weights, logits and scalar heads fp32).
 
 `--plain` runs the plain-PPO config (`config_ppo.yaml`, no ptx) instead of PPO-ptx.
 
@@ -49,7 +49,7 @@ CONFIGS = {  # plain PPO or not
 }
 OLD_SHAPE = [
     "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2", "--num_mini_batches", "1",
-    "--num_ppo_epochs", "1", "--local_rollout_forward_batch_size", "8",
+    "--num_ppo_epochs", "1", "--local_rollout_forward_batch_size", "8", "--lora_bf16_compute", "false",
 ]  # fmt: skip
 VARIANTS = {
     "fp32-8": ["--dtype", "float32", *OLD_SHAPE],
@@ -57,9 +57,9 @@ VARIANTS = {
     "default": [],
     "default-fp32": ["--dtype", "float32"],
     "default-generate": ["--dtype", "bfloat16", "--rollout_logprobs", "generate"],  # TRL's rollout log-probs in bf16
-    "default-before": [],
+    "default-before": ["--lora_bf16_compute", "false"],
     "default-full-logits": [],
-    "default-lora-bf16": ["--lora_bf16_compute", "true"],  # the adapters' arithmetic in bf16 too (2026-12-06)
+    "default-lora-fp32": ["--lora_bf16_compute", "false"],  # PEFT's fp32 adapter arithmetic (before 2026-12-06)
 }
 BEFORE = {"fp32-8", "bf16-8", "default-before"}  # run with the sampler and ptx logits of before 2026-12-02
 FULL_LOGITS = BEFORE | {"default-full-logits"}  # the output layer over the prompts too (before 2026-12-05)
