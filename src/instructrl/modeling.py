@@ -354,6 +354,13 @@ def lm_logits_in_model_dtype() -> Iterator[None]:
         _logits_in_fp32 = previous
 
 
+def fp32_linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, outside_autocast: bool = True):
+    """`hidden @ weight.T + bias` in fp32; with `outside_autocast` in fp32 under an enclosing autocast too."""
+    bias = None if bias is None else bias.float()
+    with torch.autocast(hidden.device.type, enabled=False) if outside_autocast else nullcontext():
+        return F.linear(hidden.float(), weight.float(), bias)
+
+
 def _float32_logits(self: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     weight = self.weight
     if weight.dtype != torch.float32 and not weight.requires_grad:
@@ -364,17 +371,12 @@ def _float32_logits(self: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
         key = (weight.data_ptr(), weight._version)
         if getattr(self, "_fp32_key", None) != key:
             self._fp32_weight, self._fp32_key = weight.detach().float(), key
-        weight = self._fp32_weight
-        bias = None if self.bias is None else self.bias.float()
         # Under `lora_bf16_compute`'s autocast the logits stay fp32 too (PPO's ratios and KL need them); elsewhere,
         # e.g. a GPU trainer's own bf16 autocast, the head does what that autocast does, as before.
-        with torch.autocast(hidden.device.type, enabled=False) if _lora_autocast else nullcontext():
-            return F.linear(hidden.float(), weight.float(), bias)
+        return fp32_linear(hidden, self._fp32_weight, self.bias, outside_autocast=_lora_autocast)
     # A trained fp32 head (a reward model's score: one row of weights) stays fp32 under autocast too, so that
     # `lora_bf16_compute` rounds only the adapters' arithmetic, not the rewards.
-    bias = None if self.bias is None else self.bias.float()
-    with torch.autocast(hidden.device.type, enabled=False):
-        return F.linear(hidden.float(), weight.float(), bias)
+    return fp32_linear(hidden, weight, self.bias)
 
 
 @contextmanager

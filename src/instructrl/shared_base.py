@@ -34,6 +34,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from .adapters import adapter_tensors, load_lora_weights
 from .errors import ConfigError, MissingStageError, ModelLoadError
+from .modeling import fp32_linear
 from .reward import NORMALIZATION_FILE, ensemble_reward
 
 POLICY, REFERENCE, REWARD, VALUE = "policy", "reference", "reward", "value"
@@ -146,8 +147,7 @@ class ScalarHead(nn.Linear):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # fp32 under autocast too (`lora_bf16_compute`, a GPU's mixed precision): one row of weights, and the value
         # and reward it returns are what PPO's advantages are made of.
-        with torch.autocast(hidden.device.type, enabled=False):
-            return super().forward(hidden.to(self.weight.dtype))
+        return fp32_linear(hidden, self.weight, self.bias)
 
 
 class ScalarModel(nn.Module):
