@@ -13,7 +13,9 @@ step by step in one process on the same batches:
   with PEFT's input casting off, so the adapters' products and their backward run in bf16, as mixed precision on a
   GPU does (`instructrl.modeling.lora_bf16_compute`, the RM stage's `lora_bf16_compute: true`);
 - `autocast-only`: `torch.autocast` alone, PEFT still casting each adapter's input to fp32 first (what the trainers'
-  own `bf16: true` would run).
+  own `bf16: true` would run);
+- `top-N-layers`: as `lora-fp32` with only the top N layers' LoRA weights trainable (`--top_layers`, the RM stage's
+  `train_top_layers: N`), so back-propagation stops below them.
 
 Printed: forward and backward seconds per step of each, their ratios to `lora-fp32` and the largest reward
 difference from it. With `--profile N`, N more steps of `lora-fp32` under `torch.profiler`: the operators with the
@@ -32,7 +34,7 @@ import instructrl  # noqa: F401  # first: keeps bitsandbytes from fetching Hub k
 import torch
 
 from instructrl.modeling import compute_dtype, lora_bf16_compute
-from instructrl.reward import ranking_loss, sequence_rewards
+from instructrl.reward import ranking_loss, sequence_rewards, train_top_layers
 from rm_shared_prompt import add_rm_args, alternate, rm_model_and_batches
 
 CATEGORIES = {  # profiler operator name -> what it is, for the summary; anything else is "other"
@@ -78,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_rm_args(parser)
     parser.add_argument("--profile", type=int, default=0, help="steps of lora-fp32 to profile afterwards (0: none)")
+    parser.add_argument("--top_layers", type=int, default=15, help="trainable layers of the top-N-layers variant")
     args = parser.parse_args()
     model, batches = rm_model_and_batches(args)
     device = next(model.parameters()).device.type
@@ -90,10 +93,19 @@ def main() -> None:
         with torch.autocast(device, dtype=torch.bfloat16):
             return sequence_rewards(model, batch, True)
 
+    def top_layers_rewards(batch: dict) -> torch.Tensor:
+        frozen = train_top_layers(model, args.top_layers)  # the graph is built now: thaw them once it is
+        try:
+            return sequence_rewards(model, batch, True)
+        finally:
+            for param in frozen:
+                param.requires_grad_(True)
+
     variants = {
         "lora-fp32": lambda batch: sequence_rewards(model, batch, True),
         "lora-autocast": autocast_rewards,
         "autocast-only": trainer_autocast_rewards,
+        f"top-{args.top_layers}-layers": top_layers_rewards,
     }
     times, difference = alternate(model, batches, variants)
     base_dtype = compute_dtype(model)

@@ -39,6 +39,7 @@ from instructrl.reward import (
     pairwise_accuracy,
     reward_bias,
     reward_peft_config,
+    train_top_layers,
 )
 from instructrl.runs import announce, finish_stage, prepare_run, resolve_resume, start_stage, write_json
 from instructrl.sft import validate_sft_dataset
@@ -65,6 +66,8 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     peft_config = reward_peft_config(model_args, script_args.init_adapter)
     if script_args.init_adapter and peft_config is None:
         raise ConfigError("`init_adapter` starts the reward adapter from the SFT one: set `use_peft: true`.")
+    if script_args.train_top_layers is not None and peft_config is None:
+        raise ConfigError("`train_top_layers` chooses which LoRA layers train: set `use_peft: true` (or it to null).")
     model = load_base_model(model_args, tokenizer, task="reward", trust_remote_code=training_args.trust_remote_code)
 
     start_stage(output_dir, "rm")
@@ -83,6 +86,8 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     )
     if script_args.init_adapter and resume is None:
         load_init_adapter(trainer.model, script_args.init_adapter)
+    if script_args.train_top_layers is not None:
+        train_top_layers(trainer.model, script_args.train_top_layers)
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_result.metrics)
     trainer.log_metrics("train", metrics)

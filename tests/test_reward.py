@@ -449,6 +449,50 @@ def test_rm_starts_from_the_sft_adapter(tmp_path, tiny_model_dir, tokenizer):
     )
 
 
+def test_rm_trains_only_the_top_layers_of_its_adapter(tmp_path, tiny_model_dir, tokenizer):
+    from safetensors.torch import load_file
+
+    sft = save_sft_adapter(tmp_path / "sft", tiny_model_dir, tokenizer)
+    data = write_jsonl(tmp_path / "rankings.jsonl", synthetic_rankings(8, seed=4))
+    write_demos(tmp_path)
+    trainer = run(
+        rm_config(tmp_path, tiny_model_dir, data, num_train_epochs=1, init_adapter=str(sft), train_top_layers=1)
+    )
+    start, reward = (
+        load_file(sft / "adapter_model.safetensors"),
+        load_file(tmp_path / "rm" / "adapter_model.safetensors"),
+    )
+    lower, top = [k for k in start if ".layers.0." in k], [k for k in start if ".layers.1." in k]
+    assert lower and top
+    for key in lower:  # the tiny model has two layers: layer 0 keeps the SFT adapter's values
+        torch.testing.assert_close(reward[key], start[key], msg=key)
+    assert all(not torch.equal(reward[key], start[key]) for key in top if "lora_B" in key)
+    # Back-propagation stops above layer 0: its output needs no gradient in training.
+    outputs = []
+    layer = trainer.model.get_base_model().model.layers[0]
+
+    def keep(module, args, out):
+        outputs.append(out[0] if isinstance(out, tuple) else out)
+
+    handle = layer.register_forward_hook(keep)
+    trainer.model.train()
+    trainer.model(input_ids=torch.tensor([[5, 6, 7]]))
+    handle.remove()
+    assert outputs and not outputs[0].requires_grad
+
+
+def test_rm_train_top_layers_must_count_layers(tmp_path, tiny_model_dir):
+    from instructrl.errors import ConfigError
+
+    data = write_jsonl(tmp_path / "rankings.jsonl", synthetic_rankings(8, seed=4))
+    write_demos(tmp_path)
+    with pytest.raises(ConfigError, match="counts layers from the top"):
+        run(rm_config(tmp_path, tiny_model_dir, data, train_top_layers=-1))
+    with pytest.raises(ConfigError, match="set `use_peft: true`"):
+        run(rm_config(tmp_path, tiny_model_dir, data, train_top_layers=1, use_peft=False))
+    assert not (tmp_path / "rm" / "adapter_model.safetensors").exists()
+
+
 @pytest.mark.parametrize("case", ["missing", "other_base"])
 def test_rm_init_adapter_that_does_not_fit_is_refused(tmp_path, tiny_model_dir, tokenizer, case):
     from instructrl.errors import ConfigError

@@ -133,6 +133,11 @@ class RewardScriptArguments(ScriptArguments):
             a GPU does, instead of PEFT's fp32 path around every adapted layer: 1.25x faster steps on a 2-core Xeon
             with AMX (`bench/rm_step.py`). Off by default until its effect on the RM's accuracy is measured. No
             effect on an fp32 or 4-bit base.
+        train_top_layers (`int`, *optional*):
+            Train the adapter's LoRA weights in the top N transformer layers only (and the score head, always): the
+            lower layers keep their starting values (the SFT adapter's, with `init_adapter`) and back-propagation
+            stops below layer N from the top, which shortens the backward pass (`instructrl.reward.train_top_layers`).
+            `None` trains every layer the adapter has.
     """
 
     dataset_name: str | None = field(default=None, metadata={"help": "Comparisons (rankings or pairs)."})
@@ -143,8 +148,14 @@ class RewardScriptArguments(ScriptArguments):
     length_decorrelation: float = field(default=0.0)
     share_prompt: bool = field(default=True, metadata={"help": "Each prompt once for all its responses."})
     lora_bf16_compute: bool = field(default=False, metadata={"help": "LoRA arithmetic in bf16 on a bf16 base."})
+    train_top_layers: int | None = field(default=None, metadata={"help": "Train LoRA in the top N layers only."})
 
     def __post_init__(self):
+        if self.train_top_layers is not None and self.train_top_layers < 0:
+            raise ConfigError(
+                f"`train_top_layers: {self.train_top_layers}` counts layers from the top: use 0 (the score head "
+                "only) or more, or null to train every layer."
+            )
         if not self.length_decorrelation >= 0:  # NaN too
             raise ConfigError(
                 f"`length_decorrelation: {self.length_decorrelation}` weighs a penalty: use 0 (off) or more."

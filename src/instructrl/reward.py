@@ -11,6 +11,7 @@ RM evaluation and PPO all score the same token.
 """
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
@@ -301,6 +302,28 @@ def load_init_adapter(model: PeftModel, path: str) -> int:
     """
     fix = "`init_adapter` must be the SFT adapter of the same base model."
     return load_lora_weights(model, Path(expand_path(path)), model.active_adapter, ConfigError, fix)
+
+
+def train_top_layers(model: PeftModel, top: int) -> list[torch.nn.Parameter]:
+    """Freeze the LoRA weights of `model`'s transformer layers below its top `top`, so that training moves only the
+    top layers' adapter weights and the score head, and back-propagation stops at the lowest trainable layer (a
+    shorter backward pass: the lower layers' activations need no gradient). Returns the frozen parameters.
+
+    The frozen weights keep their values (the SFT adapter's where the reward adapter starts from it) and are saved
+    with the adapter as before.
+    """
+    layers = model.get_base_model().config.num_hidden_layers
+    lora = [(name, param) for name, param in model.named_parameters() if ".lora_" in name]
+    indexed = [(re.search(r"\.layers\.(\d+)\.", name), param) for name, param in lora]
+    if lora and not all(match for match, _ in indexed):
+        raise ConfigError(
+            "`train_top_layers` needs LoRA weights inside numbered transformer layers (`...layers.<i>...`); this "
+            "adapter has others. Set `train_top_layers: null`."
+        )
+    frozen = [param for match, param in indexed if int(match.group(1)) < layers - top]
+    for param in frozen:
+        param.requires_grad_(False)
+    return frozen
 
 
 class RankingRewardTrainer(RewardTrainer):
