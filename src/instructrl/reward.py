@@ -313,9 +313,8 @@ def train_top_layers(model: PeftModel, top: int) -> list[torch.nn.Parameter]:
     with the adapter as before.
     """
     layers = model.get_base_model().config.num_hidden_layers
-    lora = [(name, param) for name, param in model.named_parameters() if ".lora_" in name]
-    indexed = [(re.search(r"\.layers\.(\d+)\.", name), param) for name, param in lora]
-    if lora and not all(match for match, _ in indexed):
+    indexed = [(re.search(r"\.layers\.(\d+)\.", n), param) for n, param in model.named_parameters() if ".lora_" in n]
+    if not all(match for match, _ in indexed):
         raise ConfigError(
             "`train_top_layers` needs LoRA weights inside numbered transformer layers (`...layers.<i>...`); this "
             "adapter has others. Set `train_top_layers: null`."
