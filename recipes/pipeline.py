@@ -4,6 +4,7 @@
     make pipeline FORCE=rm                         # redo the reward model and everything after it
     make pipeline MODEL=Qwen/Qwen2.5-0.5B-Instruct # the same recipe on another model, in its own output root
     make pipeline SEED=7                           # every stage with seed 7, beside the default run (<root>-seed7)
+    make pipeline JOBS=2                           # independent stages (PPO-ptx and PPO) side by side
     python recipes/pipeline.py --config recipes/smollm2-135m/pipeline.yaml [--force STAGE ...] [--seed N] [--dry-run]
 
 Re-running skips finished stages; an interrupted stage starts over from an empty output directory; a stage whose
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=None,
         help="Every stage's seed; the outputs go to <output root>-seed<N> (a second, complete run beside the first).",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="Stages to run side by side once their `after:` stages are done, each with cores/jobs threads.",
+    )
     parser.add_argument("--accelerate-config", default=str(REPO / "recipes/accelerate_configs/single_gpu.yaml"))
     parser.add_argument("--log-file", default=None, help="Where to write stage timings (JSON).")
     args = parser.parse_args(argv)
@@ -45,12 +52,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         dry_run=args.dry_run,
         launcher=default_launcher(Path(args.accelerate_config)),
         log_file=log_file,
+        jobs=args.jobs,
     )
     ran = [r for r in records if "seconds" in r]
     if ran:
+        wall = max(r["ended"] for r in ran) - min(r["started"] for r in ran)
         print(
-            f"[pipeline] done: {sum(r['seconds'] for r in ran) / 60:.1f} min over {len(ran)} stage(s); "
-            f"timings in {log_file}"
+            f"[pipeline] done: {wall / 60:.1f} min for {len(ran)} stage(s) "
+            f"({sum(r['seconds'] for r in ran) / 60:.1f} min of stage time); timings in {log_file}"
         )
     return records
 

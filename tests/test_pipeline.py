@@ -246,6 +246,104 @@ def test_every_stage_of_one_pipeline_runs_in_the_dtype_it_decided_once(tmp_path,
     assert modeling.AUTO_DTYPE_ENV not in os.environ  # the pipeline's decision ends with it
 
 
+TOY_STAGE = """
+import os, pathlib, sys, time, yaml
+from instructrl.runs import start_stage, finish_stage
+settings = yaml.safe_load(open(sys.argv[sys.argv.index("--config") + 1]))
+out = pathlib.Path(settings["output_dir"]); name = out.name
+start_stage(out, "toy")
+(out.parent / f"started-{name}").write_text(str(time.time()))
+print(f"{name} says hello"); print(f"{name} progress 1/2", end="\\r"); print(f"{name} progress 2/2")
+(out / "seen.txt").write_text(" ".join(sorted(p.name for p in out.parent.glob("started-*"))))
+(out / "threads.txt").write_text(os.environ.get("OMP_NUM_THREADS", "unset"))
+sibling = settings.get("wait_for")
+deadline = time.time() + 60
+while sibling and not (out.parent / f"started-{sibling}").exists():  # proof that the sibling runs at the same time
+    if time.time() > deadline:
+        sys.exit(4)
+    time.sleep(0.05)
+if settings.get("fail"):
+    sys.exit(3)
+time.sleep(settings.get("sleep", 0))
+finish_stage(out, "toy")
+"""
+
+
+def toy_pipeline(tmp_path, stages: dict[str, dict]) -> list:
+    """Stages of `TOY_STAGE` (name -> its settings plus `after`), writing under tmp_path/out."""
+    script = tmp_path / "toy.py"
+    script.write_text(TOY_STAGE)
+    entries = []
+    for name, settings in stages.items():
+        settings = dict(settings)
+        after = settings.pop("after", [])
+        config = write_config(tmp_path / f"{name}.yaml", output_dir=str(tmp_path / "out" / name), **settings)
+        entries.append({"name": name, "recipe": str(script), "config": str(config), "after": after})
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump({"stages": entries}))
+    return load_pipeline(tmp_path / "pipeline.yaml", root=REPO)
+
+
+def test_stages_with_their_inputs_ready_run_side_by_side(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("instructrl.pipeline.cpu_cores", lambda: 4)
+    stages = toy_pipeline(
+        tmp_path,
+        {
+            "prep": {},
+            "ptx": {"after": ["prep"], "wait_for": "plain"},
+            "plain": {"after": ["prep"], "wait_for": "ptx"},
+            "report": {"after": ["ptx", "plain"]},
+        },
+    )
+    records = run_pipeline(
+        stages, runner=subprocess_runner, launcher=[sys.executable], jobs=2, log_file=tmp_path / "t.json"
+    )
+    assert [r["stage"] for r in records] == ["prep", "ptx", "plain", "report"]  # the pipeline's order
+    assert actions(records) == ["ran (missing)"] * 4
+    out = tmp_path / "out"
+    # Each of ptx and plain waited until the other had started; the report started after both had finished.
+    assert (out / "prep" / "seen.txt").read_text() == "started-prep"
+    assert (out / "report" / "seen.txt").read_text() == "started-plain started-prep started-ptx started-report"
+    times = {r["stage"]: r for r in records}
+    assert times["report"]["started"] >= max(times["ptx"]["ended"], times["plain"]["ended"])
+    assert min(times["ptx"]["ended"], times["plain"]["ended"]) > max(
+        times["ptx"]["started"], times["plain"]["started"]
+    )
+    # Cores shared out; each line of a stage's output tagged with its name, progress-bar updates included.
+    assert {(out / n / "threads.txt").read_text() for n in ("prep", "ptx", "plain", "report")} == {"2"}
+    lines = capfd.readouterr().out.splitlines()
+    assert (
+        "[ptx] ptx says hello" in lines
+        and "[plain] plain progress 1/2" in lines
+        and "[plain] plain progress 2/2" in lines
+    )
+    assert json.loads((tmp_path / "t.json").read_text())["jobs"] == 2
+    # Finished stages are skipped as before.
+    assert (
+        actions(run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable], jobs=2)) == ["skipped"] * 4
+    )
+
+
+def test_a_stage_failing_beside_another_lets_it_finish_and_starts_nothing_after(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a user's own setting wins
+    stages = toy_pipeline(
+        tmp_path,
+        {
+            "ptx": {"fail": True, "wait_for": "plain"},
+            "plain": {"wait_for": "ptx", "sleep": 1.0},
+            "report": {"after": ["ptx", "plain"]},
+        },
+    )
+    with pytest.raises(PipelineError, match="'ptx' failed \\(exit code 3\\)"):
+        run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable], jobs=2)
+    out = tmp_path / "out"
+    assert stage_state(out / "plain")[0] == "complete" and stage_state(out / "ptx")[0] == "interrupted"
+    assert stage_state(out / "report")[0] == "missing"
+    assert (out / "plain" / "threads.txt").read_text() == "3"
+    with pytest.raises(ConfigError, match="jobs must be"):
+        run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable], jobs=0)
+
+
 @pytest.mark.parametrize(
     "stages, message",
     [

@@ -17,6 +17,12 @@ while it writes there, `.instructrl-complete` once it is done. From those marker
 
 `force` re-runs the named stages (`all` for every stage) and so everything downstream of them.
 
+`jobs` > 1 runs stages side by side: a stage starts once every stage in its `after:` list is done (the list order
+no longer matters then), at most `jobs` at a time, each with `OMP_NUM_THREADS` = cores / `jobs` (unless set) and its
+output lines tagged `[name]`. On a CPU, two one-thread processes get more done than one two-thread process (PyTorch's
+CPU kernels do not scale linearly in threads), so independent stages such as PPO-ptx and plain PPO finish sooner
+side by side. A stage that fails stops new stages from starting; the ones running finish, then the pipeline stops.
+
 The pipeline file (YAML) lists the stages in order:
 
 ```yaml
@@ -32,6 +38,7 @@ stages:
 """
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -41,6 +48,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,20 +371,42 @@ def default_launcher(accelerate_config: Path | None = None) -> list[str]:
     return [sys.executable]
 
 
-def subprocess_runner(stage: Stage, launcher: list[str]) -> int:
-    return subprocess.call(stage.command(launcher))
+# How a stage's recipe is run: `runner(stage, launcher, env, tag)` -> exit code. `env` holds variables to set for the
+# stage on top of this process's; `tag` is `None` when the stage has the terminal to itself, else the prefix of each of
+# its output lines (stages running side by side).
+Runner = Callable[[Stage, list[str], dict[str, str], str | None], int]
 
 
-def in_process_runner(stage: Stage, launcher: list[str]) -> int:
-    """Run the recipe in this process, as `python recipe --config ...` would (tests; no launcher)."""
-    argv = sys.argv
+def subprocess_runner(stage: Stage, launcher: list[str], env: dict[str, str], tag: str | None = None) -> int:
+    command = stage.command(launcher)
+    if tag is None:
+        return subprocess.call(command, env={**os.environ, **env})
+    process = subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0
+    )
+    # Universal newlines: a progress bar's carriage-return updates become lines of their own, each tagged.
+    for line in io.TextIOWrapper(process.stdout, encoding="utf-8", errors="replace", newline=None):
+        print(f"{tag} {line}", end="" if line.endswith("\n") else "\n", flush=True)
+    return process.wait()
+
+
+def in_process_runner(stage: Stage, launcher: list[str], env: dict[str, str], tag: str | None = None) -> int:
+    """Run the recipe in this process, as `python recipe --config ...` would (tests; no launcher; one stage at a
+    time: it sets this process's `sys.argv` and environment)."""
+    argv, saved = sys.argv, {key: os.environ.get(key) for key in env}
     sys.argv = stage.command([])
+    os.environ.update(env)
     try:
         runpy.run_path(str(stage.recipe), run_name="__main__")
     except SystemExit as exit_:  # the recipe's entry wrapper exits non-zero on an error, as the process would
         return exit_.code if isinstance(exit_.code, int) else 1
     finally:
         sys.argv = argv
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return 0
 
 
@@ -385,10 +415,13 @@ def _run_stage(
     reason: str,
     prefix: str,
     launcher: list[str],
-    runner: Callable[[Stage, list[str]], int],
+    runner: Runner,
     dry_run: bool,
+    env: dict[str, str] | None = None,
+    tag: str | None = None,
 ) -> dict:
-    """Run (or skip, or only show) one stage as `plan` decided; returns its record for `pipeline.json`."""
+    """Run (or skip, or only show) one stage as `plan` decided; returns its record for `pipeline.json`. `env` and
+    `tag` go to the runner (stages side by side)."""
     output_dir = stage.output_dir
     if reason == "skip":
         print(f"{prefix}: done before, skipped. Outputs: {output_dir}", flush=True)
@@ -408,16 +441,10 @@ def _run_stage(
         shutil.rmtree(output_dir)
     digest = stage.settings_digest()  # the settings this run uses, even if the file is edited meanwhile
     start = time.time()
-    previous = os.environ.get(SETTINGS_ENV)
-    os.environ[SETTINGS_ENV] = digest  # into the stage's running marker (`runs.start_stage`), for a later resume
-    try:
-        code = runner(stage, launcher)
-    finally:
-        if previous is None:
-            os.environ.pop(SETTINGS_ENV, None)
-        else:
-            os.environ[SETTINGS_ENV] = previous
-    seconds = round(time.time() - start, 1)
+    # The digest goes into the stage's running marker (`runs.start_stage`), for a later resume.
+    code = runner(stage, launcher, {**(env or {}), SETTINGS_ENV: digest}, tag)
+    end = time.time()
+    seconds = round(end - start, 1)
     if code != 0 or stage_state(output_dir)[0] != "complete":
         raise PipelineError(
             f"Stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; see its output above. Fix the "
@@ -426,7 +453,14 @@ def _run_stage(
         )
     write_json(output_dir / CONFIG_RECORD, {"config": str(stage.config), "sha256": digest, "version": DIGEST_VERSION})
     print(f"{prefix}: finished in {seconds / 60:.1f} min. Outputs: {output_dir}", flush=True)
-    return {"stage": stage.name, "action": f"ran ({reason})", "seconds": seconds, "output_dir": str(output_dir)}
+    return {
+        "stage": stage.name,
+        "action": f"ran ({reason})",
+        "seconds": seconds,
+        "started": round(start, 1),
+        "ended": round(end, 1),
+        "output_dir": str(output_dir),
+    }
 
 
 def run_pipeline(
@@ -434,17 +468,23 @@ def run_pipeline(
     force: list[str] | None = None,
     dry_run: bool = False,
     launcher: list[str] | None = None,
-    runner: Callable[[Stage, list[str]], int] = subprocess_runner,
+    runner: Runner = subprocess_runner,
     log_file: Path | None = None,
+    jobs: int = 1,
 ) -> list[dict]:
-    """Run what `plan` says, in order, printing each stage's state and output directory; returns one record per stage.
+    """Run what `plan` says, printing each stage's state and output directory; returns one record per stage, in the
+    pipeline's order. `jobs` > 1 runs stages whose `after:` stages are done side by side (see the module docstring).
 
     Raises:
+        ConfigError: `jobs` is below 1.
         PipelineError: a stage exits with an error (its directory stays marked as interrupted).
     """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be a whole number >= 1 (stages run side by side), not {jobs!r}.")
+    if jobs > 1 and runner is in_process_runner:
+        raise ValueError("in_process_runner runs one stage at a time (it sets this process's argv and environment).")
     decisions = plan(stages, force)
     launcher = launcher if launcher is not None else default_launcher()
-    records = []
     total = time.time()
     with ExitStack() as pinned:
         if not dry_run and any(reason != "skip" for _, reason in decisions):
@@ -452,9 +492,74 @@ def run_pipeline(
 
             dtype = pinned.enter_context(auto_dtype_pinned())  # one dtype for `dtype: auto` in every stage
             print(f"[pipeline] dtype auto = {dtype} on this machine, for every stage that runs", flush=True)
-        for index, (stage, reason) in enumerate(decisions, start=1):
-            prefix = f"[pipeline] {index}/{len(decisions)} {stage.name}"
-            records.append(_run_stage(stage, reason, prefix, launcher, runner, dry_run))
+        prefixes = [f"[pipeline] {i}/{len(decisions)} {stage.name}" for i, (stage, _) in enumerate(decisions, 1)]
+        if jobs == 1 or dry_run:
+            records = [
+                _run_stage(stage, reason, prefix, launcher, runner, dry_run)
+                for (stage, reason), prefix in zip(decisions, prefixes, strict=True)
+            ]
+        else:
+            records = _run_side_by_side(decisions, prefixes, launcher, runner, jobs)
     if log_file is not None and not dry_run:
-        write_json(Path(log_file), {"stages": records, "seconds": round(time.time() - total, 1)})
+        write_json(Path(log_file), {"stages": records, "seconds": round(time.time() - total, 1), "jobs": jobs})
     return records
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may use (its affinity where the OS tells it, as a container's limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _run_side_by_side(
+    decisions: list[tuple[Stage, str]], prefixes: list[str], launcher: list[str], runner: Runner, jobs: int
+) -> list[dict]:
+    """Up to `jobs` stages at once, each as soon as its `after:` stages are done; records in the pipeline's order."""
+    # Output as it comes, and a progress line every 30 s per stage rather than ten a second, interleaved.
+    env = {"PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "30"}
+    if "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, cpu_cores() // jobs))
+    threads = env.get("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS"))
+    print(f"[pipeline] up to {jobs} stages side by side, OMP_NUM_THREADS={threads} each", flush=True)
+    records: dict[str, dict] = {}
+    waiting = list(zip(decisions, prefixes, strict=True))
+    running: dict[Future, Stage] = {}
+    failure: PipelineError | None = None
+
+    def run(stage: Stage, reason: str, prefix: str) -> dict:
+        return _run_stage(stage, reason, prefix, launcher, runner, False, env, f"[{stage.name}]")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while waiting or running:
+            ready = [item for item in waiting if failure is None and all(dep in records for dep in item[0][0].after)]
+            for item in ready:
+                (stage, reason), prefix = item
+                if reason == "skip":
+                    waiting.remove(item)
+                    records[stage.name] = _run_stage(stage, reason, prefix, launcher, runner, False)
+                    break  # what it unblocks is looked at again from the top
+                if len(running) < jobs:
+                    waiting.remove(item)
+                    running[pool.submit(run, stage, reason, prefix)] = stage
+            else:
+                if not running:
+                    break  # a failure left stages waiting: they do not start
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    stage = running.pop(future)
+                    try:
+                        records[stage.name] = future.result()
+                    except PipelineError as error:
+                        failure = failure or error
+                        others = sorted(s.name for s in running.values())
+                        if others:
+                            print(
+                                f"[pipeline] stage '{stage.name}' failed; waiting for {others} to finish "
+                                "(Ctrl-C stops them; they resume from their newest checkpoints).",
+                                flush=True,
+                            )
+    if failure is not None:
+        raise failure
+    return [records[stage.name] for stage, _ in decisions]
