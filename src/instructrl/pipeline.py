@@ -52,6 +52,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest.mock import patch
 
 import yaml
 
@@ -393,20 +394,11 @@ def subprocess_runner(stage: Stage, launcher: list[str], env: dict[str, str], ta
 def in_process_runner(stage: Stage, launcher: list[str], env: dict[str, str], tag: str | None = None) -> int:
     """Run the recipe in this process, as `python recipe --config ...` would (tests; no launcher; one stage at a
     time: it sets this process's `sys.argv` and environment)."""
-    argv, saved = sys.argv, {key: os.environ.get(key) for key in env}
-    sys.argv = stage.command([])
-    os.environ.update(env)
-    try:
-        runpy.run_path(str(stage.recipe), run_name="__main__")
-    except SystemExit as exit_:  # the recipe's entry wrapper exits non-zero on an error, as the process would
-        return exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = argv
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with patch.object(sys, "argv", stage.command([])), patch.dict(os.environ, env):
+        try:
+            runpy.run_path(str(stage.recipe), run_name="__main__")
+        except SystemExit as exit_:  # the recipe's entry wrapper exits non-zero on an error, as the process would
+            return exit_.code if isinstance(exit_.code, int) else 1
     return 0
 
 
@@ -523,8 +515,15 @@ def _run_side_by_side(
         env["OMP_NUM_THREADS"] = str(max(1, cpu_cores() // jobs))
     threads = env.get("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS"))
     print(f"[pipeline] up to {jobs} stages side by side, OMP_NUM_THREADS={threads} each", flush=True)
-    records: dict[str, dict] = {}
-    waiting = list(zip(decisions, prefixes, strict=True))
+    # A skipped stage's `after:` stages are skipped too (`plan` makes it stale otherwise): record them all first.
+    records = {
+        stage.name: _run_stage(stage, reason, prefix, launcher, runner, False)
+        for (stage, reason), prefix in zip(decisions, prefixes, strict=True)
+        if reason == "skip"
+    }
+    waiting = [
+        (s, reason, prefix) for (s, reason), prefix in zip(decisions, prefixes, strict=True) if reason != "skip"
+    ]
     running: dict[Future, Stage] = {}
     failure: PipelineError | None = None
 
@@ -532,34 +531,27 @@ def _run_side_by_side(
         return _run_stage(stage, reason, prefix, launcher, runner, False, env, f"[{stage.name}]")
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while waiting or running:
-            ready = [item for item in waiting if failure is None and all(dep in records for dep in item[0][0].after)]
-            for item in ready:
-                (stage, reason), prefix = item
-                if reason == "skip":
-                    waiting.remove(item)
-                    records[stage.name] = _run_stage(stage, reason, prefix, launcher, runner, False)
-                    break  # what it unblocks is looked at again from the top
+        while True:
+            for item in [i for i in waiting if failure is None and all(dep in records for dep in i[0].after)]:
                 if len(running) < jobs:
                     waiting.remove(item)
-                    running[pool.submit(run, stage, reason, prefix)] = stage
-            else:
-                if not running:
-                    break  # a failure left stages waiting: they do not start
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    stage = running.pop(future)
-                    try:
-                        records[stage.name] = future.result()
-                    except PipelineError as error:
-                        failure = failure or error
-                        others = sorted(s.name for s in running.values())
-                        if others:
-                            print(
-                                f"[pipeline] stage '{stage.name}' failed; waiting for {others} to finish "
-                                "(Ctrl-C stops them; they resume from their newest checkpoints).",
-                                flush=True,
-                            )
+                    running[pool.submit(run, *item)] = item[0]
+            if not running:
+                break  # all done, or a failure left stages waiting: they do not start
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                stage = running.pop(future)
+                try:
+                    records[stage.name] = future.result()
+                except PipelineError as error:
+                    failure = failure or error
+                    others = sorted(s.name for s in running.values())
+                    if others:
+                        print(
+                            f"[pipeline] stage '{stage.name}' failed; waiting for {others} to finish "
+                            "(Ctrl-C stops them; they resume from their newest checkpoints).",
+                            flush=True,
+                        )
     if failure is not None:
         raise failure
     return [records[stage.name] for stage, _ in decisions]
