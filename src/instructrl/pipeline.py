@@ -18,10 +18,12 @@ while it writes there, `.instructrl-complete` once it is done. From those marker
 `force` re-runs the named stages (`all` for every stage) and so everything downstream of them.
 
 `jobs` > 1 runs stages side by side: a stage starts once every stage in its `after:` list is done (the list order
-no longer matters then), at most `jobs` at a time, each with `OMP_NUM_THREADS` = cores / `jobs` (unless set) and its
-output lines tagged `[name]`. On a CPU, two one-thread processes get more done than one two-thread process (PyTorch's
-CPU kernels do not scale linearly in threads), so independent stages such as PPO-ptx and plain PPO finish sooner
-side by side. A stage that fails stops new stages from starting; the ones running finish, then the pipeline stops.
+no longer matters then), at most `jobs` at a time, its output lines tagged `[name]`. Unless `OMP_NUM_THREADS` is set,
+the cores that running stages do not use are shared out among the stages starting together: a stage that runs alone
+gets every core, two that start together half each (a running process keeps the threads it started with). On a
+CPU, two one-thread processes get more done than one two-thread process (PyTorch's CPU kernels do not scale linearly
+in threads), so independent stages such as PPO-ptx and plain PPO finish sooner side by side. A stage that fails
+stops new stages from starting; the ones running finish, then the pipeline stops.
 
 The pipeline file (YAML) lists the stages in order:
 
@@ -511,10 +513,10 @@ def _run_side_by_side(
     """Up to `jobs` stages at once, each as soon as its `after:` stages are done; records in the pipeline's order."""
     # Output as it comes, and a progress line every 30 s per stage rather than ten a second, interleaved.
     env = {"PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "30"}
-    if "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, cpu_cores() // jobs))
-    threads = env.get("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS"))
-    print(f"[pipeline] up to {jobs} stages side by side, OMP_NUM_THREADS={threads} each", flush=True)
+    user_threads = os.environ.get("OMP_NUM_THREADS")
+    cores = cpu_cores()
+    threads = f"OMP_NUM_THREADS={user_threads} each (yours)" if user_threads else f"the {cores} cores shared out"
+    print(f"[pipeline] up to {jobs} stages side by side, {threads}", flush=True)
     # A skipped stage's `after:` stages are skipped too (`plan` makes it stale otherwise): record them all first.
     records = {
         stage.name: _run_stage(stage, reason, prefix, launcher, runner, False)
@@ -524,28 +526,34 @@ def _run_side_by_side(
     waiting = [
         (s, reason, prefix) for (s, reason), prefix in zip(decisions, prefixes, strict=True) if reason != "skip"
     ]
-    running: dict[Future, Stage] = {}
+    running: dict[Future, tuple[Stage, int]] = {}  # each with the threads it was given
     failure: PipelineError | None = None
 
-    def run(stage: Stage, reason: str, prefix: str) -> dict:
-        return _run_stage(stage, reason, prefix, launcher, runner, False, env, f"[{stage.name}]")
+    def run(stage: Stage, reason: str, prefix: str, threads: int) -> dict:
+        stage_env = env if user_threads else {**env, "OMP_NUM_THREADS": str(threads)}
+        return _run_stage(stage, reason, prefix, launcher, runner, False, stage_env, f"[{stage.name}]")
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while True:
-            for item in [i for i in waiting if failure is None and all(dep in records for dep in i[0].after)]:
-                if len(running) < jobs:
-                    waiting.remove(item)
-                    running[pool.submit(run, *item)] = item[0]
+            ready = [i for i in waiting if failure is None and all(dep in records for dep in i[0].after)]
+            starting = ready[: jobs - len(running)]
+            # The cores the running stages do not use, shared out among those starting now: a stage that runs alone
+            # (sft, collection, rm in the default pipeline) gets every core, two that start together half each.
+            free = max(cores - sum(threads for _, threads in running.values()), len(starting))
+            for n, item in enumerate(starting):
+                threads = free // len(starting) + (n < free % len(starting))
+                waiting.remove(item)
+                running[pool.submit(run, *item, threads)] = (item[0], threads)
             if not running:
                 break  # all done, or a failure left stages waiting: they do not start
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                stage = running.pop(future)
+                stage, _ = running.pop(future)
                 try:
                     records[stage.name] = future.result()
                 except PipelineError as error:
                     failure = failure or error
-                    others = sorted(s.name for s in running.values())
+                    others = sorted(s.name for s, _ in running.values())
                     if others:
                         print(
                             f"[pipeline] stage '{stage.name}' failed; waiting for {others} to finish "
