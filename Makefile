@@ -60,7 +60,7 @@ eval: setup
 # and every stage after it; FORCE=all redoes everything. MODEL=<Hub id or directory> runs it on another model, with
 # its outputs under ~/.cache/instructrl/outputs/<model slug>. SEED=7 runs every stage with seed 7, with its outputs
 # beside the default run's (output root + "-seed7"): a second seed is a second, complete run. JOBS=2 runs stages
-# whose inputs are ready side by side (PPO-ptx and plain PPO), each on half the cores.
+# whose inputs are ready side by side (PPO-ptx and plain PPO), each on half the cores; a stage alone gets them all.
 pipeline: setup
 	$(VENV)/bin/python recipes/pipeline.py --config $(MODEL_DIR)/pipeline.yaml $(if $(FORCE),--force $(FORCE)) $(if $(MODEL),--model $(MODEL)) $(if $(SEED),--seed $(SEED)) $(if $(JOBS),--jobs $(JOBS))
 
