@@ -44,6 +44,7 @@ from instructrl.runs import (
 )
 from instructrl.shared_base import SharedBase
 from instructrl.stats import linear_trend
+from instructrl.threads import ThreadShare
 
 logger = logging.getLogger("instructrl")
 
@@ -132,6 +133,7 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
         processing_class=tokenizer,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
+        callbacks=[ThreadShare()],  # cores handed over by `make pipeline JOBS=2` when the stage beside it finishes
     )
     if resume is not None:
         trainer.resume_from(resume)

@@ -43,6 +43,7 @@ from instructrl.reward import (
 )
 from instructrl.runs import announce, finish_stage, prepare_run, resolve_resume, start_stage, write_json
 from instructrl.sft import validate_sft_dataset
+from instructrl.threads import ThreadShare
 
 
 def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_args: ModelConfig):
@@ -79,7 +80,7 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
         eval_dataset=eval_tokens,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[DivergenceGuard()],
+        callbacks=[DivergenceGuard(), ThreadShare()],
         length_decorrelation=script_args.length_decorrelation,
         share_prompt=script_args.share_prompt,
         lora_bf16_compute=script_args.lora_bf16_compute,

@@ -24,6 +24,7 @@ from instructrl.divergence import DivergenceGuard
 from instructrl.modeling import keep_trainable_weights_fp32, load_base_model, load_tokenizer
 from instructrl.runs import announce, finish_stage, prepare_run, resolve_resume, start_stage
 from instructrl.sft import load_sft_datasets
+from instructrl.threads import ThreadShare
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
@@ -44,7 +45,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=[DivergenceGuard()],
+        callbacks=[DivergenceGuard(), ThreadShare()],
     )
     keep_trainable_weights_fp32(trainer.model)  # TRL makes QLoRA adapters bf16; ours stay fp32
     train_result = trainer.train(resume_from_checkpoint=resume)

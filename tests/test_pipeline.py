@@ -249,6 +249,7 @@ def test_every_stage_of_one_pipeline_runs_in_the_dtype_it_decided_once(tmp_path,
 TOY_STAGE = """
 import os, pathlib, sys, time, yaml
 from instructrl.runs import start_stage, finish_stage
+from instructrl.threads import read_share
 settings = yaml.safe_load(open(sys.argv[sys.argv.index("--config") + 1]))
 out = pathlib.Path(settings["output_dir"]); name = out.name
 start_stage(out, "toy")
@@ -261,6 +262,11 @@ deadline = time.time() + 60
 while sibling and not (out.parent / f"started-{sibling}").exists():  # proof that the sibling runs at the same time
     if time.time() > deadline:
         sys.exit(4)
+    time.sleep(0.05)
+want = settings.get("await_threads")  # the thread count the pipeline hands over once the sibling has finished
+while want and read_share(pathlib.Path(os.environ["INSTRUCTRL_THREADS_FILE"])) != want:
+    if time.time() > deadline:
+        sys.exit(5)
     time.sleep(0.05)
 if settings.get("fail"):
     sys.exit(3)
@@ -324,6 +330,20 @@ def test_stages_with_their_inputs_ready_run_side_by_side(tmp_path, capfd, monkey
     assert (
         actions(run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable], jobs=2)) == ["skipped"] * 4
     )
+
+
+def test_the_stage_left_running_gets_the_cores_of_the_one_that_finished(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("instructrl.pipeline.cpu_cores", lambda: 4)
+    stages = toy_pipeline(
+        tmp_path,
+        {"short": {"wait_for": "long"}, "long": {"wait_for": "short", "await_threads": 4}},
+    )
+    # `long` exits 5 unless its thread file says 4 once `short` is done.
+    records = run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable], jobs=2)
+    assert actions(records) == ["ran (missing)"] * 2
+    assert [(tmp_path / "out" / n / "threads.txt").read_text() for n in ("short", "long")] == ["2", "2"]
+    assert "[pipeline] long: 4 CPU threads from its next step" in capfd.readouterr().out.splitlines()
 
 
 def test_a_stage_failing_beside_another_lets_it_finish_and_starts_nothing_after(tmp_path, monkeypatch):

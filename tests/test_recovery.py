@@ -20,6 +20,7 @@ from instructrl.ptx import PretrainingStream
 from instructrl.reward import NORMALIZATION_FILE, RankingRewardTrainer
 from instructrl.runs import COMPLETE, RUNNING, latest_complete_checkpoint, resolve_resume, stage_state
 from instructrl.shared_base import POLICY, VALUE
+from instructrl.threads import THREADS_FILE_ENV, write_share
 from ppo_fixtures import make_adapters, ppo_config, ppo_recipe, run
 from test_reward import rm_config, synthetic_rankings, write_demos
 from test_sft import demo_rows, sft_config
@@ -302,3 +303,26 @@ def test_pretraining_stream_reshuffles_each_pass_and_follows_its_seed(tokenizer)
     stream = PretrainingStream(texts, tokenizer, "text", 32, seed=0)
     stream.skip(5)
     assert [tuple(stream.sequences[stream._next_index()]) for _ in range(7)] == first[5:]
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "ppo"])
+def test_training_stages_take_up_the_cores_the_pipeline_hands_over(
+    tmp_path, tiny_model_dir, adapters, monkeypatch, stage
+):
+    """`make pipeline JOBS=2`: when the stage beside this one finishes, the pipeline writes this one's new thread
+    count into INSTRUCTRL_THREADS_FILE, and the trainer sets it at its next step."""
+    share = tmp_path / "threads"
+    write_share(share, torch.get_num_threads() + 1)
+    monkeypatch.setenv(THREADS_FILE_ENV, str(share))
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)  # this test process keeps its own threads
+    if stage == "sft":
+        sft_run(tmp_path, tiny_model_dir, save_strategy="no")
+    elif stage == "rm":
+        write_demos(tmp_path)
+        data = write_jsonl(tmp_path / "rankings.jsonl", synthetic_rankings(8, seed=0))
+        config = rm_config(tmp_path, tiny_model_dir, data, max_steps=2, per_device_train_batch_size=2)
+        rm_recipe.main(*parse_args((RewardScriptArguments, RewardConfig, ModelConfig), ["--config", str(config)]))
+    else:
+        ppo_run(tmp_path, tiny_model_dir, *adapters, total_episodes=4, save_strategy="no")
+    assert torch.get_num_threads() + 1 in calls

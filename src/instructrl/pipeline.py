@@ -20,7 +20,8 @@ while it writes there, `.instructrl-complete` once it is done. From those marker
 `jobs` > 1 runs stages side by side: a stage starts once every stage in its `after:` list is done (the list order
 no longer matters then), at most `jobs` at a time, its output lines tagged `[name]`. Unless `OMP_NUM_THREADS` is set,
 the cores that running stages do not use are shared out among the stages starting together: a stage that runs alone
-gets every core, two that start together half each (a running process keeps the threads it started with). On a
+gets every core, two that start together half each; when one of them finishes, the other gets its cores from its
+next training step (`instructrl.threads`; a stage without a trainer, collection or eval, keeps its share). On a
 CPU, two one-thread processes get more done than one two-thread process (PyTorch's CPU kernels do not scale linearly
 in threads), so independent stages such as PPO-ptx and plain PPO finish sooner side by side. A stage that fails
 stops new stages from starting; the ones running finish, then the pipeline stops.
@@ -48,6 +49,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -61,6 +63,7 @@ import yaml
 from .configs import expand_path
 from .errors import ConfigError, InstructRLError
 from .runs import COMPLETE, RUNNING, SETTINGS_ENV, latest_complete_checkpoint, read_marker, stage_state, write_json
+from .threads import THREADS_FILE_ENV, write_share
 
 PIPELINE_KEYS = {"model", "output_root", "stages"}
 STAGE_KEYS = {"name", "recipe", "config", "after", "settings"}
@@ -515,8 +518,10 @@ def _run_side_by_side(
     env = {"PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "30"}
     user_threads = os.environ.get("OMP_NUM_THREADS")
     cores = cpu_cores()
-    threads = f"OMP_NUM_THREADS={user_threads} each (yours)" if user_threads else f"the {cores} cores shared out"
-    print(f"[pipeline] up to {jobs} stages side by side, {threads}", flush=True)
+    how = (
+        f"OMP_NUM_THREADS={user_threads} each (yours)" if user_threads else f"the {cores} cores shared out among them"
+    )
+    print(f"[pipeline] up to {jobs} stages side by side, {how}", flush=True)
     # A skipped stage's `after:` stages are skipped too (`plan` makes it stale otherwise): record them all first.
     records = {
         stage.name: _run_stage(stage, reason, prefix, launcher, runner, False)
@@ -526,34 +531,48 @@ def _run_side_by_side(
     waiting = [
         (s, reason, prefix) for (s, reason), prefix in zip(decisions, prefixes, strict=True) if reason != "skip"
     ]
-    running: dict[Future, tuple[Stage, int]] = {}  # each with the threads it was given
+    running: dict[Future, Stage] = {}
     failure: PipelineError | None = None
+    shares: dict[str, int] = {}  # running stage -> the CPU threads it has been given
+    share_dir = Path(tempfile.mkdtemp(prefix="instructrl-threads-"))
+
+    def share_out(names: list[str]) -> None:
+        """Every core to the stages running (or starting) now; a running trainer takes up its new share next step."""
+        for n, name in enumerate(names):
+            threads = max(1, cores // len(names) + (n < cores % len(names)))
+            if shares.get(name, threads) != threads:
+                print(f"[pipeline] {name}: {threads} CPU threads from its next step", flush=True)
+            if shares.get(name) != threads:
+                write_share(share_dir / name, threads)
+                shares[name] = threads
 
     def run(stage: Stage, reason: str, prefix: str, threads: int) -> dict:
-        stage_env = env if user_threads else {**env, "OMP_NUM_THREADS": str(threads)}
+        stage_env = env
+        if not user_threads:
+            stage_env = {**env, "OMP_NUM_THREADS": str(threads), THREADS_FILE_ENV: str(share_dir / stage.name)}
         return _run_stage(stage, reason, prefix, launcher, runner, False, stage_env, f"[{stage.name}]")
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with ThreadPoolExecutor(max_workers=jobs) as pool, ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, share_dir, ignore_errors=True)
         while True:
             ready = [i for i in waiting if failure is None and all(dep in records for dep in i[0].after)]
             starting = ready[: jobs - len(running)]
-            # The cores the running stages do not use, shared out among those starting now: a stage that runs alone
-            # (sft, collection, rm in the default pipeline) gets every core, two that start together half each.
-            free = max(cores - sum(threads for _, threads in running.values()), len(starting))
-            for n, item in enumerate(starting):
-                threads = free // len(starting) + (n < free % len(starting))
+            if not user_threads:  # a stage alone gets every core; when one of two finishes, the other gets them
+                share_out([s.name for s in running.values()] + [stage.name for stage, _, _ in starting])
+            for item in starting:
                 waiting.remove(item)
-                running[pool.submit(run, *item, threads)] = (item[0], threads)
+                running[pool.submit(run, *item, shares.get(item[0].name, 0))] = item[0]
             if not running:
                 break  # all done, or a failure left stages waiting: they do not start
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                stage, _ = running.pop(future)
+                stage = running.pop(future)
+                shares.pop(stage.name, None)
                 try:
                     records[stage.name] = future.result()
                 except PipelineError as error:
                     failure = failure or error
-                    others = sorted(s.name for s, _ in running.values())
+                    others = sorted(s.name for s in running.values())
                     if others:
                         print(
                             f"[pipeline] stage '{stage.name}' failed; waiting for {others} to finish "
