@@ -539,12 +539,13 @@ def _run_side_by_side(
     def share_out(names: list[str]) -> None:
         """Every core to the stages running (or starting) now; a running trainer takes up its new share next step."""
         for n, name in enumerate(names):
-            threads = max(1, cores // len(names) + (n < cores % len(names)))
-            if shares.get(name, threads) != threads:
+            threads, before = max(1, cores // len(names) + (n < cores % len(names))), shares.get(name)
+            if threads == before:
+                continue
+            if before is not None:  # a running stage's share changes
                 print(f"[pipeline] {name}: {threads} CPU threads from its next step", flush=True)
-            if shares.get(name) != threads:
-                write_share(share_dir / name, threads)
-                shares[name] = threads
+            write_share(share_dir / name, threads)
+            shares[name] = threads
 
     def run(stage: Stage, reason: str, prefix: str, threads: int) -> dict:
         stage_env = env

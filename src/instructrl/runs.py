@@ -54,12 +54,17 @@ def prepare_logging() -> None:
     transformers.utils.logging.set_verbosity_warning()
 
 
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically: a reader never sees a half-written file."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` whole, then rename it into place: a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically (`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def announce(stage: str, output_dir: Path, extra: dict | None = None) -> None:

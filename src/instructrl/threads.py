@@ -13,14 +13,14 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from .runs import write_text_atomic
+
 THREADS_FILE_ENV = "INSTRUCTRL_THREADS_FILE"
 
 
 def write_share(path: Path, threads: int) -> None:
-    """Tell a stage to use `threads` CPU threads from its next step (written whole, then renamed: never half-read)."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(str(threads))
-    os.replace(partial, path)
+    """Tell a stage to use `threads` CPU threads from its next step (atomically: never half-read)."""
+    write_text_atomic(path, str(threads))
 
 
 def read_share(path: Path) -> int | None:
