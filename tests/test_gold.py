@@ -117,7 +117,7 @@ def test_gold_proxy_curves_standardize_over_all_runs_and_use_sqrt_kl():
     ppo = [{"objective/kl": k, "objective/scores": s, "gold/labeler_score": g} for k, s, g in
            [(0.0, 0.0, 0.5), (1.0, 1.0, 0.7), (4.0, 2.0, 0.6)]]  # fmt: skip
     mine = [{"objective/kl": 9.0, "objective/scores": 3.0}, {"objective/kl": -0.5, "objective/scores": 2.0}]
-    curves = gold_proxy_curves({"ppo": ppo, "mine": mine}, window=1)
+    curves = gold_proxy_curves({"ppo": ppo, "mine": mine}, per_bin=1)
     # proxy over both runs: 0, 1, 2, 3, 2 -> mean 1.6, sample std sqrt(1.3)
     std = math.sqrt(1.3)
     assert curves["ppo"]["proxy"] == pytest.approx([(v - 1.6) / std for v in (0, 1, 2)])
@@ -125,6 +125,13 @@ def test_gold_proxy_curves_standardize_over_all_runs_and_use_sqrt_kl():
     assert curves["mine"]["sqrt_kl_proxy"] == pytest.approx([3.0, 0.0])  # negative KL estimates clip at 0
     assert curves["ppo"]["gold"] == pytest.approx([-1.0, 1.0, 0.0])  # mean 0.6, std 0.1
     assert "gold" not in curves["mine"]  # no labeler: no gold curve
-    smoothed = gold_proxy_curves({"ppo": ppo}, window=2)["ppo"]
-    assert smoothed["sqrt_kl_proxy"] == pytest.approx([0.0, math.sqrt(0.5), math.sqrt(2.5)])
+    # The binned curve reads along the KL axis: updates taken in order of KL, not of time.
+    assert curves["mine"]["binned_sqrt_kl_proxy"] == pytest.approx([0.0, 3.0])
+    assert curves["mine"]["binned_proxy"] == pytest.approx([(2 - 1.6) / std, (3 - 1.6) / std])
+    binned = gold_proxy_curves({"ppo": ppo}, per_bin=2)["ppo"]
+    assert binned["binned_sqrt_kl_gold"] == pytest.approx([0.5, 2.0])  # (0 + 1) / 2, then the remainder alone
+    assert binned["binned_gold"] == pytest.approx([0.0, 0.0])  # (-1 + 1) / 2; 0
+    assert binned["gold"] == pytest.approx([-1.0, 1.0, 0.0])  # the per-update points stay as they are
+    with pytest.raises(ValueError, match="per_bin"):
+        gold_proxy_curves({"ppo": ppo}, per_bin=0)
     assert gold_proxy_curves({"ppo": [{"objective/kl": 1.0}]}) == {}

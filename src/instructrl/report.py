@@ -154,14 +154,18 @@ def plot_ppo_curves(logs: dict[str, list[dict]], path: Path, window: int = 4) ->
     return path
 
 
-def gold_proxy_curves(logs: dict[str, list[dict]], window: int = 4) -> dict[str, dict[str, list[float]]]:
+def gold_proxy_curves(logs: dict[str, list[dict]], per_bin: int = 4) -> dict[str, dict[str, list[float]]]:
     """Each run's proxy (RM) and gold (labeler) score against sqrt(KL to SFT), as Gao et al. (2022) plot them.
 
-    Per run: `proxy` / `gold`, the moving averages of `objective/scores` / `gold/labeler_score` standardized over every
-    run's updates (one mean and standard deviation per score, so runs stay comparable and both scores share an axis),
-    and `sqrt_kl_proxy` / `sqrt_kl_gold`, sqrt of the moving average of KL (clipped at 0) at the same updates. A run
-    without gold scores (no labeler) has no `gold` curve.
+    Per run, for `name` in `proxy` / `gold` (`objective/scores` / `gold/labeler_score`): `name` and `sqrt_kl_name`, one
+    point per update: the score standardized over every run's updates (one mean and standard deviation per score, so
+    runs stay comparable and both scores share an axis) and sqrt of that update's KL (clipped at 0); and
+    `binned_name` / `binned_sqrt_kl_name`, the means of `per_bin` updates at a time taken in order of KL, so the curve
+    reads along the KL axis (KL does not grow monotonically from update to update). A run without gold scores (no
+    labeler) has no `gold` curve.
     """
+    if per_bin < 1:
+        raise ValueError(f"per_bin must be >= 1, not {per_bin}")
     keys = {"proxy": "objective/scores", "gold": "gold/labeler_score"}
     scale = {}
     for name, key in keys.items():
@@ -174,36 +178,44 @@ def gold_proxy_curves(logs: dict[str, list[dict]], window: int = 4) -> dict[str,
         for name in scale:
             key = keys[name]
             points = [(e["objective/kl"], e[key]) for e in entries if key in e and "objective/kl" in e]
-            points = [(kl, v) for kl, v in points if math.isfinite(v)]
+            points = [(math.sqrt(max(kl, 0.0)), v) for kl, v in points if math.isfinite(v) and math.isfinite(kl)]
             if not points:
                 continue
-            kl, score = (list(v) for v in zip(*points, strict=True))
             mean, std = scale[name]
-            run_curves[f"sqrt_kl_{name}"] = [math.sqrt(max(k, 0.0)) for k in smooth(kl, window)]
-            run_curves[name] = [(v - mean) / std for v in smooth(score, window)]
+            run_curves[f"sqrt_kl_{name}"] = [x for x, _ in points]
+            run_curves[name] = [(v - mean) / std for _, v in points]
+            by_kl = sorted(zip(run_curves[f"sqrt_kl_{name}"], run_curves[name], strict=True))
+            bins = [by_kl[i : i + per_bin] for i in range(0, len(by_kl), per_bin)]
+            run_curves[f"binned_sqrt_kl_{name}"] = [statistics.fmean(x for x, _ in b) for b in bins]
+            run_curves[f"binned_{name}"] = [statistics.fmean(y for _, y in b) for b in bins]
         if run_curves:
             curves[run] = run_curves
     return curves
 
 
-def plot_gold_vs_proxy(logs: dict[str, list[dict]], path: Path, window: int = 4) -> Path | None:
+def plot_gold_vs_proxy(logs: dict[str, list[dict]], path: Path, per_bin: int = 4) -> Path | None:
     """Proxy and gold score (standardized) against sqrt(KL), one panel per PPO run; `None` if nothing to plot."""
     plt = pyplot()
-    curves = gold_proxy_curves(logs, window)
+    curves = gold_proxy_curves(logs, per_bin)
     if not curves:
         return None
     # At least two panels wide, so that the title fits when there is one PPO run.
     fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * max(len(curves), 2), 3.6), squeeze=False)
     for ax, (run, c) in zip(axes[0], curves.items(), strict=True):
-        ax.plot(c["sqrt_kl_proxy"], c["proxy"], label="proxy (RM score)", color="tab:orange")
-        if "gold" in c:
-            ax.plot(c["sqrt_kl_gold"], c["gold"], label="gold (labeler score)", color="tab:blue")
+        for name, label, color in (
+            ("proxy", "proxy (RM score)", "tab:orange"),
+            ("gold", "gold (labeler score)", "tab:blue"),
+        ):
+            if name not in c:
+                continue
+            ax.scatter(c[f"sqrt_kl_{name}"], c[name], s=8, alpha=0.3, color=color)
+            ax.plot(c[f"binned_sqrt_kl_{name}"], c[f"binned_{name}"], marker="o", ms=3, label=label, color=color)
         ax.set_title(run)
         ax.set_xlabel("sqrt(KL to SFT)")
         ax.set_ylabel("standardized score")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"Gold vs proxy reward during PPO (moving averages of {window} updates)")
+    fig.suptitle(f"Gold vs proxy reward during PPO (dots: updates; lines: means of {per_bin} updates by KL)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
