@@ -9,7 +9,7 @@ import torch
 from instructrl.data.rows import encode_prompt, encode_response
 from instructrl.gold import GoldScorer
 from instructrl.labeler import SimulatedLabeler
-from instructrl.report import gold_proxy_curves
+from instructrl.report import gold_proxy_curves, plot_gold_vs_proxy
 from instructrl.stats import linear_trend
 from test_ppo import adapters, ppo_config, run  # noqa: F401  (the `adapters` fixture)
 
@@ -135,3 +135,14 @@ def test_gold_proxy_curves_standardize_over_all_runs_and_use_sqrt_kl():
     with pytest.raises(ValueError, match="per_bin"):
         gold_proxy_curves({"ppo": ppo}, per_bin=0)
     assert gold_proxy_curves({"ppo": [{"objective/kl": 1.0}]}) == {}
+
+
+def test_gold_vs_proxy_plot_is_drawn_with_or_without_gold(tmp_path):
+    with_gold = [
+        {"objective/kl": k / 4, "objective/scores": k / 10, "gold/labeler_score": 0.5 + k / 100} for k in range(12)
+    ]
+    without = [{"objective/kl": k / 4, "objective/scores": -k / 10} for k in range(12)]
+    path = plot_gold_vs_proxy({"ppo": with_gold, "mine": without}, tmp_path / "gold_vs_proxy.png")
+    assert path == tmp_path / "gold_vs_proxy.png" and path.stat().st_size > 1000
+    assert plot_gold_vs_proxy({"ppo": [{"objective/kl": 1.0}]}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
