@@ -59,8 +59,9 @@ eval: setup
 # The whole recipe, restartable: finished stages are skipped, interrupted ones start over. FORCE=rm redoes the RM
 # and every stage after it; FORCE=all redoes everything. MODEL=<Hub id or directory> runs it on another model, with
 # its outputs under ~/.cache/instructrl/outputs/<model slug>. SEED=7 runs every stage with seed 7, with its outputs
-# beside the default run's (output root + "-seed7"): a second seed is a second, complete run. JOBS=2 runs stages
-# whose inputs are ready side by side (PPO-ptx and plain PPO), each on half the cores; a stage alone gets them all.
+# beside the default run's (output root + "-seed7"): a second seed is a second, complete run. Stages whose inputs
+# are ready (PPO-ptx and plain PPO) run side by side, each on half the cores, when the machine has no GPU and the
+# cores and memory for it (JOBS=auto, the default; it prints what it decided); JOBS=1 runs one stage at a time.
 pipeline: setup
 	$(VENV)/bin/python recipes/pipeline.py --config $(MODEL_DIR)/pipeline.yaml $(if $(FORCE),--force $(FORCE)) $(if $(MODEL),--model $(MODEL)) $(if $(SEED),--seed $(SEED)) $(if $(JOBS),--jobs $(JOBS))
 

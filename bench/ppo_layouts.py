@@ -44,14 +44,6 @@ SHAPES = {
 }
 
 
-def model_config(model: str):
-    from transformers import AutoConfig
-
-    from instructrl.modeling import resolve_model_path
-
-    return AutoConfig.from_pretrained(resolve_model_path(model))
-
-
 def build_random_model(shape: str, workdir: Path) -> tuple[Path, Path, Path]:
     """A random-weight model of `shape` with random SFT and reward adapters; returns (model, sft, rm) directories."""
     import torch
@@ -189,11 +181,12 @@ def run_layout(args: argparse.Namespace) -> dict:
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     from instructrl.memory import Shape, Workload, estimate
+    from instructrl.modeling import load_model_config
 
     prompt_length = max(len(ids) for ids in dataset["input_ids"])
     work = Workload(args.batch, args.batch, prompt_length, args.response_length, 16, args.batch)
     dtype = str(model_args.dtype).replace("torch.", "")
-    predicted = estimate(Shape.from_config(model_config(args.model)), args.layout, dtype, args.load_in_4bit, work)
+    predicted = estimate(Shape.from_config(load_model_config(args.model)), args.layout, dtype, args.load_in_4bit, work)
     return {
         "layout": args.layout,
         "dtype": dtype,

@@ -4,7 +4,7 @@
     make pipeline FORCE=rm                         # redo the reward model and everything after it
     make pipeline MODEL=Qwen/Qwen2.5-0.5B-Instruct # the same recipe on another model, in its own output root
     make pipeline SEED=7                           # every stage with seed 7, beside the default run (<root>-seed7)
-    make pipeline JOBS=2                           # independent stages (PPO-ptx and PPO) side by side
+    make pipeline JOBS=1                           # one stage at a time (default: auto, see --jobs)
     python recipes/pipeline.py --config recipes/smollm2-135m/pipeline.yaml [--force STAGE ...] [--seed N] [--dry-run]
 
 Re-running skips finished stages; an interrupted stage starts over from an empty output directory; a stage whose
@@ -18,6 +18,18 @@ from instructrl.cli import run_entry
 from instructrl.pipeline import default_launcher, load_pipeline, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def jobs_argument(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"'{value}' is neither 'auto' nor a whole number >= 1")
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -37,9 +49,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument(
         "--jobs",
-        type=int,
-        default=1,
-        help="Stages to run side by side once their `after:` stages are done, each with cores/jobs threads.",
+        type=jobs_argument,
+        default="auto",
+        help="Stages to run side by side once their `after:` stages are done, each with cores/jobs threads; 'auto' "
+        "(the default): as many as can run together on a CPU-only machine with the cores and memory for them, 1 "
+        "with a GPU.",
     )
     parser.add_argument("--accelerate-config", default=str(REPO / "recipes/accelerate_configs/single_gpu.yaml"))
     parser.add_argument("--log-file", default=None, help="Where to write stage timings (JSON).")

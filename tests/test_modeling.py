@@ -12,11 +12,13 @@ from trl import ModelConfig
 from conftest import build_tiny_model
 from instructrl import modeling
 from instructrl.errors import ModelLoadError
+from instructrl.memory import Shape
 from instructrl.modeling import (
     DEFAULT_MODEL,
     convert_embedded_model,
     ensure_distinct_pad_token,
     load_base_model,
+    load_model_config,
     load_tokenizer,
     resolve_model_path,
 )
@@ -169,6 +171,21 @@ def test_interrupted_conversion_leaves_nothing(cache, fake_gguf, monkeypatch, st
     if stage == "save_pretrained":
         assert written and written[0].parent == cache / "models" and written[0].name.startswith(f".{DEFAULT_MODEL}.")
         assert not written[0].exists()
+
+
+def test_the_built_in_models_config_comes_from_its_gguf_without_a_conversion(cache, tiny_model_dir):
+    config = load_model_config(DEFAULT_MODEL)
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size, config.vocab_size) == (
+        "llama",
+        30,
+        576,
+        49152,
+    )
+    assert 134e6 < Shape.from_config(config).params() < 136e6  # SmolLM2-135M
+    assert not (cache / "models").exists(), "reading the config must not convert the weights"
+    assert load_model_config(str(tiny_model_dir)).num_hidden_layers == 2
+    with pytest.raises(ModelLoadError, match="not a directory on this machine"):
+        load_model_config("./no/such/model")
 
 
 def test_half_written_cache_without_marker_is_converted_again(cache, fake_gguf, monkeypatch):

@@ -1,5 +1,6 @@
 """The pipeline's skip / restart / force logic, on real SFT and collection stages with the tiny model."""
 
+import argparse
 import json
 import os
 import shutil
@@ -17,10 +18,13 @@ import yaml
 from helpers import write_config, write_jsonl
 from instructrl import modeling
 from instructrl.errors import ConfigError
+from instructrl.memory import Shape
 from instructrl.pipeline import (
     PipelineError,
+    auto_jobs,
     in_process_runner,
     load_pipeline,
+    parallel_width,
     plan,
     run_pipeline,
     stage_state,
@@ -364,6 +368,69 @@ def test_a_stage_failing_beside_another_lets_it_finish_and_starts_nothing_after(
     assert (out / "plain" / "threads.txt").read_text() == "3"
     with pytest.raises(ConfigError, match="jobs must be"):
         run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable], jobs=0)
+
+
+@pytest.mark.parametrize(
+    "width, cores, gpu, available, jobs, why",
+    [
+        (1, 4, False, 64e9, 1, "no two stages"),
+        (2, 4, True, 64e9, 1, "a GPU"),
+        (2, 1, False, 64e9, 1, "1 CPU core"),
+        (2, 2, False, None, 1, "unknown"),
+        (2, 2, False, 21e9, 2, "2 stages can run together"),
+        (3, 2, False, 21e9, 2, "2 CPU cores"),
+        (3, 4, False, 21e9, 3, "3 stages can run together"),
+        (3, 4, False, 12e9, 2, "not enough memory for 3"),
+        (2, 2, False, 9e9, 1, "not enough memory for 2"),  # 90% of 9 GB holds one 4.6 GB stage, not two
+    ],
+)
+def test_jobs_auto_runs_side_by_side_only_with_the_cores_and_memory_for_it(width, cores, gpu, available, jobs, why):
+    decided, reason = auto_jobs(width, cores, gpu, available, int(4.6e9))
+    assert decided == jobs and why in reason
+
+
+def test_the_default_recipe_has_two_stages_that_can_run_together_until_they_are_done(tmp_path):
+    stages = load_pipeline(DEFAULT_PIPELINE, root=REPO, output_root=str(tmp_path / "out"))
+    assert parallel_width(plan(stages)) == 2  # PPO-ptx and plain PPO
+    skip_ppo = [(s, "skip" if s.name in ("sft", "comparisons", "rm", "ppo") else "missing") for s in stages]
+    assert parallel_width(skip_ppo) == 1
+    assert parallel_width([(s, "skip") for s in stages]) == 0
+
+
+@pytest.mark.parametrize("memory_for", [2, 1])
+def test_jobs_auto_sizes_the_model_and_decides_before_the_first_stage(
+    tmp_path, tiny_model_dir, monkeypatch, capfd, memory_for
+):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("instructrl.pipeline.cpu_cores", lambda: 4)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    stage_bytes = Shape.from_config(transformers.AutoConfig.from_pretrained(tiny_model_dir)).params() * 34
+    # Room for `memory_for` stages after the 10% headroom, not for one more.
+    monkeypatch.setattr("instructrl.pipeline.available_memory", lambda: int(stage_bytes * (memory_for + 0.5) / 0.9))
+    model = {"model_name_or_path": str(tiny_model_dir)}
+    stages = toy_pipeline(tmp_path, {"a": model, "b": model, "report": {**model, "after": ["a", "b"]}})
+    records = run_pipeline(
+        stages, runner=subprocess_runner, launcher=[sys.executable], jobs="auto", log_file=tmp_path / "t.json"
+    )
+    assert actions(records) == ["ran (missing)"] * 3
+    assert json.loads((tmp_path / "t.json").read_text())["jobs"] == memory_for
+    out = capfd.readouterr().out
+    assert f"[pipeline] jobs auto = {memory_for}:" in out
+    # Side by side, the two stages got half the cores each; one at a time, the pipeline leaves the threads alone.
+    threads = [(tmp_path / "out" / n / "threads.txt").read_text() for n in ("a", "b")]
+    assert threads == (["2", "2"] if memory_for == 2 else ["unset", "unset"])
+
+
+def test_jobs_on_the_command_line(tmp_path):
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("pipeline_recipe", REPO / "recipes/pipeline.py")
+    recipe = module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    assert recipe.jobs_argument("auto") == "auto" and recipe.jobs_argument("2") == 2
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="neither 'auto' nor a whole number"):
+            recipe.jobs_argument(bad)
 
 
 @pytest.mark.parametrize(

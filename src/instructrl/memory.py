@@ -164,14 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu_gb", type=float, default=80.0, help="Memory to fit in, GiB.")
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
-    from transformers import AutoConfig
+    from .modeling import load_model_config
 
-    from .modeling import resolve_model_path
-
-    config = AutoConfig.from_pretrained(
-        resolve_model_path(args.model_name_or_path), trust_remote_code=args.trust_remote_code
-    )
-    shape = Shape.from_config(config)
+    shape = Shape.from_config(load_model_config(args.model_name_or_path, trust_remote_code=args.trust_remote_code))
     work = Workload(
         args.batch, args.micro_batch, args.prompt_length, args.response_length, args.lora_r, args.rollout_chunk
     )

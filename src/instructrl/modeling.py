@@ -169,6 +169,24 @@ def resolve_model_path(name_or_path: str | None) -> str:
     return name_or_path  # a Hub id
 
 
+def load_model_config(name_or_path: str | None, revision: str | None = None, trust_remote_code: bool = False):
+    """The model's config alone, no weights: a built-in model's from its GGUF file's metadata (nothing converted),
+    anything else through `resolve_model_path` and `AutoConfig`.
+
+    Raises:
+        ModelLoadError: the path is wrong (`resolve_model_path`) or no config could be read from it.
+    """
+    try:
+        if name_or_path in DEFAULT_MODELS:
+            package_dir, gguf_file = _embedded_gguf(name_or_path)
+            return AutoConfig.from_pretrained(package_dir, gguf_file=gguf_file)
+        return AutoConfig.from_pretrained(
+            resolve_model_path(name_or_path), revision=revision, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise ModelLoadError(f"Could not load the config of model '{name_or_path}': {err}") from err
+
+
 def ensure_distinct_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Give the tokenizer a pad token different from its EOS / end-of-turn token, without growing the vocabulary."""
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
@@ -459,12 +477,7 @@ def load_base_model(
             Run code shipped with the model. Off unless the user turns it on.
     """
     path = resolve_model_path(model_args.model_name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(
-            path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
-        )
-    except OSError as err:
-        raise ModelLoadError(f"Could not load the config of model '{model_args.model_name_or_path}': {err}") from err
+    config = load_model_config(path, model_args.model_revision, trust_remote_code)
     check_tokenizer_matches(tokenizer, config, model_args.model_name_or_path)
     dtype = torch_dtype(model_args.dtype)
     # 4-bit layers compute in the same dtype as the rest of the model.

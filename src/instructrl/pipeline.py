@@ -26,6 +26,11 @@ CPU, two one-thread processes get more done than one two-thread process (PyTorch
 in threads), so independent stages such as PPO-ptx and plain PPO finish sooner side by side. A stage that fails
 stops new stages from starting; the ones running finish, then the pipeline stops.
 
+`jobs="auto"` (the command line's default) decides once, before the first stage starts (`auto_jobs`): as many
+stages as can run together in the graph, but one at a time with a GPU (side by side shares out CPU cores, and two
+processes on one GPU were never measured to pay), with fewer than two cores, or when the memory available does not
+hold that many stages of this model (`STAGE_BYTES_PER_PARAM`).
+
 The pipeline file (YAML) lists the stages in order:
 
 ```yaml
@@ -51,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
@@ -467,20 +473,23 @@ def run_pipeline(
     launcher: list[str] | None = None,
     runner: Runner = subprocess_runner,
     log_file: Path | None = None,
-    jobs: int = 1,
+    jobs: int | str = 1,
 ) -> list[dict]:
     """Run what `plan` says, printing each stage's state and output directory; returns one record per stage, in the
-    pipeline's order. `jobs` > 1 runs stages whose `after:` stages are done side by side (see the module docstring).
+    pipeline's order. `jobs` > 1 runs stages whose `after:` stages are done side by side, "auto" decides how many
+    from this machine (see the module docstring).
 
     Raises:
-        ConfigError: `jobs` is below 1.
+        ConfigError: `jobs` is neither "auto" nor a whole number >= 1.
         PipelineError: a stage exits with an error (its directory stays marked as interrupted).
     """
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"jobs must be a whole number >= 1 (stages run side by side), not {jobs!r}.")
+    if jobs != "auto" and (not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"jobs must be 'auto' or a whole number >= 1 (stages run side by side), not {jobs!r}.")
+    decisions = plan(stages, force)
+    if jobs == "auto":
+        jobs = 1 if dry_run or runner is in_process_runner else decide_jobs(decisions)
     if jobs > 1 and runner is in_process_runner:
         raise ValueError("in_process_runner runs one stage at a time (it sets this process's argv and environment).")
-    decisions = plan(stages, force)
     launcher = launcher if launcher is not None else default_launcher()
     total = time.time()
     with ExitStack() as pinned:
@@ -508,6 +517,86 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+# One PPO process of the default recipe on CPU peaked at ~4.6 GB (SmolLM2-135M in bf16, 32 rollouts of 48 tokens,
+# PPO-ptx; docs/measurements.md, 2026-12-06): ~34 bytes per parameter, counted for every stage that would overlap.
+# For larger models it overcounts (Python, torch and the data take a fixed ~1.5 GB of it), which errs toward running
+# one stage at a time rather than toward a killed stage.
+STAGE_BYTES_PER_PARAM = 34
+MEMORY_HEADROOM = 0.9  # plan with at most this share of the memory available
+
+
+def parallel_width(decisions: list[tuple[Stage, str]]) -> int:
+    """How many of the stages that will run can run together: the most at one depth of the `after:` graph (a stage
+    one deeper than the deepest stage it comes after that also runs)."""
+    depth: dict[str, int] = {}
+    for stage, reason in decisions:
+        if reason != "skip":
+            depth[stage.name] = 1 + max((depth[a] for a in stage.after if a in depth), default=-1)
+    return max(Counter(depth.values()).values(), default=0)
+
+
+def available_memory() -> int | None:
+    """Bytes the stages may still take: the kernel's MemAvailable, less under a container's (cgroup v2) limit; None
+    where neither can be read."""
+    try:
+        found = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    if found is None:
+        return None
+    available = int(found.group(1)) * 1024
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            available = min(available, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def auto_jobs(width: int, cores: int, gpu: bool, available: int | None, stage_bytes: int | None) -> tuple[int, str]:
+    """How many stages to run side by side, and why: `width` stages could run together (`parallel_width`), on
+    `cores` CPU cores, with or without a GPU, `available` bytes of memory and `stage_bytes` per stage (None where
+    either is unknown)."""
+    if width < 2:
+        return 1, "no two stages that will run can run together"
+    if gpu:
+        return 1, "a GPU: stages share it one at a time"
+    if cores < 2:
+        return 1, f"{cores} CPU core"
+    if available is None or stage_bytes is None:
+        return 1, "the memory available or the model's size is unknown"
+    fits = int(available * MEMORY_HEADROOM // stage_bytes)
+    jobs = max(1, min(width, cores, fits))
+    memory = f"~{stage_bytes / 1e9:.1f} GB per stage, {available / 1e9:.1f} GB available"
+    if jobs < min(width, cores):
+        return jobs, f"{memory}: not enough memory for {min(width, cores)}"
+    return jobs, f"{cores} CPU cores, no GPU, {width} stages can run together, {memory}"
+
+
+def decide_jobs(decisions: list[tuple[Stage, str]]) -> int:
+    """`auto_jobs` on this machine and on the model of the first stage that will run; prints what it decided."""
+    import torch
+
+    from .memory import Shape
+    from .modeling import load_model_config
+
+    width, stage_bytes = parallel_width(decisions), None
+    running = [stage for stage, reason in decisions if reason != "skip"]
+    if width >= 2 and not torch.cuda.is_available() and cpu_cores() >= 2:
+        settings = running[0].settings()
+        try:
+            config = load_model_config(
+                settings.get("model_name_or_path"), trust_remote_code=bool(settings.get("trust_remote_code"))
+            )
+            stage_bytes = Shape.from_config(config).params() * STAGE_BYTES_PER_PARAM
+        except (ValueError, AttributeError, KeyError) as err:  # no config, or not a decoder shape the count knows
+            print(f"[pipeline] jobs auto: could not size the model ({err})", flush=True)
+    jobs, why = auto_jobs(width, cpu_cores(), torch.cuda.is_available(), available_memory(), stage_bytes)
+    print(f"[pipeline] jobs auto = {jobs}: {why}", flush=True)
+    return jobs
 
 
 def _run_side_by_side(
