@@ -419,6 +419,9 @@ def test_jobs_auto_sizes_the_model_and_decides_before_the_first_stage(
     # Side by side, the two stages got half the cores each; one at a time, the pipeline leaves the threads alone.
     threads = [(tmp_path / "out" / n / "threads.txt").read_text() for n in ("a", "b")]
     assert threads == (["2", "2"] if memory_for == 2 else ["unset", "unset"])
+    # Nothing left to run: nothing to decide (no model sized, no line printed).
+    rerun = run_pipeline(stages, runner=subprocess_runner, launcher=[sys.executable], jobs="auto")
+    assert actions(rerun) == ["skipped"] * 3 and "jobs auto" not in capfd.readouterr().out
 
 
 def test_jobs_on_the_command_line(tmp_path):

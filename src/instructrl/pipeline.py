@@ -487,7 +487,8 @@ def run_pipeline(
         raise ConfigError(f"jobs must be 'auto' or a whole number >= 1 (stages run side by side), not {jobs!r}.")
     decisions = plan(stages, force)
     if jobs == "auto":
-        jobs = 1 if dry_run or runner is in_process_runner else decide_jobs(decisions)
+        nothing_runs = all(reason == "skip" for _, reason in decisions)
+        jobs = 1 if dry_run or nothing_runs or runner is in_process_runner else decide_jobs(decisions)
     if jobs > 1 and runner is in_process_runner:
         raise ValueError("in_process_runner runs one stage at a time (it sets this process's argv and environment).")
     launcher = launcher if launcher is not None else default_launcher()
