@@ -20,6 +20,7 @@ from instructrl import modeling
 from instructrl.errors import ConfigError
 from instructrl.memory import Shape
 from instructrl.pipeline import (
+    STAGE_BYTES_PER_PARAM,
     PipelineError,
     auto_jobs,
     in_process_runner,
@@ -404,7 +405,8 @@ def test_jobs_auto_sizes_the_model_and_decides_before_the_first_stage(
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("instructrl.pipeline.cpu_cores", lambda: 4)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    stage_bytes = Shape.from_config(transformers.AutoConfig.from_pretrained(tiny_model_dir)).params() * 34
+    config = transformers.AutoConfig.from_pretrained(tiny_model_dir)
+    stage_bytes = Shape.from_config(config).params() * STAGE_BYTES_PER_PARAM
     # Room for `memory_for` stages after the 10% headroom, not for one more.
     monkeypatch.setattr("instructrl.pipeline.available_memory", lambda: int(stage_bytes * (memory_for + 0.5) / 0.9))
     model = {"model_name_or_path": str(tiny_model_dir)}

@@ -520,11 +520,12 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-# One PPO process of the default recipe on CPU peaked at ~4.6 GB (SmolLM2-135M in bf16, 32 rollouts of 48 tokens,
-# PPO-ptx; docs/measurements.md, 2026-12-06): ~34 bytes per parameter, counted for every stage that would overlap.
-# For larger models it overcounts (Python, torch and the data take a fixed ~1.5 GB of it), which errs toward running
-# one stage at a time rather than toward a killed stage.
-STAGE_BYTES_PER_PARAM = 34
+# One PPO-ptx process of the default recipe on CPU peaked at 5.1 GB resident (SmolLM2-135M in bf16, 32 rollouts of
+# 48 tokens trained 8 at a time; docs/measurements.md, 2026-12-07 02:05): ~38 bytes per parameter, counted for every
+# stage that would overlap. It holds for workloads like the default's: longer responses or larger micro-batches need
+# more (the same model training 32 rollouts at once peaked at 16 GB), so set `--jobs 1` for those on a tight machine.
+# For larger models it overcounts (Python, torch and the data take a fixed ~1.5 GB of it).
+STAGE_BYTES_PER_PARAM = 38
 MEMORY_HEADROOM = 0.9  # plan with at most this share of the memory available
 
 
