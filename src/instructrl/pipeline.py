@@ -585,10 +585,9 @@ def decide_jobs(decisions: list[tuple[Stage, str]]) -> int:
     from .memory import Shape
     from .modeling import load_model_config
 
-    width, stage_bytes = parallel_width(decisions), None
-    running = [stage for stage, reason in decisions if reason != "skip"]
-    if width >= 2 and not torch.cuda.is_available() and cpu_cores() >= 2:
-        settings = running[0].settings()
+    width, cores, gpu, stage_bytes = parallel_width(decisions), cpu_cores(), torch.cuda.is_available(), None
+    if width >= 2 and not gpu and cores >= 2:  # only then does the model's size matter
+        settings = next(stage for stage, reason in decisions if reason != "skip").settings()
         try:
             config = load_model_config(
                 settings.get("model_name_or_path"), trust_remote_code=bool(settings.get("trust_remote_code"))
@@ -596,7 +595,7 @@ def decide_jobs(decisions: list[tuple[Stage, str]]) -> int:
             stage_bytes = Shape.from_config(config).params() * STAGE_BYTES_PER_PARAM
         except (ValueError, AttributeError, KeyError) as err:  # no config, or not a decoder shape the count knows
             print(f"[pipeline] jobs auto: could not size the model ({err})", flush=True)
-    jobs, why = auto_jobs(width, cpu_cores(), torch.cuda.is_available(), available_memory(), stage_bytes)
+    jobs, why = auto_jobs(width, cores, gpu, available_memory(), stage_bytes)
     print(f"[pipeline] jobs auto = {jobs}: {why}", flush=True)
     return jobs
 
