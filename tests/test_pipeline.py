@@ -337,6 +337,38 @@ def test_stages_with_their_inputs_ready_run_side_by_side(tmp_path, capfd, monkey
     )
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_pipeline_json_keeps_the_times_of_stages_finished_before(tmp_path, jobs):
+    stages = toy_pipeline(
+        tmp_path, {"first": {}, "second": {"after": ["first"], "fail": True}, "third": {"after": ["second"]}}
+    )
+    log_file = tmp_path / "pipeline.json"
+    log_file.write_text("not the pipeline's JSON")  # whatever was there is replaced, not trusted
+    run = dict(runner=subprocess_runner, launcher=[sys.executable], jobs=jobs, log_file=log_file)
+
+    # A stage fails: the log already holds the stages that finished and the failure, with their times.
+    with pytest.raises(PipelineError, match="'second' failed"):
+        run_pipeline(stages, **run)
+    logged = {r["stage"]: r for r in json.loads(log_file.read_text())["stages"]}
+    assert logged["first"]["action"] == "ran (missing)" and logged["first"]["seconds"] > 0
+    assert logged["second"]["action"] == "failed (exit code 3)" and "seconds" in logged["second"]
+    first_run = logged["first"]
+
+    # Fixed and run again: the first stage is skipped and keeps the record of the run that did it.
+    write_config(tmp_path / "second.yaml", output_dir=str(tmp_path / "out" / "second"))
+    stages = load_pipeline(tmp_path / "pipeline.yaml", root=REPO)
+    records = run_pipeline(stages, **run)
+    assert actions(records) == ["skipped", "ran (interrupted)", "ran (missing)"]
+    assert records[0]["ran_before"] == first_run
+
+    # Everything done: nothing runs, and every stage's time survives in the file (the first's across two rewrites).
+    run_pipeline(stages, **run)
+    logged = json.loads(log_file.read_text())
+    assert [r["action"] for r in logged["stages"]] == ["skipped"] * 3
+    assert logged["stages"][0]["ran_before"] == first_run
+    assert [r["ran_before"] for r in logged["stages"][1:]] == records[1:]
+
+
 def test_the_stage_left_running_gets_the_cores_of_the_one_that_finished(tmp_path, capfd, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("instructrl.pipeline.cpu_cores", lambda: 4)

@@ -193,6 +193,59 @@ class PipelineError(InstructRLError):
     """A stage failed, or the pipeline cannot run as configured."""
 
 
+class StageFailed(PipelineError):
+    """A stage exited with an error; `record` is its entry for `pipeline.json`."""
+
+    def __init__(self, message: str, record: dict):
+        super().__init__(message)
+        self.record = record
+
+
+class PipelineLog:
+    """`pipeline.json`: one record per stage, in the pipeline's order, rewritten each time a stage finishes or fails.
+
+    Written as the pipeline goes, so a pipeline that stops half way (a failed stage, Ctrl-C, a lost session) keeps the
+    times of the stages it finished. A stage skipped because an earlier run finished it keeps that run's record under
+    `ran_before` (read from the file this one replaces; same output directory only): running a finished pipeline
+    again does not erase how long it took. `seconds` is this invocation's wall time. `path=None` writes nothing.
+    """
+
+    def __init__(self, path: Path | None, stages: list["Stage"], jobs: int):
+        self.path = Path(path) if path is not None else None
+        self.order = [stage.name for stage in stages]
+        self.jobs = jobs
+        self.start = time.time()
+        self.records: dict[str, dict] = {}
+        self.earlier = self._earlier_runs()
+
+    def _earlier_runs(self) -> dict[str, dict]:
+        """Stage name -> the record of the last run that ran it, from the file about to be replaced."""
+        try:
+            entries = json.loads(self.path.read_text())["stages"] if self.path is not None else []
+        except (OSError, ValueError, TypeError, KeyError):
+            return {}  # no earlier log, or not one the pipeline wrote: nothing to carry over
+        earlier = {}
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("stage"), str):
+                continue
+            ran = entry if str(entry.get("action", "")).startswith("ran") else entry.get("ran_before")
+            if isinstance(ran, dict) and "seconds" in ran:
+                earlier[entry["stage"]] = ran
+        return earlier
+
+    def add(self, record: dict) -> dict:
+        """Record one stage (a skipped one with its earlier run's record) and rewrite the file; returns the record."""
+        if record["action"] == "skipped":
+            before = self.earlier.get(record["stage"])
+            if before is not None and before.get("output_dir") == record["output_dir"]:
+                record = {**record, "ran_before": before}
+        self.records[record["stage"]] = record
+        if self.path is not None:
+            stages = [self.records[name] for name in self.order if name in self.records]
+            write_json(self.path, {"stages": stages, "seconds": round(time.time() - self.start, 1), "jobs": self.jobs})
+        return record
+
+
 def load_pipeline(
     path: str | Path,
     root: Path | None = None,
@@ -448,22 +501,17 @@ def _run_stage(
     code = runner(stage, launcher, {**(env or {}), SETTINGS_ENV: digest}, tag)
     end = time.time()
     seconds = round(end - start, 1)
+    record = {"seconds": seconds, "started": round(start, 1), "ended": round(end, 1), "output_dir": str(output_dir)}
     if code != 0 or stage_state(output_dir)[0] != "complete":
-        raise PipelineError(
+        raise StageFailed(
             f"Stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; see its output above. Fix the "
             "cause and run the pipeline again: finished stages are kept and this one resumes from its newest "
-            "checkpoint, or starts over if it has none."
+            "checkpoint, or starts over if it has none.",
+            {"stage": stage.name, "action": f"failed (exit code {code})", **record},
         )
     write_json(output_dir / CONFIG_RECORD, {"config": str(stage.config), "sha256": digest, "version": DIGEST_VERSION})
     print(f"{prefix}: finished in {seconds / 60:.1f} min. Outputs: {output_dir}", flush=True)
-    return {
-        "stage": stage.name,
-        "action": f"ran ({reason})",
-        "seconds": seconds,
-        "started": round(start, 1),
-        "ended": round(end, 1),
-        "output_dir": str(output_dir),
-    }
+    return {"stage": stage.name, "action": f"ran ({reason})", **record}
 
 
 def run_pipeline(
@@ -476,8 +524,8 @@ def run_pipeline(
     jobs: int | str = 1,
 ) -> list[dict]:
     """Run what `plan` says, printing each stage's state and output directory; returns one record per stage, in the
-    pipeline's order. `jobs` > 1 runs stages whose `after:` stages are done side by side, "auto" decides how many
-    from this machine (see the module docstring).
+    pipeline's order, and keeps them in `log_file` as it goes (`PipelineLog`). `jobs` > 1 runs stages whose `after:`
+    stages are done side by side, "auto" decides how many from this machine (see the module docstring).
 
     Raises:
         ConfigError: `jobs` is neither "auto" nor a whole number >= 1.
@@ -492,7 +540,7 @@ def run_pipeline(
     if jobs > 1 and runner is in_process_runner:
         raise ValueError("in_process_runner runs one stage at a time (it sets this process's argv and environment).")
     launcher = launcher if launcher is not None else default_launcher()
-    total = time.time()
+    log = PipelineLog(None if dry_run else log_file, stages, jobs)
     with ExitStack() as pinned:
         if not dry_run and any(reason != "skip" for _, reason in decisions):
             from .modeling import auto_dtype_pinned  # torch and transformers load only when a stage will run
@@ -501,14 +549,15 @@ def run_pipeline(
             print(f"[pipeline] dtype auto = {dtype} on this machine, for every stage that runs", flush=True)
         prefixes = [f"[pipeline] {i}/{len(decisions)} {stage.name}" for i, (stage, _) in enumerate(decisions, 1)]
         if jobs == 1 or dry_run:
-            records = [
-                _run_stage(stage, reason, prefix, launcher, runner, dry_run)
-                for (stage, reason), prefix in zip(decisions, prefixes, strict=True)
-            ]
+            records = []
+            for (stage, reason), prefix in zip(decisions, prefixes, strict=True):
+                try:
+                    records.append(log.add(_run_stage(stage, reason, prefix, launcher, runner, dry_run)))
+                except StageFailed as failed:
+                    log.add(failed.record)
+                    raise
         else:
-            records = _run_side_by_side(decisions, prefixes, launcher, runner, jobs)
-    if log_file is not None and not dry_run:
-        write_json(Path(log_file), {"stages": records, "seconds": round(time.time() - total, 1), "jobs": jobs})
+            records = _run_side_by_side(decisions, prefixes, launcher, runner, jobs, log)
     return records
 
 
@@ -601,7 +650,12 @@ def decide_jobs(decisions: list[tuple[Stage, str]]) -> int:
 
 
 def _run_side_by_side(
-    decisions: list[tuple[Stage, str]], prefixes: list[str], launcher: list[str], runner: Runner, jobs: int
+    decisions: list[tuple[Stage, str]],
+    prefixes: list[str],
+    launcher: list[str],
+    runner: Runner,
+    jobs: int,
+    log: PipelineLog,
 ) -> list[dict]:
     """Up to `jobs` stages at once, each as soon as its `after:` stages are done; records in the pipeline's order."""
     # Output as it comes, and a progress line every 30 s per stage rather than ten a second, interleaved.
@@ -614,7 +668,7 @@ def _run_side_by_side(
     print(f"[pipeline] up to {jobs} stages side by side, {how}", flush=True)
     # A skipped stage's `after:` stages are skipped too (`plan` makes it stale otherwise): record them all first.
     records = {
-        stage.name: _run_stage(stage, reason, prefix, launcher, runner, False)
+        stage.name: log.add(_run_stage(stage, reason, prefix, launcher, runner, False))
         for (stage, reason), prefix in zip(decisions, prefixes, strict=True)
         if reason == "skip"
     }
@@ -660,8 +714,9 @@ def _run_side_by_side(
                 stage = running.pop(future)
                 shares.pop(stage.name, None)
                 try:
-                    records[stage.name] = future.result()
-                except PipelineError as error:
+                    records[stage.name] = log.add(future.result())
+                except StageFailed as error:
+                    log.add(error.record)
                     failure = failure or error
                     others = sorted(s.name for s in running.values())
                     if others:
