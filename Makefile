@@ -11,7 +11,7 @@ STAMP := $(VENV)/.instructrl-installed
 OUTPUTS ?= $(HOME)/.cache/instructrl/outputs/smollm2-135m
 PPO_VARIANT ?= ppo_ptx
 
-.PHONY: setup sft collect label label-stats rm rm-eval ppo eval pipeline test test-fast lint format
+.PHONY: setup sft collect label label-stats rm rm-eval rm-on-policy ppo eval pipeline test test-fast lint format
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ rm: setup
 # would use (`reward_adapters`): decide by validation whether an ensemble pays before PPO spends time on it.
 rm-eval: setup
 	$(VENV)/bin/python recipes/rm_eval.py --config $(MODEL_DIR)/rm_eval/config_default.yaml $(if $(REWARD_ADAPTERS),--reward_adapters $(REWARD_ADAPTERS))
+
+# The RM on a trained policy's own samples (POLICY=ppo_ptx, the default, or ppo): comparisons sampled from that policy
+# on the held-out prompts (and 8 training prompts), ranked by the labeler, then rm-eval's metrics on them; compare with
+# the RM stage's held-out accuracy on SFT's samples (README: "Is the RM still right where PPO went?").
+POLICY ?= ppo_ptx
+rm-on-policy: setup
+	$(VENV)/bin/python recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml --num_prompts 8 --sft_adapter_path $(OUTPUTS)/$(POLICY) --output_dir $(OUTPUTS)/rm_on_policy/$(POLICY)/comparisons
+	$(VENV)/bin/python recipes/rm_eval.py --config $(MODEL_DIR)/rm_eval/config_default.yaml --reward_model_path $(OUTPUTS)/rm --dataset_name $(OUTPUTS)/rm_on_policy/$(POLICY)/comparisons/rankings --flip_probe $(OUTPUTS)/rm_on_policy/$(POLICY)/comparisons/probes/flip.jsonl --output_dir $(OUTPUTS)/rm_on_policy/$(POLICY)/rm_eval
 
 ppo: setup
 	$(LAUNCH) recipes/ppo.py --config $(MODEL_DIR)/ppo/config_$(PPO_VARIANT).yaml
