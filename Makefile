@@ -54,10 +54,11 @@ rm-eval: setup
 # on the held-out prompts (and 8 training prompts), ranked by the labeler, then rm-eval's metrics on them; compare with
 # the RM stage's held-out accuracy on SFT's samples (README: "Is the RM still right where PPO went?").
 POLICY ?= ppo_ptx
+ON_POLICY = $(OUTPUTS)/rm_on_policy/$(POLICY)
 rm-on-policy: setup
 	@test -f $(OUTPUTS)/$(POLICY)/adapter_config.json || { echo "rm-on-policy: no trained policy at $(OUTPUTS)/$(POLICY). Set POLICY=ppo_ptx or POLICY=ppo (a PPO output under OUTPUTS), and run make pipeline (or make ppo) first." >&2; exit 1; }
-	$(VENV)/bin/python recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml --num_prompts 8 --sft_adapter_path $(OUTPUTS)/$(POLICY) --output_dir $(OUTPUTS)/rm_on_policy/$(POLICY)/comparisons
-	$(VENV)/bin/python recipes/rm_eval.py --config $(MODEL_DIR)/rm_eval/config_default.yaml --reward_model_path $(OUTPUTS)/rm --dataset_name $(OUTPUTS)/rm_on_policy/$(POLICY)/comparisons/rankings --flip_probe $(OUTPUTS)/rm_on_policy/$(POLICY)/comparisons/probes/flip.jsonl --output_dir $(OUTPUTS)/rm_on_policy/$(POLICY)/rm_eval
+	$(VENV)/bin/python recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml --num_prompts 8 --sft_adapter_path $(OUTPUTS)/$(POLICY) --output_dir $(ON_POLICY)/comparisons
+	$(VENV)/bin/python recipes/rm_eval.py --config $(MODEL_DIR)/rm_eval/config_default.yaml --reward_model_path $(OUTPUTS)/rm --dataset_name $(ON_POLICY)/comparisons/rankings --flip_probe $(ON_POLICY)/comparisons/probes/flip.jsonl --output_dir $(ON_POLICY)/rm_eval
 
 ppo: setup
 	$(LAUNCH) recipes/ppo.py --config $(MODEL_DIR)/ppo/config_$(PPO_VARIANT).yaml

@@ -534,15 +534,15 @@ def run_pipeline(
     if jobs != "auto" and (not isinstance(jobs, int) or jobs < 1):
         raise ConfigError(f"jobs must be 'auto' or a whole number >= 1 (stages run side by side), not {jobs!r}.")
     decisions = plan(stages, force)
+    anything_runs = any(reason != "skip" for _, reason in decisions)
     if jobs == "auto":
-        nothing_runs = all(reason == "skip" for _, reason in decisions)
-        jobs = 1 if dry_run or nothing_runs or runner is in_process_runner else decide_jobs(decisions)
+        jobs = decide_jobs(decisions) if anything_runs and not dry_run and runner is not in_process_runner else 1
     if jobs > 1 and runner is in_process_runner:
         raise ValueError("in_process_runner runs one stage at a time (it sets this process's argv and environment).")
     launcher = launcher if launcher is not None else default_launcher()
     log = PipelineLog(None if dry_run else log_file, stages, jobs)
     with ExitStack() as pinned:
-        if not dry_run and any(reason != "skip" for _, reason in decisions):
+        if anything_runs and not dry_run:
             from .modeling import auto_dtype_pinned  # torch and transformers load only when a stage will run
 
             dtype = pinned.enter_context(auto_dtype_pinned())  # one dtype for `dtype: auto` in every stage
