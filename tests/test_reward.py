@@ -449,6 +449,55 @@ def test_rm_starts_from_the_sft_adapter(tmp_path, tiny_model_dir, tokenizer):
     )
 
 
+def test_rm_continues_from_a_reward_model_with_its_score_head(tmp_path, tiny_model_dir, tokenizer):
+    """Iterated collection: `init_adapter` set to a reward model's output starts from its LoRA weights and its
+    trained score head (an SFT adapter has none, and the head starts fresh)."""
+    from safetensors.torch import load_file
+
+    from instructrl.reward import SCORE_HEAD_KEY
+
+    sft = save_sft_adapter(tmp_path / "sft", tiny_model_dir, tokenizer)
+    data = write_jsonl(tmp_path / "rankings.jsonl", synthetic_rankings(8, seed=4))
+    write_demos(tmp_path)
+    first = tmp_path / "rm1"
+    run(rm_config(tmp_path, tiny_model_dir, data, num_train_epochs=1, init_adapter=str(sft), output_dir=str(first)))
+    # Learning rate 0: the continued reward model is exactly the first one, score head included.
+    second = tmp_path / "rm2"
+    run(
+        rm_config(
+            tmp_path,
+            tiny_model_dir,
+            data,
+            num_train_epochs=1,
+            learning_rate=0.0,
+            init_adapter=str(first),
+            output_dir=str(second),
+            seed=7,
+        )
+    )
+    start, continued = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
+    assert SCORE_HEAD_KEY in start and set(start) == set(continued)
+    for key, value in start.items():
+        torch.testing.assert_close(continued[key], value, msg=key)
+    bias = [json.loads((d / "reward_normalization.json").read_text())["bias"] for d in (first, second)]
+    assert bias[1] == pytest.approx(bias[0], abs=1e-5)
+    # From the SFT adapter, by contrast, the head is a fresh one (another seed draws another head).
+    fresh = tmp_path / "rm3"
+    run(
+        rm_config(
+            tmp_path,
+            tiny_model_dir,
+            data,
+            num_train_epochs=1,
+            learning_rate=0.0,
+            init_adapter=str(sft),
+            output_dir=str(fresh),
+            seed=7,
+        )
+    )
+    assert not torch.equal(load_file(fresh / "adapter_model.safetensors")[SCORE_HEAD_KEY], start[SCORE_HEAD_KEY])
+
+
 def test_rm_trains_only_the_top_layers_of_its_adapter(tmp_path, tiny_model_dir, tokenizer):
     from safetensors.torch import load_file
 

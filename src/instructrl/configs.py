@@ -115,7 +115,9 @@ class RewardScriptArguments(ScriptArguments):
         init_adapter (`str`, *optional*):
             A LoRA adapter (the SFT stage's output) whose weights the reward model's adapter starts from, as
             InstructGPT starts its reward model from the SFT model; its rank, alpha and target modules replace the
-            `lora_*` settings. `None` starts from the base model (a fresh adapter).
+            `lora_*` settings. `None` starts from the base model (a fresh adapter). A reward model's output (`make rm`)
+            works too: its trained score head is copied as well, so training continues that reward model on new
+            comparisons (InstructGPT's iterated collection; docs/measurements.md, 2026-12-07 05:30).
         length_decorrelation (`float`, *optional*, defaults to `0.0`):
             Adds this times the square of the rewards' correlation with response length within each prompt's
             responses (`instructrl.reward.within_group_length_correlation`) to the ranking loss, so that the reward
@@ -143,7 +145,7 @@ class RewardScriptArguments(ScriptArguments):
 
     dataset_name: str | None = field(default=None, metadata={"help": "Comparisons (rankings or pairs)."})
     flip_probe: str | None = field(default=None, metadata={"help": "Instruction-flip probe (probes/flip.jsonl)."})
-    init_adapter: str | None = field(default=None, metadata={"help": "Adapter to start from (the SFT output)."})
+    init_adapter: str | None = field(default=None, metadata={"help": "Adapter to start from (SFT or an RM)."})
     normalization_dataset_name: str | None = field(default="builtin:demonstrations")
     normalization_samples: int = field(default=256)
     length_decorrelation: float = field(default=0.0)

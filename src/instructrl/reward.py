@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 from trl import ModelConfig, RewardTrainer, get_peft_config
 
-from .adapters import has_adapter, load_lora_weights
+from .adapters import adapter_tensors, has_adapter, load_lora_weights
 from .batching import pad_right
 from .configs import expand_path
 from .data.loading import load_data, message_text
@@ -294,14 +294,33 @@ def read_init_adapter_config(path: str) -> LoraConfig:
     return config
 
 
+SCORE_HEAD_KEY = "base_model.model.score.weight"  # how a saved reward adapter names its trained score head
+
+
 def load_init_adapter(model: PeftModel, path: str) -> int:
     """Copy the LoRA weights of the adapter at `path` into `model`'s adapter (InstructGPT starts its reward model
-    from the SFT model). The score head keeps its fresh initialization. Returns how many tensors were copied.
+    from the SFT model). Returns how many tensors were copied.
 
-    The reward adapter stays a separate adapter on the one shared base: only its starting values come from `path`.
+    From an SFT adapter the score head keeps its fresh initialization. From a reward model (`make rm`'s output, which
+    saves its score head with the adapter) the score head is copied too, so training continues that reward model:
+    InstructGPT's iterated collection, where comparisons of the current policy's samples update the RM. The reward
+    adapter stays a separate adapter on the one shared base: only its starting values come from `path`.
     """
-    fix = "`init_adapter` must be the SFT adapter of the same base model."
-    return load_lora_weights(model, Path(expand_path(path)), model.active_adapter, ConfigError, fix)
+    directory = Path(expand_path(path))
+    fix = "`init_adapter` must be the SFT adapter (or a reward model) of the same base model."
+    copied = load_lora_weights(model, directory, model.active_adapter, ConfigError, fix)
+    head = adapter_tensors(directory).get(SCORE_HEAD_KEY)
+    if head is None:
+        return copied
+    target = model.get_base_model().score.modules_to_save[model.active_adapter].weight
+    if head.shape != target.shape:
+        raise ConfigError(
+            f"`init_adapter`: the score head in '{path}' has shape {tuple(head.shape)}, this model's "
+            f"{tuple(target.shape)}; {fix}"
+        )
+    with torch.no_grad():
+        target.copy_(head.to(target.dtype))
+    return copied + 1
 
 
 def train_top_layers(model: PeftModel, top: int) -> list[torch.nn.Parameter]:
