@@ -51,7 +51,7 @@ rm-eval: setup
 	$(VENV)/bin/python recipes/rm_eval.py --config $(MODEL_DIR)/rm_eval/config_default.yaml $(if $(REWARD_ADAPTERS),--reward_adapters $(REWARD_ADAPTERS))
 
 # The RM on a trained policy's own samples (POLICY=ppo_ptx, the default, or ppo): comparisons sampled from that policy
-# on the held-out prompts (and 8 training prompts), ranked by the labeler, then rm-eval's metrics on them; compare with
+# on the validation prompts (and 8 training prompts), ranked by the labeler, then rm-eval's metrics on them; compare with
 # the RM stage's held-out accuracy on SFT's samples (README: "Is the RM still right where PPO went?").
 POLICY ?= ppo_ptx
 ON_POLICY = $(OUTPUTS)/rm_on_policy/$(POLICY)

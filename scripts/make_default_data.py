@@ -68,6 +68,10 @@ N_COMPARISON = 400
 N_COMPARISON_MORE = 800
 N_PPO = 400
 N_EVAL = 100
+# The reward model's validation prompts: held-out topics and phrasings like `eval_prompts`, but none of its prompts, so
+# that the RM's held-out accuracy (what RM settings are chosen by) never reads the labeler on evaluation prompts. Drawn
+# after every other split, so that the others stay as they were.
+N_VALIDATION = 60
 N_HELDOUT_TOPICS = 12
 MIN_DEMO_SCORE = 0.85
 # Without a length or format instruction a demonstration is a short answer: the first sentence and at most two more
@@ -345,6 +349,9 @@ def _user(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
+HELDOUT_SPLITS = ("eval_prompts", "validation_prompts")  # held-out topics, and phrasings no training split uses
+
+
 def make_prompt_splits(seed: int) -> tuple[dict[str, list[dict]], dict[str, int]]:
     """Builds the SFT demonstrations and the prompt-only splits; returns them and some counts for the README."""
     topics = parse_topics()
@@ -362,7 +369,7 @@ def make_prompt_splits(seed: int) -> tuple[dict[str, list[dict]], dict[str, int]
             if len(rows) == n_rows:
                 break
             topic = rng.choice(pool)
-            prompt, constraints = make_prompt(rng, topic, topics[topic], heldout=name == "eval_prompts")
+            prompt, constraints = make_prompt(rng, topic, topics[topic], heldout=name in HELDOUT_SPLITS)
             if prompt in seen:
                 continue
             row = {"prompt": _user(prompt)}
@@ -386,6 +393,7 @@ def make_prompt_splits(seed: int) -> tuple[dict[str, list[dict]], dict[str, int]
         "eval_prompts": draw("eval_prompts", N_EVAL, sorted(heldout), with_demo=False),
     }
     splits["comparison_prompts"] += draw("comparison_prompts_more", N_COMPARISON_MORE, train_topics, with_demo=False)
+    splits["validation_prompts"] = draw("validation_prompts", N_VALIDATION, sorted(heldout), with_demo=False)
     stats["heldout_topics"] = sorted(heldout)  # type: ignore[assignment]
     return splits, stats
 
@@ -542,11 +550,14 @@ All files are JSON lines (UTF-8, one object per line).
   lowercase letters.", "Do not use any commas."). Completions are rendered from hand-written sentences about the
   topic so that they obey the constraints; each scores at least {min_score} with `SimulatedLabeler` (mean
   {mean_score:.3f}). {dropped} candidate prompts whose demonstration fell short were skipped during generation.
-- **Prompt splits** (`comparison_prompts`, `ppo_prompts`, `eval_prompts`): `{{"prompt": [{{"role": "user", ...}}]}}`
-  rows from the same templates. No prompt text occurs in two files (SFT files included). `eval_prompts` uses only
-  these {n_heldout} held-out topics, which occur in no other file: {heldout}; its prompts also draw from task
-  templates and constraint phrasings that no other file uses ("Help me understand X", 'Open with "Briefly".',
-  "Use no capital letters.", ...).
+- **Prompt splits** (`comparison_prompts`, `ppo_prompts`, `eval_prompts`, `validation_prompts`):
+  `{{"prompt": [{{"role": "user", ...}}]}}` rows from the same templates. No prompt text occurs in two files (SFT
+  files included). `eval_prompts` uses only these {n_heldout} held-out topics, which occur in no other file:
+  {heldout}; its prompts also draw from task templates and constraint phrasings that no other file uses ("Help me
+  understand X", 'Open with "Briefly".', "Use no capital letters.", ...). `validation_prompts` is drawn the same way
+  (held-out topics and phrasings) and shares no prompt with `eval_prompts`: the reward model's held-out comparisons
+  are sampled for it, so that choosing reward-model settings by their accuracy never reads the labeler on evaluation
+  prompts.
 - **Pretraining mix** (`ptx_*`): `{{"text": ...}}` rows of 200-1200 characters of prose from the docstrings of
   {n_modules} standard-library modules and from the `help()` topics in `pydoc_data.topics` (the language
   reference's text as shipped with Python), filtered to paragraphs that read as English prose (no code, doctests or
@@ -565,6 +576,7 @@ FILE_INFO = {
     "comparison_prompts": ("prompt (conversational)", "written for this project", "Apache-2.0"),
     "ppo_prompts": ("prompt (conversational)", "written for this project", "Apache-2.0"),
     "eval_prompts": ("prompt (conversational)", "written for this project", "Apache-2.0"),
+    "validation_prompts": ("prompt (conversational)", "written for this project", "Apache-2.0"),
     "ptx_train": ("text", "Python standard-library docstrings and help topics", "PSF-2.0"),
     "ptx_eval": ("text", "Python standard-library docstrings and help topics", "PSF-2.0"),
 }

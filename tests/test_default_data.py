@@ -12,7 +12,10 @@ from instructrl.data import DEFAULT_DATA_DIR, DEFAULT_DATA_FILES, default_data_f
 from instructrl.labeler import SimulatedLabeler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROMPT_SPLITS = ("sft_train", "sft_eval", "comparison_prompts", "ppo_prompts", "eval_prompts")
+TRAINING_SPLITS = ("sft_train", "sft_eval", "comparison_prompts", "ppo_prompts")
+# Held-out topics and phrasings: the evaluation's prompts, and the reward model's validation prompts (none of eval's).
+HELDOUT_SPLITS = ("eval_prompts", "validation_prompts")
+PROMPT_SPLITS = TRAINING_SPLITS + HELDOUT_SPLITS
 
 
 def _rows(name: str) -> list[dict]:
@@ -70,7 +73,7 @@ def test_prompt_splits_are_disjoint():
     assert len(set(all_texts)) == len(all_texts)
 
 
-def test_eval_prompts_use_held_out_topics():
+def test_eval_and_validation_prompts_use_held_out_topics():
     generator = _load_generator()
     topics = generator.parse_topics()
 
@@ -82,10 +85,11 @@ def test_eval_prompts_use_held_out_topics():
     def topics_of(name: str) -> set[str]:
         return {topic_of(_prompt_text(row)) for row in _rows(name)}
 
-    eval_topics = topics_of("eval_prompts")
-    assert len(eval_topics) >= 5
-    for name in PROMPT_SPLITS[:-1]:
-        assert not eval_topics & topics_of(name), name
+    for heldout in HELDOUT_SPLITS:
+        heldout_topics = topics_of(heldout)
+        assert len(heldout_topics) >= 5, heldout
+        for name in TRAINING_SPLITS:
+            assert not heldout_topics & topics_of(name), (heldout, name)
 
 
 def test_ptx_eval_is_disjoint_from_train():
@@ -147,6 +151,23 @@ def test_every_kind_of_constraint_is_taught_and_eval_adds_held_out_phrasings():
     def uses_held_out(text: str) -> bool:
         return any(p.search(text) for p in held_out)
 
-    for name in PROMPT_SPLITS[:-1]:
+    for name in TRAINING_SPLITS:
         assert not any(uses_held_out(_prompt_text(r)) for r in _rows(name)), name
     assert sum(uses_held_out(_prompt_text(r)) for r in _rows("eval_prompts")) >= 20
+    assert sum(uses_held_out(_prompt_text(r)) for r in _rows("validation_prompts")) >= 10
+
+
+def test_default_rm_validation_prompts_are_not_evaluation_prompts():
+    """The RM's held-out comparisons (what RM settings are chosen by) are sampled for prompts the evaluation never
+    uses, so no setting is chosen by the labeler's reading of evaluation prompts."""
+    import yaml
+
+    from instructrl.data.loading import load_data
+
+    recipes = REPO_ROOT / "recipes" / "smollm2-135m"
+    collect = yaml.safe_load((recipes / "collect" / "config_k4.yaml").read_text())
+    evaluation = yaml.safe_load((recipes / "eval" / "config_default.yaml").read_text())
+    validation = load_data(collect["prompts_dataset"], collect["test_prompts_split"])["prompt"]
+    evaluated = load_data(evaluation["prompts_dataset"], evaluation["prompts_split"])["prompt"]
+    assert len(validation) >= collect["num_test_prompts"]
+    assert not {_prompt_text({"prompt": p}) for p in validation} & {_prompt_text({"prompt": p}) for p in evaluated}

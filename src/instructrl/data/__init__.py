@@ -10,6 +10,7 @@ DEFAULT_DATA_FILES = {
     "comparison_prompts": "comparison_prompts.jsonl",
     "ppo_prompts": "ppo_prompts.jsonl",
     "eval_prompts": "eval_prompts.jsonl",
+    "validation_prompts": "validation_prompts.jsonl",
     "ptx_train": "ptx_train.jsonl",
     "ptx_eval": "ptx_eval.jsonl",
 }

@@ -13,7 +13,12 @@ from . import default_data_file
 # Built-in data sets: name -> split -> file short name (see `instructrl.data.default_data_file`).
 BUILTIN_DATASETS: dict[str, dict[str, str]] = {
     "builtin:demonstrations": {"train": "sft_train", "test": "sft_eval"},
-    "builtin:prompts": {"comparison": "comparison_prompts", "ppo": "ppo_prompts", "eval": "eval_prompts"},
+    "builtin:prompts": {
+        "comparison": "comparison_prompts",
+        "ppo": "ppo_prompts",
+        "eval": "eval_prompts",
+        "validation": "validation_prompts",
+    },
     "builtin:pretraining": {"train": "ptx_train", "test": "ptx_eval"},
 }
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
