@@ -72,8 +72,13 @@ eval: setup
 # beside the default run's (output root + "-seed7"): a second seed is a second, complete run. Stages whose inputs
 # are ready (PPO-ptx and plain PPO) run side by side, each on half the cores, when the machine has no GPU and the
 # cores and memory for it (JOBS=auto, the default; it prints what it decided); JOBS=1 runs one stage at a time.
+# ROUNDS=2 adds one round of iterated collection (pipeline_iterated.yaml): comparisons of PPO-ptx's own samples, the RM
+# continued on them, PPO-ptx again (`ppo_ptx_r2`); the first round's finished stages are reused.
+ROUNDS ?= 1
+PIPELINE_CONFIG = $(MODEL_DIR)/$(if $(filter 2,$(ROUNDS)),pipeline_iterated.yaml,pipeline.yaml)
 pipeline: setup
-	$(VENV)/bin/python recipes/pipeline.py --config $(MODEL_DIR)/pipeline.yaml $(if $(FORCE),--force $(FORCE)) $(if $(MODEL),--model $(MODEL)) $(if $(SEED),--seed $(SEED)) $(if $(JOBS),--jobs $(JOBS))
+	@case "$(ROUNDS)" in 1|2) ;; *) echo "pipeline: ROUNDS=$(ROUNDS); use 1 (the default) or 2 (one round of iterated collection)." >&2; exit 1;; esac
+	$(VENV)/bin/python recipes/pipeline.py --config $(PIPELINE_CONFIG) $(if $(FORCE),--force $(FORCE)) $(if $(MODEL),--model $(MODEL)) $(if $(SEED),--seed $(SEED)) $(if $(JOBS),--jobs $(JOBS))
 
 test: setup
 	$(VENV)/bin/pytest -q tests

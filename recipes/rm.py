@@ -40,6 +40,7 @@ from instructrl.reward import (
     reward_bias,
     reward_peft_config,
     train_top_layers,
+    with_replay,
 )
 from instructrl.runs import announce, finish_stage, prepare_run, resolve_resume, start_stage, write_json
 from instructrl.sft import validate_sft_dataset
@@ -50,6 +51,12 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     output_dir = prepare_run(training_args, "rm")
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     train_dataset, eval_dataset = load_train_eval(script_args, validate_comparisons, "reward-model")
+    if script_args.replay_dataset_name:
+        what = f"replayed reward-model training data ('{script_args.replay_dataset_name}')"
+        replay = validate_comparisons(
+            load_data(script_args.replay_dataset_name, script_args.dataset_train_split), what
+        )
+        train_dataset = with_replay(train_dataset, replay, script_args.replay_rankings, training_args.seed, what)
     probe = load_flip_probe(script_args.flip_probe) if script_args.flip_probe else None
     demonstrations = None
     if script_args.normalization_dataset_name:

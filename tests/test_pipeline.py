@@ -567,6 +567,44 @@ def test_another_model_gets_its_own_root_and_every_input_from_the_stage_before(t
     assert f"eval:   output {root / 'eval'}" in out
 
 
+ITERATED_PIPELINE = REPO / "recipes/smollm2-135m/pipeline_iterated.yaml"
+
+
+def test_iterated_collection_samples_the_policy_and_continues_the_reward_model(tmp_path):
+    """`make pipeline ROUNDS=2`: round 2's comparisons are sampled by PPO-ptx, its RM continues round 1's on them and
+    on round 1's rankings, PPO-ptx trains again against it, and the evaluation adds that policy."""
+    stages = load_pipeline(ITERATED_PIPELINE, root=REPO, seed=7)
+    by_name = {s.name: s for s in stages}
+    root = by_name["sft"].output_dir.parent
+    first = {s.name: s for s in load_pipeline(DEFAULT_PIPELINE, root=REPO, seed=7)}
+    for name, stage in first.items():  # round 1 is the default pipeline's, stage by stage: nothing of it reruns
+        if name != "eval":
+            assert by_name[name].settings_digest() == stage.settings_digest(), name
+    assert by_name["comparisons_r2"].inputs() == {"sft_adapter_path": str(root / "ppo_ptx")}
+    assert by_name["comparisons_r2"].settings()["num_prompts"] == 400
+    assert by_name["rm_r2"].inputs() == {
+        "dataset_name": str(root / "comparisons_r2" / "rankings"),
+        "flip_probe": str(root / "comparisons_r2" / "probes" / "flip.jsonl"),
+        "init_adapter": str(root / "rm"),
+        "replay_dataset_name": str(root / "comparisons" / "rankings"),
+    }
+    assert "replay_dataset_name" not in by_name["rm"].settings()
+    assert by_name["ppo_ptx_r2"].inputs() == {
+        "sft_model_path": str(root / "sft"),
+        "reward_model_path": str(root / "rm_r2"),
+    }
+    evaluation = by_name["eval"].inputs()
+    assert evaluation["policies"][-1] == f"ppo_ptx_r2={root / 'ppo_ptx_r2'}"
+    assert evaluation["reward_model_path"] == str(root / "rm")
+    # A collection after both the SFT and a PPO stage could sample from either: refused.
+    pipeline = yaml.safe_load(ITERATED_PIPELINE.read_text())
+    pipeline["stages"][5]["after"] = ["sft", "ppo_ptx"]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    with pytest.raises(ConfigError, match=r"comparisons_r2' comes after several sft or ppo stages"):
+        load_pipeline(path, root=REPO)
+
+
 def test_another_seed_is_a_second_complete_run_beside_the_first(tiny_pipeline, tmp_path):
     """`make pipeline SEED=7`: every stage gets seed 7 and writes under `<output root>-seed7`, inputs included."""
     default = {s.name: s for s in load_pipeline(DEFAULT_PIPELINE, root=REPO)}

@@ -498,6 +498,45 @@ def test_rm_continues_from_a_reward_model_with_its_score_head(tmp_path, tiny_mod
     assert not torch.equal(load_file(fresh / "adapter_model.safetensors")[SCORE_HEAD_KEY], start[SCORE_HEAD_KEY])
 
 
+def test_rm_replays_rankings_of_an_earlier_collection(tmp_path, tiny_model_dir, tokenizer):
+    """`replay_dataset_name`: the earlier collection's training rankings join the new ones (as many as the new ones
+    unless `replay_rankings` says); other kinds of rows are refused before anything is saved."""
+    new = write_jsonl(tmp_path / "new.jsonl", synthetic_rankings(8, seed=4))
+    earlier = synthetic_rankings(20, seed=5)
+    for row in earlier:  # another wording: a replayed row is told apart by its prompt
+        row["prompt"] = [{"role": "user", "content": row["prompt"][0]["content"].replace("Describe", "Explain")}]
+    old = write_jsonl(tmp_path / "old.jsonl", earlier)
+    write_demos(tmp_path)
+
+    def trained_prompts(trainer) -> list[str]:
+        texts = [tokenizer.decode(row["sequences"][0]) for row in trainer.train_dataset]
+        return ["Explain" if "Explain" in t else "Describe" for t in texts]
+
+    settings = dict(num_train_epochs=1, learning_rate=0.0, replay_dataset_name=str(old))
+    trainer = run(rm_config(tmp_path, tiny_model_dir, new, **settings))
+    assert sorted(trained_prompts(trainer)) == ["Describe"] * 8 + ["Explain"] * 8  # as many as the new ones
+    trainer = run(
+        rm_config(tmp_path, tiny_model_dir, new, **settings, replay_rankings=3, output_dir=str(tmp_path / "b"))
+    )
+    assert trained_prompts(trainer).count("Explain") == 3
+    trainer = run(
+        rm_config(tmp_path, tiny_model_dir, new, **settings, replay_rankings=50, output_dir=str(tmp_path / "c"))
+    )
+    assert trained_prompts(trainer).count("Explain") == 20  # all there are
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}])
+    with pytest.raises(DataError, match="replay comparisons of the same kind"):
+        run(
+            rm_config(
+                tmp_path,
+                tiny_model_dir,
+                new,
+                **{**settings, "replay_dataset_name": str(pairs)},
+                output_dir=str(tmp_path / "d"),
+            )
+        )
+    assert not (tmp_path / "d" / "adapter_model.safetensors").exists()
+
+
 def test_rm_trains_only_the_top_layers_of_its_adapter(tmp_path, tiny_model_dir, tokenizer):
     from safetensors.torch import load_file
 

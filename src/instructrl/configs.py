@@ -141,6 +141,15 @@ class RewardScriptArguments(ScriptArguments):
             stops below layer N from the top, which shortens the backward pass (`instructrl.reward.train_top_layers`).
             `None` trains every layer the adapter has. The default recipe trains the top 15 of SmolLM2's 30: a
             faster step and, on two collections, a more accurate RM (docs/measurements.md, 2026-12-06 17:25).
+        replay_dataset_name (`str`, *optional*):
+            Comparisons of an earlier collection (its `rankings`) to train on beside `dataset_name`'s, when the RM
+            continues from an earlier reward model (`init_adapter`) on comparisons of the current policy's samples
+            (InstructGPT's iterated collection): the continued RM keeps seeing where the earlier policy was. Its
+            `dataset_train_split` only; the evaluation split stays `dataset_name`'s. The iterated pipeline
+            (`pipeline_iterated.yaml`) fills it in with the rankings the earlier reward model trained on.
+        replay_rankings (`int`, *optional*):
+            How many rows of `replay_dataset_name` join, drawn at random with `seed`; `None` takes as many as
+            `dataset_name`'s training rows (all of them if it has fewer).
     """
 
     dataset_name: str | None = field(default=None, metadata={"help": "Comparisons (rankings or pairs)."})
@@ -152,6 +161,8 @@ class RewardScriptArguments(ScriptArguments):
     share_prompt: bool = field(default=True, metadata={"help": "Each prompt once for all its responses."})
     lora_bf16_compute: bool = field(default=False, metadata={"help": "LoRA arithmetic in bf16 on a bf16 base."})
     train_top_layers: int | None = field(default=None, metadata={"help": "Train LoRA in the top N layers only."})
+    replay_dataset_name: str | None = field(default=None, metadata={"help": "Earlier comparisons to train on too."})
+    replay_rankings: int | None = field(default=None, metadata={"help": "How many of them (null: as many as new)."})
 
     def __post_init__(self):
         if self.train_top_layers is not None and self.train_top_layers < 0:
@@ -159,6 +170,8 @@ class RewardScriptArguments(ScriptArguments):
                 f"`train_top_layers: {self.train_top_layers}` counts layers from the top: use 0 (the score head "
                 "only) or more, or null to train every layer."
             )
+        if self.replay_rankings is not None and self.replay_rankings < 0:
+            raise ConfigError(f"`replay_rankings: {self.replay_rankings}` counts rows: use 0 or more, or null.")
         if not self.length_decorrelation >= 0:  # NaN too
             raise ConfigError(
                 f"`length_decorrelation: {self.length_decorrelation}` weighs a penalty: use 0 (off) or more."

@@ -76,18 +76,20 @@ STAGE_KEYS = {"name", "recipe", "config", "after", "settings"}
 CONFIG_RECORD = ".instructrl-config.json"
 OUTPUTS = Path("~/.cache/instructrl/outputs")
 
-# The settings of each kind of stage (its recipe's name) that are another stage's outputs: (setting, kind of the stage
+# The settings of each kind of stage (its recipe's name) that are another stage's outputs: (setting, kinds of the stage
 # it reads, path inside that stage's output directory). The pipeline fills them in from the stages a stage comes
-# `after:`; eval's `policies` and `ppo_runs` are filled in by `_eval_inputs`.
-INPUTS: dict[str, list[tuple[str, str, str]]] = {
-    "collect": [("sft_adapter_path", "sft", "")],
+# `after:`; eval's `policies` and `ppo_runs` are filled in by `_eval_inputs`, and a reward model that continues an
+# earlier one replays that one's rankings (`_replay_inputs`). A collection after a PPO stage samples from that policy,
+# and a reward model after another one starts from it: InstructGPT's iterated collection (`pipeline_iterated.yaml`).
+INPUTS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
+    "collect": [("sft_adapter_path", ("sft", "ppo"), "")],
     "rm": [
-        ("dataset_name", "collect", "rankings"),
-        ("flip_probe", "collect", "probes/flip.jsonl"),
-        ("init_adapter", "sft", ""),
+        ("dataset_name", ("collect",), "rankings"),
+        ("flip_probe", ("collect",), "probes/flip.jsonl"),
+        ("init_adapter", ("sft", "rm"), ""),
     ],
-    "ppo": [("sft_model_path", "sft", ""), ("reward_model_path", "rm", "")],
-    "eval": [("reward_model_path", "rm", ""), ("comparisons_path", "collect", "")],
+    "ppo": [("sft_model_path", ("sft",), ""), ("reward_model_path", ("rm",), "")],
+    "eval": [("reward_model_path", ("rm",), ""), ("comparisons_path", ("collect",), "")],
 }
 POLICY_KINDS = ("sft", "ppo")
 # Kinds of stage that write `checkpoint-N` directories and take `--resume_from_checkpoint`.
@@ -176,6 +178,7 @@ class Stage:
         """The settings that are earlier stages' outputs, as this stage will run with them."""
         keys = [setting for setting, _, _ in INPUTS.get(self.kind, [])]
         keys += ["policies", "ppo_runs"] if self.kind == "eval" else []
+        keys += ["replay_dataset_name"] if self.kind == "rm" else []
         values = self.settings()
         return {k: values[k] for k in keys if k in values}
 
@@ -343,19 +346,30 @@ def load_pipeline(
 def _derived_inputs(stage: Stage, upstream: list[Stage], path: Path) -> dict:
     """`stage`'s input settings filled in from the output directories of the stages it comes after."""
     derived = {}
-    for setting, kind, inside in INPUTS.get(stage.kind, []):
-        sources = [s for s in upstream if s.kind == kind]
+    for setting, kinds, inside in INPUTS.get(stage.kind, []):
+        sources = [s for s in upstream if s.kind in kinds]
         if len(sources) > 1:
             names = [s.name for s in sources]
             raise ConfigError(
-                f"'{path}': stage '{stage.name}' comes after several {kind} stages {names}; its `{setting}` "
-                "could be any of them. Keep one in `after:`."
+                f"'{path}': stage '{stage.name}' comes after several {' or '.join(kinds)} stages {names}; its "
+                f"`{setting}` could be any of them. Keep one in `after:`."
             )
         if sources:
             derived[setting] = str(sources[0].output_dir / inside) if inside else str(sources[0].output_dir)
     if stage.kind == "eval":
         derived.update(_eval_inputs(stage, upstream))
+    if stage.kind == "rm":
+        derived.update(_replay_inputs(upstream))
     return derived
+
+
+def _replay_inputs(upstream: list[Stage]) -> dict:
+    """A reward model after another one continues it (`init_adapter`) and trains on the rankings that one trained on
+    too (`replay_dataset_name`), beside the new ones (iterated collection)."""
+    earlier = [s for s in upstream if s.kind == "rm"]
+    if not earlier or not earlier[0].settings().get("dataset_name"):
+        return {}
+    return {"replay_dataset_name": str(earlier[0].settings()["dataset_name"])}
 
 
 def _eval_inputs(stage: Stage, upstream: list[Stage]) -> dict:

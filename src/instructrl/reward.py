@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from peft import LoraConfig, PeftModel
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -321,6 +321,23 @@ def load_init_adapter(model: PeftModel, path: str) -> int:
     with torch.no_grad():
         target.copy_(head.to(target.dtype))
     return copied + 1
+
+
+def with_replay(train: Dataset, replay: Dataset, count: int | None, seed: int, what: str) -> Dataset:
+    """`train` followed by `count` rows of `replay` drawn at random with `seed` (`None`: as many as `train` has, or
+    all of `replay` if it has fewer): the rankings of an earlier collection trained on again beside the new ones.
+
+    Raises:
+        DataError: the two hold different kinds of rows (rankings and pairs, or other columns).
+    """
+    count = len(train) if count is None else count
+    picked = replay.shuffle(seed=seed).select(range(min(count, len(replay))))
+    if set(picked.column_names) != set(train.column_names):
+        raise DataError(
+            f"The {what} has the columns {sorted(picked.column_names)}, the new comparisons "
+            f"{sorted(train.column_names)}: replay comparisons of the same kind (both `make collect` rankings)."
+        )
+    return concatenate_datasets([train, picked.cast(train.features)])
 
 
 def train_top_layers(model: PeftModel, top: int) -> list[torch.nn.Parameter]:
