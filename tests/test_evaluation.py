@@ -173,6 +173,13 @@ def test_goals_compare_ppo_ptx_with_plain_ppo():
     assert goal_rows(policies, None)[0][3] == "no"
     policies["ppo_ptx"]["perplexity_increase"] = 1.2
     assert goal_rows(policies, None)[-1][3] == "no"
+    # The iterated pipeline's second round is checked too, under its own name, after the first.
+    policies["ppo_ptx_r2"] = {"perplexity_increase": 0.5, "win_rate_labeler": {"rate": 0.64, "ci95": 0.06}}
+    rows = goal_rows(policies, None)
+    assert [(row[0], row[3]) for row in rows[2:]] == [
+        ("PPO-ptx (round 2) win rate vs SFT (labeler)", "yes"),
+        ("PPO-ptx (round 2) perplexity increase <= half of PPO's", "yes"),
+    ]
     assert smooth([1.0, 3.0, 5.0], 2) == [1.0, 2.0, 4.0]
 
 

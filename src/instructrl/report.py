@@ -3,7 +3,7 @@
 The figures are drawn from files the stages already wrote: each PPO run's `log_history.json` and the evaluation's
 metrics. When the policies include `ppo` and `ppo_ptx` (the default pipeline) the report also checks the three
 goals of the default run: reward-model accuracy, PPO-ptx's win rate against SFT, and PPO-ptx's alignment tax
-relative to plain PPO's.
+relative to plain PPO's (for `ppo_ptx_r2` too, the second round of `make pipeline ROUNDS=2`).
 """
 
 import json
@@ -19,6 +19,8 @@ CURVES = (
     ("ptx/lm_loss", "ptx LM loss"),
 )
 GOALS = {"rm_accuracy": 0.75, "flip_probe": 0.70, "ppo_ptx_win_rate": 0.60, "tax_ratio": 0.5}
+# The PPO-ptx policies the goals are checked for: the default pipeline's, and the iterated one's second round.
+PTX_POLICIES = (("ppo_ptx", "PPO-ptx"), ("ppo_ptx_r2", "PPO-ptx (round 2)"))
 
 
 def read_run_files(runs: list[str], filename: str) -> dict[str, object]:
@@ -262,32 +264,33 @@ def goal_rows(policies: dict[str, dict], rm_results: dict | None) -> list[tuple[
             ci = rm_results.get(ci_key, float("nan"))
             met = "yes" if accuracy >= GOALS[goal] else "no"
             rows.append((label, f">= {GOALS[goal]:.2f}", f"{accuracy:.3f} ± {ci:.3f}", met))
-    ptx = policies.get("ppo_ptx", {})
-    if "win_rate_labeler" in ptx:
-        rate = ptx["win_rate_labeler"]
-        low = rate["rate"] - rate["ci95"]
-        met = "yes" if rate["rate"] >= GOALS["ppo_ptx_win_rate"] and low > 0.5 else "no"
-        rows.append(
-            (
-                "PPO-ptx win rate vs SFT (labeler)",
-                f">= {GOALS['ppo_ptx_win_rate']:.2f}, 95% low end > 0.50",
-                f"{rate['rate']:.3f} ± {rate['ci95']:.3f}",
-                met,
-            )
-        )
     plain = policies.get("ppo", {})
-    if "perplexity_increase" in ptx and "perplexity_increase" in plain:
-        tax_ptx, tax_ppo = ptx["perplexity_increase"], plain["perplexity_increase"]
-        # With no tax from plain PPO there is nothing to halve; PPO-ptx meets the goal only by not raising it either.
-        met = "yes" if tax_ptx <= GOALS["tax_ratio"] * max(tax_ppo, 0.0) else "no"
-        rows.append(
-            (
-                "PPO-ptx perplexity increase <= half of PPO's",
-                f"<= {GOALS['tax_ratio']:.1f} x {tax_ppo:+.3f}",
-                f"{tax_ptx:+.3f}",
-                met,
+    for name, label in PTX_POLICIES:
+        ptx = policies.get(name, {})
+        if "win_rate_labeler" in ptx:
+            rate = ptx["win_rate_labeler"]
+            low = rate["rate"] - rate["ci95"]
+            met = "yes" if rate["rate"] >= GOALS["ppo_ptx_win_rate"] and low > 0.5 else "no"
+            rows.append(
+                (
+                    f"{label} win rate vs SFT (labeler)",
+                    f">= {GOALS['ppo_ptx_win_rate']:.2f}, 95% low end > 0.50",
+                    f"{rate['rate']:.3f} ± {rate['ci95']:.3f}",
+                    met,
+                )
             )
-        )
+        if "perplexity_increase" in ptx and "perplexity_increase" in plain:
+            tax_ptx, tax_ppo = ptx["perplexity_increase"], plain["perplexity_increase"]
+            # With no tax from plain PPO there is nothing to halve; PPO-ptx meets the goal only by not raising it.
+            met = "yes" if tax_ptx <= GOALS["tax_ratio"] * max(tax_ppo, 0.0) else "no"
+            rows.append(
+                (
+                    f"{label} perplexity increase <= half of PPO's",
+                    f"<= {GOALS['tax_ratio']:.1f} x {tax_ppo:+.3f}",
+                    f"{tax_ptx:+.3f}",
+                    met,
+                )
+            )
     return rows
 
 
