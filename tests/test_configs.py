@@ -29,7 +29,12 @@ STAGE_TYPES = {
     "rm_eval": (RewardEvalConfig, ModelConfig),
 }
 STAGE_CONFIGS = sorted(p for p in RECIPES.rglob("config_*.yaml") if p.parent.name in STAGE_TYPES)
-PIPELINES = sorted(RECIPES.rglob("pipeline.yaml"))
+PIPELINES = sorted(RECIPES.rglob("pipeline*.yaml"))
+ROUND_ONE = ["sft", "comparisons", "rm", "ppo_ptx", "ppo"]
+PIPELINE_STAGES = {  # the default pipeline, and `make pipeline ROUNDS=2` (one round of iterated collection)
+    "pipeline.yaml": [*ROUND_ONE, "eval"],
+    "pipeline_iterated.yaml": [*ROUND_ONE, "comparisons_r2", "rm_r2", "ppo_ptx_r2", "eval"],
+}
 
 
 def test_every_recipe_yaml_is_covered():
@@ -61,12 +66,13 @@ def test_pipeline_yaml_parses(path):
     text = path.read_text()
     assert "Command:" in text and "Tested on:" in text
     stages = load_pipeline(path, root=RECIPES.parent)
-    assert [s.name for s in stages] == ["sft", "comparisons", "rm", "ppo_ptx", "ppo", "eval"]
+    assert [s.name for s in stages] == PIPELINE_STAGES[path.name]
     for stage in stages:
         assert stage.output_dir.is_absolute()
-    # Evaluation compares the policies the PPO stages write, and plots their logs.
+    # Evaluation compares the policies the PPO stages write (its config's, or filled in by the pipeline), and plots
+    # their logs.
     eval_args, _ = parse_args(STAGE_TYPES["eval"], ["--config", str(stages[-1].config)])
     ppo_dirs = {s.name: s.output_dir for s in stages if s.name.startswith("ppo")}
-    policies = dict(entry.partition("=")[::2] for entry in eval_args.policies)
+    policies = dict(entry.partition("=")[::2] for entry in stages[-1].settings()["policies"])
     for name, output_dir in ppo_dirs.items():
         assert Path(policies[name]).expanduser() == output_dir
