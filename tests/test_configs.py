@@ -71,7 +71,7 @@ def test_pipeline_yaml_parses(path):
         assert stage.output_dir.is_absolute()
     # Evaluation compares the policies the PPO stages write (its config's, or filled in by the pipeline), and plots
     # their logs.
-    eval_args, _ = parse_args(STAGE_TYPES["eval"], ["--config", str(stages[-1].config)])
+    parse_args(STAGE_TYPES["eval"], ["--config", str(stages[-1].config)])  # its config parses
     ppo_dirs = {s.name: s.output_dir for s in stages if s.name.startswith("ppo")}
     policies = dict(entry.partition("=")[::2] for entry in stages[-1].settings()["policies"])
     for name, output_dir in ppo_dirs.items():

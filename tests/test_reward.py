@@ -4,6 +4,7 @@ import json
 import math
 import random
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -461,20 +462,19 @@ def test_rm_continues_from_a_reward_model_with_its_score_head(tmp_path, tiny_mod
     write_demos(tmp_path)
     first = tmp_path / "rm1"
     run(rm_config(tmp_path, tiny_model_dir, data, num_train_epochs=1, init_adapter=str(sft), output_dir=str(first)))
-    # Learning rate 0: the continued reward model is exactly the first one, score head included.
-    second = tmp_path / "rm2"
-    run(
-        rm_config(
-            tmp_path,
-            tiny_model_dir,
-            data,
-            num_train_epochs=1,
-            learning_rate=0.0,
-            init_adapter=str(first),
-            output_dir=str(second),
-            seed=7,
+
+    def frozen_from(start: Path, name: str) -> Path:
+        """A reward model started from `start` and not trained (learning rate 0), with another seed than the first."""
+        settings = dict(num_train_epochs=1, learning_rate=0.0, seed=7)
+        run(
+            rm_config(
+                tmp_path, tiny_model_dir, data, **settings, init_adapter=str(start), output_dir=str(tmp_path / name)
+            )
         )
-    )
+        return tmp_path / name
+
+    # The continued reward model is exactly the first one, score head included.
+    second = frozen_from(first, "rm2")
     start, continued = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
     assert SCORE_HEAD_KEY in start and set(start) == set(continued)
     for key, value in start.items():
@@ -482,19 +482,7 @@ def test_rm_continues_from_a_reward_model_with_its_score_head(tmp_path, tiny_mod
     bias = [json.loads((d / "reward_normalization.json").read_text())["bias"] for d in (first, second)]
     assert bias[1] == pytest.approx(bias[0], abs=1e-5)
     # From the SFT adapter, by contrast, the head is a fresh one (another seed draws another head).
-    fresh = tmp_path / "rm3"
-    run(
-        rm_config(
-            tmp_path,
-            tiny_model_dir,
-            data,
-            num_train_epochs=1,
-            learning_rate=0.0,
-            init_adapter=str(sft),
-            output_dir=str(fresh),
-            seed=7,
-        )
-    )
+    fresh = frozen_from(sft, "rm3")
     assert not torch.equal(load_file(fresh / "adapter_model.safetensors")[SCORE_HEAD_KEY], start[SCORE_HEAD_KEY])
 
 

@@ -117,7 +117,7 @@ class RewardScriptArguments(ScriptArguments):
             InstructGPT starts its reward model from the SFT model; its rank, alpha and target modules replace the
             `lora_*` settings. `None` starts from the base model (a fresh adapter). A reward model's output (`make rm`)
             works too: its trained score head is copied as well, so training continues that reward model on new
-            comparisons (InstructGPT's iterated collection; docs/measurements.md, 2026-12-07 05:30).
+            comparisons (InstructGPT's iterated collection; docs/measurements.md, 2026-12-07 06:00).
         length_decorrelation (`float`, *optional*, defaults to `0.0`):
             Adds this times the square of the rewards' correlation with response length within each prompt's
             responses (`instructrl.reward.within_group_length_correlation`) to the ranking loss, so that the reward
