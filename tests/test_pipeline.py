@@ -738,3 +738,32 @@ def test_the_whole_recipe_runs_on_another_model_in_one_command(tiny_recipe, tiny
     # The seed is one of the settings a stage ran with: another seed in the same root runs everything again.
     other = load_pipeline(tiny_recipe, root=REPO, model=str(tiny_model_dir), output_root=str(root), seed=4)
     assert [action for _, action in plan(other)] == ["changed"] * 6
+
+
+def test_two_rounds_of_collection_run_end_to_end(tiny_recipe, tiny_model_dir, tmp_path):
+    """`make pipeline ROUNDS=2` at toy size, stage after stage: PPO-ptx's adapter samples the second collection, the
+    second RM starts from the first one (its score head too; at learning rate 0 it stays that RM exactly), PPO-ptx
+    trains again against it, and the evaluation reports that policy beside the others."""
+    from safetensors.torch import load_file
+
+    pipeline = yaml.safe_load(tiny_recipe.read_text())
+    stages = {s["name"]: s for s in pipeline["stages"]}
+    evaluation = pipeline["stages"].pop()
+    pipeline["stages"] += [
+        {**stages["collect"], "name": "collect_r2", "after": ["ppo_ptx"]},
+        {**stages["rm"], "name": "rm_r2", "after": ["rm", "collect_r2"], "settings": {"learning_rate": 0.0}},
+        {**stages["ppo_ptx"], "name": "ppo_ptx_r2", "after": ["sft", "rm_r2"]},
+        {**evaluation, "after": [*evaluation["after"], "ppo_ptx_r2"]},
+    ]
+    path = tmp_path / "iterated.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    root = tmp_path / "outputs"
+    loaded = load_pipeline(path, root=REPO, model=str(tiny_model_dir), output_root=str(root))
+    records = run_pipeline(loaded, runner=in_process_runner, launcher=[])
+    assert [r["action"] for r in records] == ["ran (missing)"] * 9
+    assert (root / "collect_r2" / "rankings" / "train.jsonl").is_file()
+    first, second = (load_file(root / name / "adapter_model.safetensors") for name in ("rm", "rm_r2"))
+    assert first.keys() == second.keys() and any("score" in key for key in first)
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    assert set(metrics["policies"]) == {"base", "sft", "ppo_ptx", "ppo", "ppo_ptx_r2"}
