@@ -77,6 +77,7 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     if script_args.train_top_layers is not None and peft_config is None:
         raise ConfigError("`train_top_layers` chooses which LoRA layers train: set `use_peft: true` (or it to null).")
     model = load_base_model(model_args, tokenizer, task="reward", trust_remote_code=training_args.trust_remote_code)
+    batch_size = training_args.per_device_eval_batch_size
 
     start_stage(output_dir, "rm")
     trainer = RankingRewardTrainer(
@@ -92,8 +93,13 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
         share_prompt=script_args.share_prompt,
         lora_bf16_compute=script_args.lora_bf16_compute,
     )
+    before = {}
     if script_args.init_adapter and resume is None:
-        load_init_adapter(trainer.model, script_args.init_adapter)
+        continued = load_init_adapter(trainer.model, script_args.init_adapter)
+        if continued and eval_tokens is not None:  # a reward model continued: how it did on these pairs before
+            accuracy = pairwise_accuracy(trainer.model, eval_tokens, tokenizer.pad_token_id, batch_size)
+            before = {f"eval_before_{k}": accuracy[k] for k in ("pairwise_accuracy", "ci95_half_width")}
+            trainer.log_metrics("eval", before)
     if script_args.train_top_layers is not None:
         train_top_layers(trainer.model, script_args.train_top_layers)
     train_result = trainer.train(resume_from_checkpoint=resume)
@@ -101,14 +107,13 @@ def main(script_args: RewardScriptArguments, training_args: RewardConfig, model_
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
 
-    batch_size = training_args.per_device_eval_batch_size
     if eval_tokens is not None:
         deciders = labeler_deciders(eval_dataset)  # the simulated labeler's rankings: accuracy per criterion too
         held_out = pairwise_accuracy(trainer.model, eval_tokens, tokenizer.pad_token_id, batch_size, deciders)
         by_criterion = held_out.pop("by_criterion", None)
         if by_criterion is not None:
             write_json(output_dir / BY_CRITERION_FILE, by_criterion)
-        held_out = {f"eval_{k}": v for k, v in held_out.items()}
+        held_out = {f"eval_{k}": v for k, v in held_out.items()} | before
         trainer.log_metrics("eval", held_out)
         trainer.save_metrics("eval", held_out)
         metrics.update(held_out)

@@ -742,8 +742,9 @@ def test_the_whole_recipe_runs_on_another_model_in_one_command(tiny_recipe, tiny
 
 def test_two_rounds_of_collection_run_end_to_end(tiny_recipe, tiny_model_dir, tmp_path):
     """`make pipeline ROUNDS=2` at toy size, stage after stage: PPO-ptx's adapter samples the second collection, the
-    second RM starts from the first one (its score head too; at learning rate 0 it stays that RM exactly), PPO-ptx
-    trains again against it, and the evaluation reports that policy beside the others."""
+    second RM starts from the first one (its score head too; at learning rate 0 it stays that RM exactly) and reports
+    how that RM did on the new held-out pairs before training, PPO-ptx trains again against it, and the evaluation
+    reports that policy beside the others."""
     from safetensors.torch import load_file
 
     pipeline = yaml.safe_load(tiny_recipe.read_text())
@@ -765,5 +766,10 @@ def test_two_rounds_of_collection_run_end_to_end(tiny_recipe, tiny_model_dir, tm
     first, second = (load_file(root / name / "adapter_model.safetensors") for name in ("rm", "rm_r2"))
     assert first.keys() == second.keys() and any("score" in key for key in first)
     assert all(torch.equal(first[key], second[key]) for key in first)
+    # The continued RM reports its held-out accuracy on the new pairs before training too (the same, at lr 0);
+    # the first RM, which starts from the SFT adapter's weights and a fresh score head, does not.
+    results = {name: json.loads((root / name / "eval_results.json").read_text()) for name in ("rm", "rm_r2")}
+    assert "eval_before_pairwise_accuracy" not in results["rm"]
+    assert results["rm_r2"]["eval_before_pairwise_accuracy"] == results["rm_r2"]["eval_pairwise_accuracy"]
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     assert set(metrics["policies"]) == {"base", "sft", "ppo_ptx", "ppo", "ppo_ptx_r2"}

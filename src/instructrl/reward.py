@@ -297,9 +297,9 @@ def read_init_adapter_config(path: str) -> LoraConfig:
 SCORE_HEAD_KEY = "base_model.model.score.weight"  # how a saved reward adapter names its trained score head
 
 
-def load_init_adapter(model: PeftModel, path: str) -> int:
+def load_init_adapter(model: PeftModel, path: str) -> bool:
     """Copy the LoRA weights of the adapter at `path` into `model`'s adapter (InstructGPT starts its reward model
-    from the SFT model). Returns how many tensors were copied.
+    from the SFT model). Returns whether `path` was a reward model (its score head copied too).
 
     From an SFT adapter the score head keeps its fresh initialization. From a reward model (`make rm`'s output, which
     saves its score head with the adapter) the score head is copied too, so training continues that reward model:
@@ -308,10 +308,10 @@ def load_init_adapter(model: PeftModel, path: str) -> int:
     """
     directory = Path(expand_path(path))
     fix = "`init_adapter` must be the SFT adapter (or a reward model) of the same base model."
-    copied = load_lora_weights(model, directory, model.active_adapter, ConfigError, fix)
+    load_lora_weights(model, directory, model.active_adapter, ConfigError, fix)
     head = adapter_tensors(directory).get(SCORE_HEAD_KEY)
     if head is None:
-        return copied
+        return False
     target = model.get_base_model().score.modules_to_save[model.active_adapter].weight
     if head.shape != target.shape:
         raise ConfigError(
@@ -320,7 +320,7 @@ def load_init_adapter(model: PeftModel, path: str) -> int:
         )
     with torch.no_grad():
         target.copy_(head.to(target.dtype))
-    return copied + 1
+    return True
 
 
 def with_replay(train: Dataset, replay: Dataset, count: int | None, seed: int, what: str) -> Dataset:
