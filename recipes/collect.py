@@ -41,7 +41,7 @@ from instructrl.configs import CollectConfig, expand_path
 from instructrl.data.loading import load_data, message_text, take
 from instructrl.data.rows import validate_prompts
 from instructrl.errors import DataError, OutputDirError
-from instructrl.generation import load_policy, sample_responses_with_ends
+from instructrl.generation import load_policy, sample_responses_with_ends, sampling_workers
 from instructrl.labeler import SimulatedLabeler, decided_by, get_labeler
 from instructrl.labeling import HUMAN, LOG_FILE, TASKS_FILE, TaskStore, write_tasks
 from instructrl.runs import (
@@ -121,6 +121,8 @@ def sample_groups(args: CollectConfig, model_args: ModelConfig, output_dir: Path
         temperature=args.temperature,
         top_p=args.top_p,
         batch_size=args.batch_size,
+        seed=args.seed,
+        workers=sampling_workers(args.sampling_workers, model),
     )
     groups = [(p, distinct(r)) for p, (r, _) in zip(all_prompts, sampled, strict=True)]
     cut_off = {text for texts, ended in sampled for text, end in zip(texts, ended, strict=True) if not end}

@@ -29,7 +29,7 @@ from instructrl.data.loading import load_data, message_text, take
 from instructrl.data.rows import encode_prompt, encode_response, validate_prompts
 from instructrl.errors import ConfigError
 from instructrl.evaluation import EvalModels, add_comparisons, evaluate_policy, parse_policies
-from instructrl.generation import sample_responses
+from instructrl.generation import sample_responses, sampling_workers
 from instructrl.labeler import get_labeler, instruction_kinds
 from instructrl.modeling import load_base_model, load_tokenizer
 from instructrl.ptx import PretrainingStream
@@ -80,8 +80,9 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompt_rows]
 
     results, samples = {}, []
+    workers = sampling_workers(args.sampling_workers, base)
     for name in policies:
-        set_seed(args.seed)  # every policy answers the same prompts from the same random state
+        set_seed(args.seed)  # every policy answers the same prompts from the same random state (each batch's seed)
         clock = time.perf_counter()
         responses = [
             response
@@ -94,6 +95,8 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
                 temperature=args.temperature,
                 top_p=args.top_p,
                 batch_size=args.batch_size,
+                seed=args.seed,
+                workers=workers,
             )
             for response in own
         ]

@@ -97,9 +97,23 @@ def test_collect_end_to_end_on_tiny_policy(tmp_path, tiny_model_dir):
     assert json.loads((out / "summary.json").read_text())["num_responses"] == 4
 
 
+
+def test_collections_in_one_and_two_sampling_processes_are_the_same(tmp_path, tiny_model_dir):
+    prompts = [{"prompt": [{"role": "user", "content": f"Describe topic {i} in about 10 words."}]} for i in range(5)]
+    data = write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    settings = dict(prompts_dataset=str(data), prompts_split="train", max_new_tokens=10, batch_size=2, seed=5)
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    _, one = run_collect(tmp_path / "one", tiny_model_dir, sampling_workers="1", **settings)
+    _, two = run_collect(tmp_path / "two", tiny_model_dir, sampling_workers="2", **settings)
+    assert one == two and one["train"]
+
 def test_collect_config_errors(tmp_path, tiny_model_dir):
     with pytest.raises(ConfigError, match="num_responses"):
         CollectConfig(num_responses=12)
+    for workers in ("0", "two", "-1"):
+        with pytest.raises(ConfigError, match="sampling_workers"):
+            CollectConfig(sampling_workers=workers)
+    assert CollectConfig(sampling_workers="3").sampling_workers == "3"
     config = write_config(
         tmp_path / "c.yaml",
         model_name_or_path=str(tiny_model_dir),

@@ -1,5 +1,7 @@
 """Single multinomial draws on CPU by inverting the CDF: same distribution, torch's errors kept, restored on exit."""
 
+import os
+
 import pytest
 import torch
 from trl import ModelConfig
@@ -172,3 +174,72 @@ def test_one_sample_per_prompt_is_the_plain_generate(tiny_model_dir, monkeypatch
     monkeypatch.setattr(model, "generate", lambda **kw: calls.append(kw) or kw["input_ids"])
     generate_sharing_prompts(model, input_ids, attention_mask, 1, max_new_tokens=3)
     assert len(calls) == 1 and "num_return_sequences" not in calls[0]
+
+
+MANY_PROMPTS = [[{"role": "user", "content": f"Name {n} fruits, then say why you like them."}] for n in range(1, 8)]
+
+
+def test_seeded_batches_give_the_same_responses_in_any_number_of_processes(tiny_model_dir):
+    """Each batch draws from its own seed, so forked workers taking batches in any order sample what one process does;
+    the parent's random state plays no part."""
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), None)
+    settings = dict(num_samples=3, max_new_tokens=8, batch_size=2, seed=11)
+    torch.manual_seed(0)
+    one = sample_responses_with_ends(model, tokenizer, MANY_PROMPTS, workers=1, **settings)
+    torch.manual_seed(1)  # another parent state: no effect on seeded batches
+    two = sample_responses_with_ends(model, tokenizer, MANY_PROMPTS, workers=2, **settings)
+    three = sample_responses_with_ends(model, tokenizer, MANY_PROMPTS, workers=3, **settings)
+    assert len(one) == len(MANY_PROMPTS) and all(len(texts) == 3 for texts, _ in one)
+    assert one == two == three
+    # Different batches draw different streams (a shared stream would repeat the first batch's draws).
+    first_batch = sample_responses_with_ends(model, tokenizer, MANY_PROMPTS[:2], **settings)
+    assert first_batch == one[:2]
+    other_seed = sample_responses_with_ends(model, tokenizer, MANY_PROMPTS, **{**settings, "seed": 12})
+    assert other_seed != one
+
+
+def test_batch_seeds_are_unrelated_across_neighbouring_seeds_and_batches():
+    seeds = {generation.batch_seed(seed, index) for seed in range(40, 45) for index in range(5)}
+    assert len(seeds) == 25 and all(0 <= s < 2**63 for s in seeds)
+    assert generation.batch_seed(42, 1) != generation.batch_seed(43, 0)
+    assert generation.batch_seed(42, 1) == generation.batch_seed(42, 1)
+
+
+def test_workers_sample_in_other_processes_with_one_thread_each(tiny_model_dir, monkeypatch):
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), None)
+    real = generation._sample_batch
+
+    def record(*args):  # runs in the worker: its pid and thread count travel back with the result
+        return [(texts + [f"{os.getpid()}:{torch.get_num_threads()}"], ended) for texts, ended in real(*args)]
+
+    monkeypatch.setattr(generation, "_sample_batch", record)
+    sampled = sample_responses_with_ends(
+        model, tokenizer, MANY_PROMPTS, max_new_tokens=4, batch_size=1, seed=3, workers=2
+    )
+    seen = {texts[-1] for texts, _ in sampled}
+    pids = {int(mark.split(":")[0]) for mark in seen}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert {mark.split(":")[1] for mark in seen} == {"1"}
+    assert generation._WORKER_JOB is None  # the parent keeps no reference to the model after the pool
+
+
+def test_a_worker_error_reaches_the_caller(tiny_model_dir, monkeypatch):
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), None)
+
+    def fail(*args):
+        raise RuntimeError("out of tokens")
+
+    monkeypatch.setattr(generation, "_sample_batch", fail)
+    with pytest.raises(RuntimeError, match="out of tokens"):
+        sample_responses_with_ends(model, tokenizer, MANY_PROMPTS, max_new_tokens=4, batch_size=2, seed=3, workers=2)
+    with pytest.raises(ValueError, match="seed"):
+        sample_responses_with_ends(model, tokenizer, MANY_PROMPTS, batch_size=2, workers=2)
+
+
+def test_auto_workers_are_the_cpu_threads_where_the_os_can_fork(tiny_model_dir, monkeypatch):
+    model, _ = load_policy(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), None)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert generation.sampling_workers("auto", model) == 3
+    assert generation.sampling_workers(1, model) == 1 and generation.sampling_workers("2", model) == 2
+    monkeypatch.setattr(generation.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert generation.sampling_workers("auto", model) == 1

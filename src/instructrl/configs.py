@@ -208,6 +208,10 @@ class CollectConfig:
             Name of the labeler in `instructrl.labeler.LABELERS`.
         max_new_tokens, temperature, top_p, batch_size:
             Sampling settings; `batch_size` counts prompts (each yields K sequences).
+        sampling_workers (`str`, *optional*, defaults to `"auto"`):
+            Processes that sample the batches: a whole number, or `"auto"` for one one-thread process per CPU thread
+            on a CPU (1 on a GPU; `instructrl.generation.sampling_workers`). Each batch is seeded on its own, so the
+            responses are the same for any number.
         test_fraction (`float`, *optional*, defaults to `0.1`):
             Fraction of prompts whose rankings are held out for reward-model evaluation (when
             `test_prompts_split` is not set).
@@ -254,6 +258,7 @@ class CollectConfig:
     temperature: float = field(default=1.0)
     top_p: float = field(default=1.0)
     batch_size: int = field(default=8)
+    sampling_workers: str = field(default="auto")
     test_fraction: float = field(default=0.1)
     test_prompts_split: str | None = field(default=None)
     num_test_prompts: int | None = field(default=None)
@@ -274,6 +279,7 @@ class CollectConfig:
             raise ConfigError(f"`num_responses` (K) is {self.num_responses}; use 2 to 9 (InstructGPT used 4 to 9).")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ConfigError(f"`test_fraction` is {self.test_fraction}; use a value in [0, 1).")
+        check_sampling_workers(self.sampling_workers)
 
 
 @dataclass
@@ -301,6 +307,8 @@ class EvalConfig:
             Name of the labeler in `instructrl.labeler.LABELERS`.
         max_new_tokens, temperature, top_p, batch_size, seed:
             Sampling settings; every policy samples from the same seed.
+        sampling_workers (`str`, *optional*, defaults to `"auto"`):
+            Processes that sample the batches, as in `CollectConfig`.
         ppo_runs (`list[str]`):
             `name=ppo_output_dir` entries whose `log_history.json` is plotted in `report.md`; empty skips the report.
         comparisons_path (`str`, *optional*):
@@ -327,6 +335,7 @@ class EvalConfig:
     temperature: float = field(default=1.0)
     top_p: float = field(default=1.0)
     batch_size: int = field(default=16)
+    sampling_workers: str = field(default="auto")
     seed: int = field(default=42)
     ppo_runs: list[str] = field(default_factory=list)
     comparisons_path: str | None = field(default=None)
@@ -335,6 +344,13 @@ class EvalConfig:
     def __post_init__(self):
         if self.samples_per_prompt < 1:
             raise ConfigError(f"`samples_per_prompt` is {self.samples_per_prompt}; use 1 or more.")
+        check_sampling_workers(self.sampling_workers)
+
+
+def check_sampling_workers(value: str) -> None:
+    """`sampling_workers` is "auto" or a whole number >= 1."""
+    if str(value) != "auto" and not (str(value).isdigit() and int(value) >= 1):
+        raise ConfigError(f'`sampling_workers` is {value!r}; use "auto" or a whole number of processes (1 or more).')
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """Load a policy (base model plus an optional LoRA adapter) and sample responses from it in batches."""
 
 import logging
-from collections.abc import Iterator
+import multiprocessing
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from unittest import mock
 
+import numpy as np
 import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -122,13 +125,26 @@ def sample_responses(
     top_p: float = 1.0,
     batch_size: int = 16,
     do_sample: bool = True,
+    seed: int | None = None,
+    workers: int = 1,
 ) -> list[list[str]]:
-    """`num_samples` responses per prompt, generation stopping at the end-of-turn token.
+    """`num_samples` responses per prompt, generation stopping at the end-of-turn token (`seed` and `workers` as in
+    `sample_responses_with_ends`).
 
     Returns one list of `num_samples` decoded responses (special tokens removed) per prompt.
     """
     sampled = sample_responses_with_ends(
-        model, tokenizer, prompts, num_samples, max_new_tokens, temperature, top_p, batch_size, do_sample
+        model,
+        tokenizer,
+        prompts,
+        num_samples,
+        max_new_tokens,
+        temperature,
+        top_p,
+        batch_size,
+        do_sample,
+        seed,
+        workers,
     )
     return [texts for texts, _ in sampled]
 
@@ -178,6 +194,98 @@ def generate_sharing_prompts(
     )
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch `index` in a sampling call seeded with `seed`.
+
+    Every batch draws from a stream of its own, so a batch's samples do not depend on the batches sampled before it
+    in the same process: the same responses come out whether one process samples every batch or several share them
+    (`sample_responses_with_ends(workers=...)`). Mixed by numpy's `SeedSequence`, so neighbouring seeds and indices
+    give unrelated streams (seed 42's second batch is not seed 43's first)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def sampling_workers(requested: int | str, model: PreTrainedModel) -> int:
+    """How many processes sample: `requested`, or for `"auto"` one per CPU thread this process has.
+
+    On a CPU, two one-thread processes sampling half the prompts each finished 1.26x sooner than one two-thread
+    process sampling them all (2-core Xeon, docs/measurements.md 2026-12-07 02:40): PyTorch's CPU kernels gain less
+    than 2x from a second thread at this model's width. The workers are forked from this process and share its weights
+    (nothing is loaded again); `"auto"` is 1 on a GPU (one process keeps it busy, and CUDA does not survive a fork)
+    and where the OS cannot fork.
+    """
+    if requested != "auto":
+        return int(requested)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    return torch.get_num_threads() if on_cpu and can_fork else 1
+
+
+@torch.no_grad()
+def _sample_batch(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list, settings: dict
+) -> list[tuple[list[str], list[bool]]]:
+    """One batch of `sample_responses_with_ends`: `(responses, ended)` for each prompt."""
+    device = next(model.parameters()).device
+    num_samples, do_sample = settings["num_samples"], settings["do_sample"]
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    input_ids, attention_mask = pad_left(encoded, tokenizer.pad_token_id)
+    with fast_cpu_sampling():
+        output = generate_sharing_prompts(
+            model,
+            input_ids.to(device),
+            attention_mask.to(device),
+            num_samples,
+            max_new_tokens=settings["max_new_tokens"],
+            do_sample=do_sample,
+            temperature=settings["temperature"] if do_sample else None,
+            top_p=settings["top_p"] if do_sample else None,
+            top_k=0 if do_sample else None,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    generated = output[:, input_ids.shape[1] :]
+    texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    ended = (generated == tokenizer.eos_token_id).any(dim=-1).tolist()
+    chunks = [slice(row * num_samples, (row + 1) * num_samples) for row in range(len(encoded))]
+    return [([t.strip() for t in texts[chunk]], ended[chunk]) for chunk in chunks]
+
+
+def _seeded_batch(model, tokenizer, index: int, prompts: list, settings: dict, seed: int | None) -> list:
+    if seed is not None:
+        torch.manual_seed(batch_seed(seed, index))
+    return _sample_batch(model, tokenizer, prompts, settings)
+
+
+# What forked sampling workers inherit from the process that starts them: (model, tokenizer, settings, seed). Set only
+# while a pool runs; the workers read it from their copy of this module (fork copies memory, weights included).
+_WORKER_JOB: tuple | None = None
+
+
+def _start_worker() -> None:
+    torch.set_num_threads(1)
+    _WARMED_UP.clear()  # each process warms up its own first `generate`, whatever its parent did
+
+
+def _worker_batch(index: int, prompts: list) -> list:
+    model, tokenizer, settings, seed = _WORKER_JOB
+    warm_up_generation(model, tokenizer)
+    return _seeded_batch(model, tokenizer, index, prompts, settings, seed)
+
+
+def _batches_in_workers(
+    model, tokenizer, batches: list[list], settings: dict, seed: int, workers: int
+) -> Iterator[list]:
+    """Each batch's results in order, sampled by `workers` forked one-thread processes, each taking the next batch."""
+    global _WORKER_JOB
+    _WORKER_JOB = (model, tokenizer, settings, seed)
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+            yield from pool.map(_worker_batch, range(len(batches)), batches)
+    finally:
+        _WORKER_JOB = None
+
+
 @torch.no_grad()
 def sample_responses_with_ends(
     model: PreTrainedModel,
@@ -189,34 +297,38 @@ def sample_responses_with_ends(
     top_p: float = 1.0,
     batch_size: int = 16,
     do_sample: bool = True,
+    seed: int | None = None,
+    workers: int = 1,
 ) -> list[tuple[list[str], list[bool]]]:
     """`sample_responses`, and for each response whether it ended with the end-of-turn token (`False`: cut off at
-    `max_new_tokens`): one `(responses, ended)` pair per prompt."""
-    device = next(model.parameters()).device
-    warm_up_generation(model, tokenizer)  # the first generate of a process is not reproducible: not with our seed
+    `max_new_tokens`): one `(responses, ended)` pair per prompt.
+
+    With `seed`, each batch of `batch_size` prompts is sampled from its own seed (`batch_seed`), so the responses are
+    the same for any `workers`; without it, batches follow the caller's random state in order. `workers` > 1 (needs
+    `seed`) samples the batches in that many forked one-thread processes (`sampling_workers` says when that pays).
+    """
+    if workers > 1 and seed is None:
+        raise ValueError("Sampling in several processes needs a `seed`: each batch is seeded on its own.")
+    settings = dict(
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        do_sample=do_sample,
+    )
+    batches = [prompts[start : start + batch_size] for start in range(0, len(prompts), batch_size)]
+    workers = min(workers, len(batches))
+    batch_results: Iterable[list]
+    if workers > 1:
+        logger.info("Sampling %d batches in %d one-thread processes", len(batches), workers)
+        batch_results = _batches_in_workers(model, tokenizer, batches, settings, seed, workers)
+    else:
+        warm_up_generation(model, tokenizer)  # the first generate of a process is not reproducible: not with our seed
+        batch_results = (
+            _seeded_batch(model, tokenizer, index, batch, settings, seed) for index, batch in enumerate(batches)
+        )
     results: list[tuple[list[str], list[bool]]] = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-        input_ids, attention_mask = pad_left(encoded, tokenizer.pad_token_id)
-        with fast_cpu_sampling():
-            output = generate_sharing_prompts(
-                model,
-                input_ids.to(device),
-                attention_mask.to(device),
-                num_samples,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                temperature=temperature if do_sample else None,
-                top_p=top_p if do_sample else None,
-                top_k=0 if do_sample else None,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        generated = output[:, input_ids.shape[1] :]
-        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-        ended = (generated == tokenizer.eos_token_id).any(dim=-1).tolist()
-        for row in range(len(encoded)):
-            chunk = slice(row * num_samples, (row + 1) * num_samples)
-            results.append(([t.strip() for t in texts[chunk]], ended[chunk]))
-        logger.info("Sampled %d/%d prompts", min(start + batch_size, len(prompts)), len(prompts))
+    for index, batch in enumerate(batch_results):
+        results += batch
+        logger.info("Sampled %d/%d prompts", min((index + 1) * batch_size, len(prompts)), len(prompts))
     return results
