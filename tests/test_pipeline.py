@@ -126,8 +126,9 @@ def test_finished_stages_ignore_bookkeeping_settings_and_old_records_still_match
     sft = stages[0]
     original = sft.config.read_text()
     values = yaml.safe_load(original)
-    # How often a stage checkpoints or logs is not what it computes: nothing to redo.
-    sft.config.write_text(yaml.safe_dump({**values, "save_strategy": "steps", "save_steps": 7, "logging_steps": 3}))
+    # How often a stage checkpoints or logs, or how many processes sample, is not what it computes: nothing to redo.
+    bookkeeping = {"save_strategy": "steps", "save_steps": 7, "logging_steps": 3, "sampling_workers": "2"}
+    sft.config.write_text(yaml.safe_dump({**values, **bookkeeping}))
     assert [reason for _, reason in plan(stages)] == ["skip", "skip"]
     sft.config.write_text(original)
     # A record written before the bookkeeping keys were left out (no version) is compared the old way.

@@ -94,9 +94,17 @@ INPUTS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
 POLICY_KINDS = ("sft", "ppo")
 # Kinds of stage that write `checkpoint-N` directories and take `--resume_from_checkpoint`.
 RESUMABLE_KINDS = ("sft", "rm", "ppo")
-# Settings that change when and how a stage records its progress, not what it computes: editing them does not make a
-# finished stage run again (records written before 2026-12-05 hashed them too and are compared the old way).
-BOOKKEEPING_KEYS = {"save_strategy", "save_steps", "save_total_limit", "logging_steps", "resume_from_checkpoint"}
+# Settings that change when and how a stage records its progress or spreads its work, not what it computes: editing
+# them does not make a finished stage run again (records written before 2026-12-05 hashed them too and are compared the
+# old way). `sampling_workers` gives the same responses for any number (each batch is seeded on its own).
+BOOKKEEPING_KEYS = {
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "resume_from_checkpoint",
+    "sampling_workers",
+}
 DIGEST_VERSION = 2
 
 
