@@ -82,7 +82,7 @@ def main(args: EvalConfig, model_args: ModelConfig) -> dict:
     results, samples = {}, []
     workers = sampling_workers(args.sampling_workers, base)
     for name in policies:
-        set_seed(args.seed)  # every policy answers the same prompts from the same random state (each batch's seed)
+        set_seed(args.seed)  # every policy answers the same prompts from the same seeds (`seed=` seeds each batch)
         clock = time.perf_counter()
         responses = [
             response
