@@ -52,12 +52,13 @@ rm-eval: setup
 
 # The RM on a trained policy's own samples (POLICY=ppo_ptx, the default, or ppo): comparisons sampled from that policy
 # on the validation prompts (and 8 training prompts), ranked by the labeler, then rm-eval's metrics on them; compare with
-# the RM stage's held-out accuracy on SFT's samples (README: "Is the RM still right where PPO went?").
+# the RM stage's held-out accuracy on SFT's samples (README: "Is the RM still right where PPO went?"). SEED=N samples with
+# seed N (default: the collection config's seed, 42).
 POLICY ?= ppo_ptx
 ON_POLICY = $(OUTPUTS)/rm_on_policy/$(POLICY)
 rm-on-policy: setup
 	@test -f $(OUTPUTS)/$(POLICY)/adapter_config.json || { echo "rm-on-policy: no trained policy at $(OUTPUTS)/$(POLICY). Set POLICY=ppo_ptx or POLICY=ppo (a PPO output under OUTPUTS), and run make pipeline (or make ppo) first." >&2; exit 1; }
-	$(VENV)/bin/python recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml --num_prompts 8 --sft_adapter_path $(OUTPUTS)/$(POLICY) --output_dir $(ON_POLICY)/comparisons
+	$(VENV)/bin/python recipes/collect.py --config $(MODEL_DIR)/collect/config_k4.yaml --num_prompts 8 --sft_adapter_path $(OUTPUTS)/$(POLICY) --output_dir $(ON_POLICY)/comparisons $(if $(SEED),--seed $(SEED))
 	$(VENV)/bin/python recipes/rm_eval.py --config $(MODEL_DIR)/rm_eval/config_default.yaml --reward_model_path $(OUTPUTS)/rm --dataset_name $(ON_POLICY)/comparisons/rankings --flip_probe $(ON_POLICY)/comparisons/probes/flip.jsonl --output_dir $(ON_POLICY)/rm_eval
 
 ppo: setup
