@@ -22,6 +22,9 @@ held-out scoring. Variants:
 - `default-lora-fp32`: `default` with `lora_bf16_compute: false`: PEFT's fp32 arithmetic in the LoRA adapters of
   the bf16 base, as before 2026-12-06 (the default runs it in bf16, the weights, logits and scalar heads fp32).
 
+A variant name followed by `+KEY=VALUE[,KEY=VALUE...]` runs that variant with further config overrides, so that any
+setting is measured beside the shipped one, e.g. `--variants default default+ptx_micro_batch_size=64`.
+
 `--plain` runs the plain-PPO config (`config_ppo.yaml`, no ptx) instead of PPO-ptx.
 
 Printed per variant: episodes per update, seconds per update, episodes per minute, and the split of an update into
@@ -65,7 +68,26 @@ BEFORE = {"fp32-8", "bf16-8", "default-before"}  # run with the sampler and ptx 
 FULL_LOGITS = BEFORE | {"default-full-logits"}  # the output layer over the prompts too (before 2026-12-05)
 
 
-def run_variant(name: str, args: argparse.Namespace) -> dict:
+def split_variant(spec: str) -> tuple[str, list[str]]:
+    """`NAME` or `NAME+KEY=VALUE[,KEY=VALUE...]` -> (NAME, its extra command-line overrides)."""
+    name, _, extra = spec.partition("+")
+    if name not in VARIANTS:
+        raise argparse.ArgumentTypeError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    overrides = []
+    for item in filter(None, extra.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{item!r} in {spec!r} is not KEY=VALUE")
+        overrides += [f"--{key}", value]
+    return name, overrides
+
+
+def variant_spec(spec: str) -> str:
+    split_variant(spec)
+    return spec
+
+
+def run_variant(spec: str, args: argparse.Namespace) -> dict:
     """Run in a child process: patch timers around TRL's rollout functions, then run the PPO recipe's `main`."""
     import importlib.util
 
@@ -122,6 +144,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     phases: list[dict] = []
     flop_phases: list[dict] = []
     InstructPPOTrainer.log = log
+    name, extra = split_variant(spec)
     if name in BEFORE:
         ppo_module.fast_cpu_sampling = ppo_module.lm_logits_in_model_dtype = contextlib.nullcontext
     if name in FULL_LOGITS:
@@ -131,7 +154,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     spec.loader.exec_module(recipe)
 
     workdir = Path(tempfile.mkdtemp(prefix=f"instructrl-bench-{name}-"))
-    argv = ["--config", str(CONFIGS[args.plain]), *VARIANTS[name], "--output_dir", str(workdir / "ppo")]
+    argv = ["--config", str(CONFIGS[args.plain]), *VARIANTS[name], *extra, "--output_dir", str(workdir / "ppo")]
     script_args, training_args, model_args = parse_args((PPOScriptArguments, InstructPPOConfig, ModelConfig), argv)
     # TRL 1.12's update: per_device_train_batch_size x gradient_accumulation_steps episodes (mini-batches split them).
     episodes = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
@@ -158,7 +181,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     flops = per_update(flop_phases, timed_updates)
     flops["ppo training"] = flops.pop("total") - sum(flops.values())
     return {
-        "variant": name,
+        "variant": spec,
         "dtype": str(compute_dtype(trainer.shared.shared)).removeprefix("torch."),
         "episodes_per_update": episodes,
         "sec_per_update": seconds,
@@ -242,7 +265,9 @@ def main() -> None:
     parser.add_argument("--sft", default=str(outputs / "sft"))
     parser.add_argument("--rm", default=str(outputs / "rm"))
     parser.add_argument("--updates", type=int, default=2, help="timed updates (one more runs first as warm-up)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), type=variant_spec, help="NAME or NAME+KEY=VALUE[,KEY=VALUE]"
+    )
     parser.add_argument("--plain", action="store_true", help="plain PPO (config_ppo.yaml) instead of PPO-ptx")
     parser.add_argument("--profile", type=int, default=0, help="print the N operators with the most self CPU time")
     parser.add_argument(
@@ -267,12 +292,13 @@ def main() -> None:
         rows.append(row)
     phases = ["generation", "rollout scoring", "ppo training", "ptx"]
     print(f"config: {CONFIGS[args.plain].name}")
-    print(f"{'variant':<22} {'dtype':<9} {'ep/update':>9} {'s/update':>9} {'ep/min':>7}  " + "  ".join(phases))
+    width = max(22, *(len(row["variant"]) for row in rows))
+    print(f"{'variant':<{width}} {'dtype':<9} {'ep/update':>9} {'s/update':>9} {'ep/min':>7}  " + "  ".join(phases))
     for row in rows:
         split = "  ".join(f"{row['split'].get(p, 0.0):>{len(p)}.1f}" for p in phases)
         print(
-            f"{row['variant']:<22} {row['dtype']:<9} {row['episodes_per_update']:>9} {row['sec_per_update']:>9.1f} "
-            f"{row['episodes_per_min']:>7.1f}  {split}"
+            f"{row['variant']:<{width}} {row['dtype']:<9} {row['episodes_per_update']:>9} "
+            f"{row['sec_per_update']:>9.1f} {row['episodes_per_min']:>7.1f}  {split}"
         )
     first = rows[0]
     for row in rows[1:]:

@@ -120,6 +120,7 @@ def main(script_args: PPOScriptArguments, training_args: InstructPPOConfig, mode
         ensemble_method=training_args.reward_ensemble,
         ensemble_coef=training_args.reward_ensemble_coef,
         value_head_init=training_args.value_head_init,
+        top_layers=training_args.train_top_layers,
     )
 
     gold_scorer = None if labeler is None else GoldScorer(labeler, tokenizer, prompts["prompt"])

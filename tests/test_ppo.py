@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper, forward
 
 from instructrl import generation
 from instructrl import ppo as ppo_module
-from instructrl.errors import MissingStageError
+from instructrl.errors import ConfigError, MissingStageError
 from instructrl.modeling import load_base_model
 from instructrl.ppo import InstructPPOTrainer
 from instructrl.ptx import PretrainingStream, predicted_tokens, ptx_loss
@@ -70,8 +71,8 @@ def model_args(path: Path, four_bit: bool) -> ModelConfig:
     return ModelConfig(model_name_or_path=str(path), dtype="float32", load_in_4bit=four_bit, bnb_4bit_quant_type="nf4")
 
 
-def shared_gradients(model_dir, sft, rm, tokenizer, four_bit):
-    shared = SharedBase(load_base_model(model_args(model_dir, four_bit), tokenizer), rm, sft)
+def shared_gradients(model_dir, sft, rm, tokenizer, four_bit, **layout):
+    shared = SharedBase(load_base_model(model_args(model_dir, four_bit), tokenizer), rm, sft, **layout)
     wrapper = PolicyAndValueWrapper(shared.policy(), shared.value_model())
     qr, context = query_responses(tokenizer)
     output, values = forward(wrapper, qr, tokenizer.pad_token_id)
@@ -130,6 +131,49 @@ def test_shared_layout_gradients_equal_separate_models(tiny_model_dir, adapters,
         torch.testing.assert_close(got[shared_key], expected[key].reshape(got[shared_key].shape), rtol=1e-4, atol=1e-6)
     # Frozen adapters received nothing.
     assert not any(".reference." in k or ".reward." in k for k in got)
+
+
+def test_train_top_layers_trains_policy_and_value_above_with_the_same_gradients(tiny_model_dir, adapters, tokenizer):
+    """`top_layers=1` on the 2-layer model: layer 0's policy and value LoRA frozen (no gradient, and no activation
+    there needs one: back-propagation stops at layer 1), layer 1's gradients those of training every layer."""
+    sft, rm = adapters
+    torch.manual_seed(0)
+    _, every = shared_gradients(tiny_model_dir, sft, rm, tokenizer, False)
+    needs_grad: dict[int, list[bool]] = {0: [], 1: []}
+    original_init = SharedBase.__init__
+
+    def init_and_watch(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        for index, layer in enumerate(self.shared.get_base_model().model.layers):
+            layer.register_forward_hook(lambda m, a, out, i=index: needs_grad[i].append(out[0].requires_grad))
+
+    with patch.object(SharedBase, "__init__", init_and_watch):
+        torch.manual_seed(0)
+        shared, top = shared_gradients(tiny_model_dir, sft, rm, tokenizer, False, top_layers=1)
+    lora = {n: p for n, p in shared.shared.named_parameters() if "lora_" in n}
+    trainable = {n for n, p in lora.items() if p.requires_grad}
+    assert trainable == {n for n in lora if ".layers.1." in n and (".policy." in n or ".value." in n)}
+    assert trainable and all(n in top for n in trainable)
+    assert not any(".layers.0." in n for n in top)
+    for name in trainable:
+        torch.testing.assert_close(top[name], every[name], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(top["value_head.weight"], every["value_head.weight"], rtol=1e-5, atol=1e-7)
+    assert needs_grad[0] and not any(needs_grad[0]) and all(needs_grad[1])
+
+
+def test_ppo_with_train_top_layers_keeps_the_lower_layers_at_sft(tmp_path, tiny_model_dir, adapters):
+    sft, rm = adapters
+    run(ppo_config(tmp_path, tiny_model_dir, sft, rm, total_episodes=4, train_top_layers=1))
+    policy = load_file(tmp_path / "ppo" / "adapter_model.safetensors")
+    sft_weights = load_file(sft / "adapter_model.safetensors")
+    lower = [k for k in sft_weights if ".layers.0." in k]
+    upper = [k for k in sft_weights if ".layers.1." in k]
+    assert lower and upper
+    assert all(torch.equal(policy[k], sft_weights[k]) for k in lower)
+    assert any(not torch.equal(policy[k], sft_weights[k]) for k in upper)
+    for wrong in (0, -1):
+        with pytest.raises(ConfigError, match="train_top_layers"):
+            run(ppo_config(tmp_path, tiny_model_dir, sft, rm, train_top_layers=wrong))
 
 
 def output_layer_rows(model) -> list[int]:

@@ -199,6 +199,10 @@ class InstructPPOConfig(PPOConfig):
         max_kl (`float`, *optional*):
             Stop training (`DivergenceError`, stage left interrupted, last checkpoint kept) once an update's rollouts
             are further than this from the reference (TRL's `objective/kl`, nats per response). Unset: no ceiling.
+        train_top_layers (`int`, *optional*):
+            Train the policy's and the value's LoRA weights in the top N transformer layers only (the lower layers
+            keep the SFT adapter's and the reward adapter's weights): back-propagation, of the PPO and of the ptx loss,
+            stops below them. `None` (the default) trains every layer the adapters have.
         lora_bf16_compute (`bool`, *optional*, defaults to `False`):
             On a bf16 base, run the policy's, value's and reward's LoRA arithmetic in bf16 through the whole of
             training (sampling, scoring, PPO and ptx passes; `instructrl.modeling.lora_bf16_compute`), the adapters'
@@ -253,6 +257,9 @@ class InstructPPOConfig(PPOConfig):
     lora_bf16_compute: bool = field(
         default=False, metadata={"help": "LoRA arithmetic in bf16 on a bf16 base (logits and heads stay fp32)."}
     )
+    train_top_layers: int | None = field(
+        default=None, metadata={"help": "Train the policy's and value's LoRA in the top N layers only."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the model."})
 
     def __post_init__(self):
@@ -296,6 +303,11 @@ class InstructPPOConfig(PPOConfig):
                     f"`{name}: {value}` needs a stop token to tell finished rollouts from cut-off ones: set "
                     "`stop_token: eos` (or `stop_token_id`)."
                 )
+        if self.train_top_layers is not None and not self.train_top_layers >= 1:
+            raise ConfigError(
+                f"`train_top_layers: {self.train_top_layers}` counts the layers PPO trains from the top: use 1 or "
+                "more, or null to train every layer."
+            )
         if self.max_kl is not None and not self.max_kl > 0:
             raise ConfigError(f"`max_kl` is {self.max_kl} but must be > 0 (or unset for no ceiling).")
 

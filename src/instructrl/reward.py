@@ -340,16 +340,21 @@ def with_replay(train: Dataset, replay: Dataset, count: int | None, seed: int, w
     return concatenate_datasets([train, picked.cast(train.features)])
 
 
-def train_top_layers(model: PeftModel, top: int) -> list[torch.nn.Parameter]:
+def train_top_layers(model: PeftModel, top: int, adapters: tuple[str, ...] | None = None) -> list[torch.nn.Parameter]:
     """Freeze the LoRA weights of `model`'s transformer layers below its top `top`, so that training moves only the
     top layers' adapter weights and the score head, and back-propagation stops at the lowest trainable layer (a
     shorter backward pass: the lower layers' activations need no gradient). Returns the frozen parameters.
 
     The frozen weights keep their values (the SFT adapter's where the reward adapter starts from it) and are saved
-    with the adapter as before.
+    with the adapter as before. `adapters` limits it to the LoRA weights of the named adapters (PPO's `policy` and
+    `value` on its shared base); `None` takes every adapter of `model`.
     """
     layers = model.get_base_model().config.num_hidden_layers
-    indexed = [(re.search(r"\.layers\.(\d+)\.", n), param) for n, param in model.named_parameters() if ".lora_" in n]
+    indexed = [
+        (re.search(r"\.layers\.(\d+)\.", n), param)
+        for n, param in model.named_parameters()
+        if ".lora_" in n and (adapters is None or any(f".{adapter}." in n for adapter in adapters))
+    ]
     if not all(match for match, _ in indexed):
         raise ConfigError(
             "`train_top_layers` needs LoRA weights inside numbered transformer layers (`...layers.<i>...`); this "

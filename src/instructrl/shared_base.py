@@ -35,7 +35,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from .adapters import adapter_tensors, load_lora_weights
 from .errors import ConfigError, MissingStageError, ModelLoadError
 from .modeling import fp32_linear
-from .reward import NORMALIZATION_FILE, ensemble_reward
+from .reward import NORMALIZATION_FILE, ensemble_reward, train_top_layers
 
 POLICY, REFERENCE, REWARD, VALUE = "policy", "reference", "reward", "value"
 VALUE_HEAD_INITS = ("reward", "zero")
@@ -260,6 +260,10 @@ class SharedBase:
             `reward`: the value head starts as the reward model's score head (InstructGPT's initialization).
             `zero`: the value adapter still starts from `reward_adapter`, the head at zero, so the value function
             predicts 0 for every prefix until it has learned otherwise (`VALUE_HEAD_INITS`).
+        top_layers (`int`, *optional*):
+            Train the policy's and the value's LoRA weights in the top N transformer layers only: the lower layers
+            keep their starting values (the SFT adapter's and the reward adapter's) and back-propagation stops below
+            them (`instructrl.reward.train_top_layers`). `None`: every layer the adapters have.
     """
 
     def __init__(
@@ -272,6 +276,7 @@ class SharedBase:
         ensemble_method: str = "mean_minus_std",
         ensemble_coef: float = 1.0,
         value_head_init: str = "reward",
+        top_layers: int | None = None,
     ):
         if value_head_init not in VALUE_HEAD_INITS:
             raise ConfigError(
@@ -304,6 +309,8 @@ class SharedBase:
                 self.value_head.weight.zero_(), self.value_head.bias.zero_()
         self.ensemble_method, self.ensemble_coef = ensemble_method, ensemble_coef
         self.freeze_all_but((POLICY, VALUE))
+        if top_layers is not None:
+            train_top_layers(self.shared, top_layers, adapters=(POLICY, VALUE))
 
     def freeze_all_but(self, trainable: tuple[str, ...]) -> None:
         for name, param in self.shared.named_parameters():
