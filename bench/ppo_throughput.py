@@ -87,7 +87,7 @@ def variant_spec(spec: str) -> str:
     return spec
 
 
-def run_variant(spec: str, args: argparse.Namespace) -> dict:
+def run_variant(variant: str, args: argparse.Namespace) -> dict:
     """Run in a child process: patch timers around TRL's rollout functions, then run the PPO recipe's `main`."""
     import importlib.util
 
@@ -144,7 +144,7 @@ def run_variant(spec: str, args: argparse.Namespace) -> dict:
     phases: list[dict] = []
     flop_phases: list[dict] = []
     InstructPPOTrainer.log = log
-    name, extra = split_variant(spec)
+    name, extra = split_variant(variant)
     if name in BEFORE:
         ppo_module.fast_cpu_sampling = ppo_module.lm_logits_in_model_dtype = contextlib.nullcontext
     if name in FULL_LOGITS:
@@ -181,7 +181,7 @@ def run_variant(spec: str, args: argparse.Namespace) -> dict:
     flops = per_update(flop_phases, timed_updates)
     flops["ppo training"] = flops.pop("total") - sum(flops.values())
     return {
-        "variant": spec,
+        "variant": variant,
         "dtype": str(compute_dtype(trainer.shared.shared)).removeprefix("torch."),
         "episodes_per_update": episodes,
         "sec_per_update": seconds,
