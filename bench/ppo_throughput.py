@@ -10,7 +10,8 @@ in its own process, on the same SFT and RM adapters, for one warm-up update plus
 held-out scoring. Variants:
 
 - `fp32-8`: `make ppo` as it was until 2026-11-25, in fp32: 8 episodes per update (2 micro-batches of 4), one PPO
-  epoch, all 8 generated in one batch, with the code as it was before 2026-12-02 (below);
+  epoch, all 8 generated in one batch, 8 pretraining sequences per episode in the ptx pass, with the code as it was
+  before 2026-12-02 (below);
 - `bf16-8`: the same with the frozen base in bf16 (forced, whatever `dtype: auto` would pick here);
 - `default`: the config as it ships (its own dtype and update shape), with today's code;
 - `default-fp32`: the same with the frozen base forced to fp32, so that on a machine where `dtype: auto` picks bf16
@@ -53,6 +54,7 @@ CONFIGS = {  # plain PPO or not
 OLD_SHAPE = [
     "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2", "--num_mini_batches", "1",
     "--num_ppo_epochs", "1", "--local_rollout_forward_batch_size", "8", "--lora_bf16_compute", "false",
+    "--ptx_ratio", "8",  # InstructGPT's 8 pretraining sequences per episode, whatever the config now ships
 ]  # fmt: skip
 VARIANTS = {
     "fp32-8": ["--dtype", "float32", *OLD_SHAPE],
